@@ -1,0 +1,16 @@
+"""slimdiff: make Stable-Diffusion-class text-to-image U-Nets smaller and faster.
+
+Profile, prune (presets, explicit edits, searches), distill, sample and evaluate; every
+artifact stays a diffusers model.
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy top-level API so `import slimdiff` stays cheap (the CLI imports it on every call).
+    if name in ("load_unet", "SlimUNet2DConditionModel"):
+        from . import unet
+
+        return getattr(unet, name)
+    raise AttributeError(f"module 'slimdiff' has no attribute {name!r}")

@@ -1,0 +1,63 @@
+"""The `slimdiff` command line. One file per subcommand; each is a thin call into the library.
+
+Every subcommand module defines `add_parser(subparsers)`, which registers its parser and sets
+`func=run` with `run(args) -> int | None`. The library never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module in slimdiff.cli (the module may be missing while in development)
+SUBCOMMANDS = {
+    "units": "units",
+    "profile": "profile",
+    "prune": "prune",
+    "distill": "distill",
+    "generate": "generate",
+    "evaluate": "evaluate",
+    "demo": "demo",
+    "toy": "toy",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from slimdiff import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="slimdiff",
+        description="Make Stable-Diffusion-class U-Nets smaller and faster.",
+    )
+    parser.add_argument("--version", action="version", version=f"slimdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(f"slimdiff.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name == f"slimdiff.cli.{module}":
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Library errors name the offending value; print them without a traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"slimdiff {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
