@@ -1,1 +1,27 @@
-"""slimdiff.unet"""
+"""slimdiff.unet: the editable U-Net (DESIGN.md "One representation of a U-Net").
+
+    from slimdiff.unet import load_unet, remove_units, save_unet
+    teacher = load_unet("sd15-arch")                        # diffusers UNet2DConditionModel
+    student = remove_units(teacher, ["down.1.layer.1", "mid"])
+    save_unet(student, "out/student")                       # plain diffusers when expressible
+
+Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
+`down.1.layer.0.resnet`, `down.1.layer.0.attn`, `down.1.downsample`, `mid.resnet.0`,
+`mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
+"""
+
+from .access import block_names, get_module, list_units, module_names, module_output_tensor
+from .export import is_expressible, to_diffusers
+from .model import SlimUNet2DConditionModel
+from .structure import UNetEditError, UnitInfo
+from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
+from .presets import PRESETS, apply_preset
+from .surgery import insert_unit, remove_units, to_slim
+
+__all__ = [
+    "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError",
+    "get_module", "module_names", "module_output_tensor", "block_names", "list_units",
+    "to_diffusers", "is_expressible", "remove_units", "insert_unit", "to_slim",
+    "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
+    "PRESETS", "apply_preset",
+]

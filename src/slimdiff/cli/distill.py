@@ -1,0 +1,112 @@
+"""`slimdiff distill`: train a pruned student to imitate its teacher (BK-SDM, LAPTOP-Diff, A-SDM).
+
+    slimdiff distill --teacher toy --student runs/bk-small --data toy --out runs/kd --max-steps 2000
+    accelerate launch --num_processes 2 -m slimdiff distill ...        # DDP (FSDP: accelerate config)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# (flag, DistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.config
+_OPTIONS = [
+    ("--pipeline", "pipeline", dict(metavar="DIR", help="tokenizer/text encoder/VAE/scheduler source "
+                                    "(default: the teacher, when it is a pipeline dir or toy)")),
+    ("--caption-column", "caption_column", dict(help="caption column / .json key (default text)")),
+    ("--image-column", "image_column", dict(help="imagefolder image column (default file_name)")),
+    ("--resolution", "resolution", dict(type=int, help="image size in pixels (default: U-Net sample size x VAE factor)")),
+    ("--toy-size", "toy_size", dict(type=int, help="--data toy: number of train scenes (default 4096)")),
+    ("--caption-dropout", "caption_dropout", dict(type=float, help="share of empty captions (default 0.1)")),
+    ("--cache-dir", "cache_dir", dict(metavar="DIR", help="cache VAE latents and text embeddings here")),
+    ("--num-workers", "num_workers", dict(type=int, help="DataLoader workers (default 0)")),
+    ("--lambda-task", "lambda_task", dict(type=float, help="task loss weight (default 1)")),
+    ("--lambda-out", "lambda_out", dict(type=float, help="output KD weight (default 1)")),
+    ("--lambda-feat", "lambda_feat", dict(type=float, help="feature KD weight (default 1)")),
+    ("--lambda-mid", "lambda_mid", dict(type=float, help="A-SDM mid-block loss weight (default 0)")),
+    ("--lambda-perc", "lambda_perc", dict(type=float, help="A-SDM perceptual loss weight (default 0)")),
+    ("--feat-loss", "feat_loss", dict(choices=["plain", "normalized"], help="plain MSE (BK-SDM, default) or "
+                                      "normalized ||dF||^2/||F_T||^2 (LAPTOP-Diff)")),
+    ("--feat-map", "feat_map", dict(nargs="+", metavar="S=T", help="student=teacher module names for feature KD "
+                                    "(a name alone: same on both); default: every down/up block")),
+    ("--perceptual-net", "perceptual_net", dict(choices=["auto", "judge", "vgg16"], help="default auto: the judge "
+                                                "on the toy world, else vgg16")),
+    ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),
+    ("--freeze", "freeze", dict(nargs="+", metavar="NAME", help="units/layers/blocks to keep fixed")),
+    ("--stochastic-depth", "stochastic_depth", dict(type=float, metavar="P", help="SnapFusion robust training: "
+                                                    "skip each channel-preserving unit with probability P")),
+    ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
+    ("--batch-size", "batch_size", dict(type=int, help="per process and micro-step (default 8)")),
+    ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),
+    ("--lr", "learning_rate", dict(type=float, help="AdamW learning rate (default 5e-5)")),
+    ("--weight-decay", "adam_weight_decay", dict(type=float, help="AdamW weight decay (default 0.01)")),
+    ("--lr-scheduler", "lr_scheduler", dict(help="diffusers schedule name (default constant)")),
+    ("--lr-warmup-steps", "lr_warmup_steps", dict(type=int, help="warm-up steps (default 0)")),
+    ("--max-grad-norm", "max_grad_norm", dict(type=float, help="gradient clipping norm (default 1; 0: off)")),
+    ("--mixed-precision", "mixed_precision", dict(choices=["no", "fp16", "bf16"], help="default no (float32)")),
+    ("--ema-decay", "ema_decay", dict(type=float, help="EMA of the student weights, e.g. 0.9999 (default off)")),
+    ("--gradient-checkpointing", "gradient_checkpointing", dict(action="store_true", default=None)),
+    ("--seed", "seed", dict(type=int, help="default 0")),
+    ("--cpu", "cpu", dict(action="store_true", default=None, help="run on the CPU")),
+    ("--checkpoint-every", "checkpoint_every", dict(type=int, help="steps between checkpoints (default 500; 0: none)")),
+    ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
+    ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
+]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "distill", help="distill a teacher U-Net into a (pruned) student",
+        description="Knowledge distillation: task + output KD + feature KD (plain or normalized) + A-SDM SAS; "
+                    "freezing, stochastic depth, caching, EMA, checkpoints and --resume. Writes the student, "
+                    "recipe.json, train_log.jsonl, loss_curves.png and OUT/pipeline/.")
+    p.add_argument("--teacher", required=True, help="toy, a pipeline dir or a UNet dir")
+    p.add_argument("--student", required=True, help="a `slimdiff prune` output, a UNet dir or a pipeline dir")
+    p.add_argument("--data", required=True, help="toy | image folder (metadata.jsonl/.csv) | .tar shard(s)")
+    p.add_argument("--out", required=True, help="output directory")
+    for flag, field, kwargs in _OPTIONS:
+        p.add_argument(flag, dest=field, **{"default": None, **kwargs})
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_feat_map(pairs: list[str]) -> dict[str, str]:
+    """["up.0=up.1", "down.0"] -> {"up.0": "up.1", "down.0": "down.0"}."""
+    out = {}
+    for pair in pairs:
+        s, sep, t = pair.partition("=")
+        if not s or (sep and not t):
+            raise ValueError(f"--feat-map {pair!r}: expected STUDENT=TEACHER (or one name for both)")
+        out[s] = t if sep else s
+    return out
+
+
+def config_from_args(args: argparse.Namespace):
+    from slimdiff.distill import DistillConfig
+
+    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out}
+    for _, field, _ in _OPTIONS:
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    if "feat_map" in values:
+        values["feat_map"] = parse_feat_map(values["feat_map"])
+    if values.get("max_grad_norm") == 0:
+        values["max_grad_norm"] = None
+    return DistillConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimdiff.distill import distill
+
+    result = distill(config_from_args(args), progress=not args.quiet)
+    if result.num_processes == 1 or _is_main():
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+        print(f"distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms})")
+        print(f"student: {result.out}" + (f"  pipeline: {result.pipeline_dir}" if result.pipeline_dir else ""))
+    return 0
+
+
+def _is_main() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+

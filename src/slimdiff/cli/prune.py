@@ -1,0 +1,75 @@
+"""`slimdiff prune MODEL (--preset NAME | --remove UNIT ...) --out DIR`: build a student U-Net.
+
+    slimdiff prune --list-presets
+    slimdiff prune toy --preset bk-small --out runs/bk-small
+    slimdiff prune sd15-arch --remove mid down.3.layer.1 --out runs/edit
+
+DIR gets the student (plain diffusers when expressible), `recipe.json` (teacher, preset or
+edits, inheritance map, slimdiff version) and, for a pipeline teacher, `DIR/pipeline/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    from slimdiff.unet.presets import PRESETS
+
+    p = subparsers.add_parser(
+        "prune",
+        help="remove (and insert) U-Net units: a preset or explicit edits",
+        description="Build a student from a teacher U-Net by structural edits, with inherited weights.",
+    )
+    p.add_argument("model", metavar="MODEL", nargs="?", help="sd15-arch, sd21-arch, toy, a pipeline or UNet dir")
+    # How the student is chosen: exactly one of these. A search (e.g. `--search laptop`) joins this
+    # group and a branch in `choose_student` that returns (student, info) like `apply_preset`.
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--preset", choices=list(PRESETS), help="a registered preset (see --list-presets)")
+    how.add_argument("--remove", nargs="+", metavar="UNIT", help="units, layers or blocks to remove")
+    p.add_argument("--insert", nargs=2, action="append", metavar=("SOURCE", "AFTER"), default=[],
+                   help="after the removals, insert a copy of unit SOURCE after unit AFTER (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="output directory")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.set_defaults(func=run)
+
+
+def choose_student(args: argparse.Namespace, teacher):
+    """(student, info) for the chosen way: a preset, or explicit --remove/--insert edits."""
+    from slimdiff.unet import apply_preset, insert_unit, remove_units
+
+    if args.preset:
+        if args.insert:
+            raise ValueError("--insert goes with --remove, not with --preset")
+        return apply_preset(teacher, args.preset)
+    if not args.remove and not args.insert:
+        raise ValueError("say how to prune: --preset NAME or --remove UNIT [UNIT ...] (or --insert)")
+    student = remove_units(teacher, args.remove or [])
+    for source, after in args.insert:
+        student = insert_unit(student, source, after)
+    return student, {"edits": {"remove": args.remove or [], "insert": [list(x) for x in args.insert]}}
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimdiff.unet import load_unet, save_student
+    from slimdiff.unet.presets import PRESETS
+
+    if args.list_presets:
+        for preset in PRESETS.values():
+            print(f"{preset.name:12s} {preset.description}")
+        return 0
+    if not args.model or not args.out:
+        raise ValueError("MODEL and --out DIR are required (or --list-presets)")
+
+    # 1. teacher -> student (weights inherited, recorded per tensor)
+    teacher = load_unet(args.model)
+    student, info = choose_student(args, teacher)
+
+    # 2. write the student, recipe.json and (pipeline teachers) a complete pipeline
+    written = save_student(student, args.out, source=args.model, recipe=info)
+    n_t = sum(p.numel() for p in teacher.parameters())
+    n_s = sum(p.numel() for p in student.parameters())
+    print(f"student: {n_s:,} parameters ({n_s / n_t:.1%} of the teacher's {n_t:,})")
+    for what, where in written.items():
+        print(f"{what}: {where}")
+    return 0

@@ -1,0 +1,136 @@
+"""Encoding a batch into U-Net inputs, with an optional disk cache of the two encoders' outputs.
+
+The trainer needs, per example, the VAE latent distribution of its image and the text
+encoder's embedding of its caption. Both encoders are frozen, so their outputs are a function
+of the item: `EncodingCache` stores them per data-set index, so later epochs skip the image
+loading and both encoders. What is cached is the latent *distribution* (mean and log-variance,
+the VAE's `latent_dist.parameters`), not a sample: the latent is drawn from it every step with
+the step's seeded noise, exactly as without the cache.
+
+    cache = EncodingCache(dir, dataset.fingerprint, vae, text_encoder)   # or None
+    ds = CachedDataset(dataset, cache)             # cached items skip loading the image
+    enc = BatchEncoder(vae, tokenizer, text_encoder, cache)
+    moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D)
+
+Cache layout: `DIR/<key>/<index // 1000>/<index>.safetensors` with tensors `moments` and
+`text`; `<key>` hashes the data set fingerprint and the encoders (config + weight checksums +
+dtype), so a different data set, resolution or encoder never reads stale entries. Each file is
+written atomically; processes write disjoint indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from slimdiff.io import atomic_path, write_json
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """Config + dtype + per-tensor sums: changes when the weights do (cheap: one pass, no copy)."""
+    h = hashlib.sha1()
+    config = getattr(module, "config", None)
+    if config is not None:
+        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{t.double().sum().item():.10e}|"
+                     f"{t.double().abs().sum().item():.10e}".encode())
+    return h.hexdigest()
+
+
+class EncodingCache:
+    def __init__(self, root: str | Path, dataset_fingerprint: str, vae: torch.nn.Module,
+                 text_encoder: torch.nn.Module):
+        key_src = f"{dataset_fingerprint}|vae={module_fingerprint(vae)}|text={module_fingerprint(text_encoder)}"
+        self.key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
+        self.dir = Path(root) / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "about.json").exists():
+            write_json(self.dir / "about.json", {"dataset": dataset_fingerprint, "key_source": key_src})
+
+    def path(self, index: int) -> Path:
+        return self.dir / f"{index // 1000:05d}" / f"{index:08d}.safetensors"
+
+    def has(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def load(self, index: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path(index)))
+
+    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
+        with atomic_path(self.path(index)) as tmp:
+            save_file({"moments": moments.detach().cpu().contiguous(), "text": text.detach().cpu().contiguous()},
+                      str(tmp))
+
+
+class CachedDataset(Dataset):
+    """Wraps a data set: an item already in the cache is returned as its encodings only."""
+
+    def __init__(self, base: Dataset, cache: EncodingCache | None):
+        self.base, self.cache = base, cache
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.cache is not None and self.cache.has(i):
+            return {"index": i, **self.cache.load(i)}
+        return self.base[i]
+
+
+class BatchEncoder:
+    """items (list of data-set dicts) -> latent moments (B, 2C, h, w) and text embeddings (B, L, D)."""
+
+    def __init__(self, vae, tokenizer, text_encoder, cache: EncodingCache | None = None):
+        self.vae, self.tokenizer, self.text_encoder, self.cache = vae, tokenizer, text_encoder, cache
+        self.device = next(vae.parameters()).device
+        self.dtype = next(vae.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """captions -> (B, L, D), as `StableDiffusionPipeline.encode_prompt` does (padded to max length)."""
+        tok = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = tok.input_ids.to(self.device)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tok.attention_mask.to(self.device)
+        return self.text_encoder(ids, attention_mask=mask)[0]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [-1, 1] -> latent moments (B, 2C, H/f, W/f) (mean, logvar)."""
+        return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters
+
+    @torch.no_grad()
+    def __call__(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        todo = [k for k, it in enumerate(items) if "moments" not in it]
+        moments: list[torch.Tensor | None] = [it.get("moments") for it in items]
+        texts: list[torch.Tensor | None] = [it.get("text") for it in items]
+        if todo:
+            pix = torch.stack([items[k]["pixel_values"] for k in todo])  # (n, 3, H, W)
+            new_m = self.encode_images(pix)
+            new_t = self.encode_text([items[k]["caption"] for k in todo])
+            for j, k in enumerate(todo):
+                moments[k], texts[k] = new_m[j], new_t[j]
+                if self.cache is not None:
+                    self.cache.save(items[k]["index"], new_m[j], new_t[j])
+        return (torch.stack([m.to(self.device) for m in moments]),
+                torch.stack([t.to(self.device) for t in texts]))
+
+
+def sample_latents(moments: torch.Tensor, eps: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """z = (mean + exp(logvar / 2) * eps) * scaling_factor; moments (B, 2C, h, w), eps (B, C, h, w).
+
+    Same as `DiagonalGaussianDistribution.sample()` (logvar clamped to [-30, 20]) with given noise.
+    """
+    mean, logvar = moments.float().chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    return (mean + std * eps.to(mean.device)) * scaling_factor

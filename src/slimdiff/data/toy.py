@@ -1,0 +1,31 @@
+"""The toy world as a training set: seeded train-split scenes rendered on the fly.
+
+`ToyDataset(n, seed)` holds `n` scenes of `slimdiff.toy.world.sample_scenes("train", n, seed)`
+(cheap: attributes only); item i is rendered when asked for, so no image is stored.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from slimdiff.data.common import image_to_tensor
+
+
+class ToyDataset(Dataset):
+    def __init__(self, n: int = 4096, seed: int = 0, resolution: int = 32, split: str = "train"):
+        from slimdiff.toy import world
+
+        if n < 1:
+            raise ValueError(f"toy data set size must be >= 1, got {n}")
+        self.world = world
+        self.scenes = world.sample_scenes(split, n, seed)
+        self.captions = [world.caption(s) for s in self.scenes]
+        self.resolution = resolution
+        self.fingerprint = f"toy:{split}:n={n}:seed={seed}:res={resolution}"
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.world.render(self.scenes[i])  # uint8 (32, 32, 3)
+        return {"index": i, "pixel_values": image_to_tensor(image, self.resolution), "caption": self.captions[i]}

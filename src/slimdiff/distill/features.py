@@ -1,0 +1,140 @@
+"""Feature hooks and the student -> teacher feature correspondence.
+
+Hooks are registered on *unwrapped* modules found with `slimdiff.unet.get_module`, so names do
+not depend on DDP/FSDP wrapping (DESIGN.md "Conventions").
+
+The default correspondence (BK-SDM, METHODS.md section 2) pairs the output of every down and
+up block of the student with the teacher block it inherited its weights from. A pruned student
+may lack blocks (bk-tiny drops down.3 and up.0 and renumbers: student up.k <- teacher up.k+1),
+so the block map is found, in order of preference, from:
+  1. `recipe.json` of the student: a `block_map` (or `feat_map`) dict student block -> teacher block;
+  2. the student's (or the recipe's) `inheritance` (student tensor -> teacher tensor): each
+     student block maps to the teacher block most of its inherited tensors came from;
+  3. structure: down blocks matched by index from the input side, up blocks from the output side
+     (student up.k <- teacher up.(k + n_teacher_up - n_student_up)), mid to mid.
+Every pair's feature shapes are checked on a dry run before training (`check_shapes`).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from slimdiff.unet import block_names, get_module, module_output_tensor
+
+# tensor name -> block name; diffusers (`down_blocks.1.`, `mid_block.`) and slim (`down.1.`, `mid.`) naming
+_BLOCK_PATTERNS = (
+    (re.compile(r"(?:^|\.)down(?:_blocks)?\.(\d+)\."), "down.{}"),
+    (re.compile(r"(?:^|\.)up(?:_blocks)?\.(\d+)\."), "up.{}"),
+    (re.compile(r"(?:^|\.)mid(?:_block)?\."), "mid"),
+)
+
+
+class FeatureRecorder:
+    """Forward hooks keeping the output tensor of named modules of one unwrapped U-Net.
+
+        rec = FeatureRecorder(unet, ["down.0", "up.3"])
+        unet(x, t, c); feats = rec.pop()   # {"down.0": (B, C, h, w), "up.3": ...}
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], what: str = "feature"):
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name in dict.fromkeys(names):  # unique, in order
+            try:
+                module = get_module(model, name)
+            except ValueError as e:
+                raise ValueError(f"{what} name {name!r} does not exist: {e}") from None
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            self.features[name] = module_output_tensor(output)
+
+        return hook
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The features recorded since the last pop (and forget them)."""
+        feats, self.features = self.features, {}
+        return feats
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.features = {}
+
+
+def block_of_tensor(name: str) -> str | None:
+    """`down_blocks.1.resnets.0.conv1.weight` / `down.1.layer.0.resnet.conv1.weight` -> `down.1`."""
+    for pattern, fmt in _BLOCK_PATTERNS:
+        m = pattern.search(name)
+        if m:
+            return fmt.format(*m.groups())
+    return None
+
+
+def block_map_from_inheritance(inheritance: Mapping[str, str | None]) -> dict[str, str]:
+    """Student block -> the teacher block most of its inherited tensors came from."""
+    votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s_name, t_name in inheritance.items():
+        s_block, t_block = block_of_tensor(s_name), block_of_tensor(t_name) if t_name else None
+        if s_block and t_block:
+            votes[s_block][t_block] += 1
+    return {s: c.most_common(1)[0][0] for s, c in votes.items()}
+
+
+def structural_block_map(student_blocks: list[str], teacher_blocks: list[str]) -> dict[str, str]:
+    """Down blocks by index from the input side, up blocks from the output side, mid to mid."""
+    def side(blocks, prefix):
+        return [b for b in blocks if b.startswith(prefix + ".")]
+
+    out: dict[str, str] = {}
+    s_down, t_down = side(student_blocks, "down"), side(teacher_blocks, "down")
+    out.update({s: t for s, t in zip(s_down, t_down)})
+    s_up, t_up = side(student_blocks, "up"), side(teacher_blocks, "up")
+    shift = len(t_up) - len(s_up)
+    if shift >= 0:
+        out.update({s: t_up[k + shift] for k, s in enumerate(s_up)})
+    if "mid" in student_blocks and "mid" in teacher_blocks:
+        out["mid"] = "mid"
+    return out
+
+
+def resolve_block_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[str, Any] | None = None
+                      ) -> tuple[dict[str, str], str]:
+    """(student block -> teacher block, where it came from) for every student block that has one."""
+    s_blocks, t_blocks = block_names(student), block_names(teacher)
+    recipe = recipe or {}
+    for key in ("block_map", "feat_map"):
+        if isinstance(recipe.get(key), dict) and recipe[key]:
+            return {s: t for s, t in recipe[key].items() if s in s_blocks and t in t_blocks}, f"recipe.json {key}"
+    inheritance = getattr(student, "inheritance", None) or recipe.get("inheritance")
+    if isinstance(inheritance, dict) and inheritance:
+        found = block_map_from_inheritance(inheritance)
+        found = {s: t for s, t in found.items() if s in s_blocks and t in t_blocks}
+        if found:
+            return found, "inheritance"
+    return structural_block_map(s_blocks, t_blocks), "structure"
+
+
+def default_feature_map(block_map: Mapping[str, str]) -> dict[str, str]:
+    """BK-SDM: every down and up block's output (the mid block is SAS's separate term)."""
+    return {s: t for s, t in block_map.items() if s.startswith(("down.", "up."))}
+
+
+def check_shapes(student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[str, torch.Tensor],
+                 feat_map: Mapping[str, str], what: str = "feature") -> None:
+    """Raise naming every pair whose student and teacher features differ in shape."""
+    missing = [s for s in feat_map if s not in student_feats] + [t for t in feat_map.values() if t not in teacher_feats]
+    if missing:
+        raise ValueError(f"{what} modules {missing} produced no output in a forward pass (not on the forward path)")
+    bad = [f"{s} {tuple(student_feats[s].shape)} vs teacher {t} {tuple(teacher_feats[t].shape)}"
+           for s, t in feat_map.items() if student_feats[s].shape != teacher_feats[t].shape]
+    if bad:
+        raise ValueError(f"{what} shapes differ between student and teacher: {'; '.join(bad)}. "
+                         f"Give a mapping of same-shaped modules with --feat-map STUDENT=TEACHER ...")

@@ -1,0 +1,537 @@
+"""The distillation trainer (METHODS.md sections 2-5) on Hugging Face accelerate.
+
+    from slimdiff.distill import DistillConfig, distill
+    result = distill(DistillConfig(teacher="toy", student="runs/bk-small", out="runs/kd", max_steps=2000))
+    result.student, result.steps_per_sec, result.losses
+
+One process or many (`accelerate launch -m slimdiff distill ...`: DDP; FSDP through an
+accelerate config). The student is the only wrapped model; the teacher is frozen, cast to the
+mixed-precision dtype and never wrapped; feature hooks sit on unwrapped modules.
+
+Determinism. Everything random in a micro-step p (= step * grad_accum + micro) is drawn from
+generators seeded with (seed, p) for the whole *global* batch, and each process takes its rows:
+the data order (a seeded permutation per epoch), timesteps, noise, the latent sample, caption
+dropout and the units stochastic depth skips. So a run's batches are a pure function of
+(seed, step): a resumed run sees the batches an uninterrupted one would, and N processes with
+batch b see what 1 process with batch N*b sees (the losses are batch means, DDP averages them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from slimdiff.data import build_dataset, collate_items
+from slimdiff.data.cache import BatchEncoder, CachedDataset, EncodingCache, sample_latents
+from slimdiff.distill import checkpoint as ckpt
+from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.ema import EMA
+from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
+from slimdiff.distill.loading import Parts, load_parts
+from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
+from slimdiff.distill.stochastic_depth import StochasticDepth
+from slimdiff.io import atomic_write, write_json
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams
+
+
+@dataclasses.dataclass
+class DistillResult:
+    student: nn.Module  # the trained student, unwrapped, eval mode (EMA weights when EMA is on)
+    out: Path  # output directory
+    steps: int  # optimiser steps done, in total (a resumed run counts the earlier ones)
+    losses: dict[str, float]  # the last logged step's terms
+    steps_per_sec: float  # optimiser steps per second of this run's loop (set-up excluded)
+    log_path: Path  # JSONL: one record per step with every loss term
+    plot_path: Path | None  # loss-curve PNG
+    pipeline_dir: Path | None  # out/pipeline when the teacher came with a pipeline
+    feature_map: dict[str, str]  # student feature -> teacher feature used by feature KD
+    trainable_params: int  # parameters (elements) the optimiser updated
+    num_processes: int
+
+
+def distill(config: DistillConfig, teacher: nn.Module | None = None, student: nn.Module | None = None,
+            pipeline: Any = None, progress: bool = True) -> DistillResult:
+    """Distill `teacher` into `student` as `config` says; write the outputs into `config.out`.
+
+    `teacher`, `student` (U-Nets) and `pipeline` (a `StableDiffusionPipeline` providing tokenizer,
+    text encoder, VAE and schedule) may be passed in memory; otherwise they are loaded from
+    `config.teacher` / `config.student` / `config.pipeline`. An in-memory student is trained in
+    place. Bad input raises ValueError/FileNotFoundError before the first step.
+    """
+    return Trainer(config, teacher, student, pipeline, progress).run()
+
+
+def random_generator(seed: int, position: int, stream: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, position, stream)."""
+    a, b = np.random.SeedSequence([seed, position, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(a) << 32) | int(b))
+
+
+class GlobalBatchSampler(Sampler):
+    """This process's indices for micro-batches `start..stop-1`.
+
+    Micro-batch p of the global batch G = batch_size * world is slice j = p mod (n // G) of a
+    seeded permutation for epoch p // (n // G); process r takes rows [r*b, (r+1)*b).
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, start: int, stop: int):
+        self.n, self.b, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
+        self.global_batch = batch_size * world
+        self.per_epoch = n // self.global_batch
+        if self.per_epoch < 1:
+            raise ValueError(f"the data set has {n} items, fewer than the global batch {self.global_batch} "
+                             f"(batch_size {batch_size} x {world} processes)")
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def epoch_of(self, p: int) -> int:
+        return p // self.per_epoch
+
+    def __iter__(self):
+        epoch, perm = None, None
+        for p in range(self.start, self.stop):
+            e, j = divmod(p, self.per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(self.n, generator=random_generator(self.seed, e, _DATA)).tolist()
+            rows = perm[j * self.global_batch:(j + 1) * self.global_batch]
+            yield rows[self.rank * self.b:(self.rank + 1) * self.b]
+
+
+class JsonlLog:
+    """The per-step log: one JSON object a line, flushed every step; truncated on resume."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            atomic_write(path, "")
+        else:  # keep the steps the checkpoint covers; a killed run may have logged past it
+            kept = []
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+
+class Trainer:
+    def __init__(self, config: DistillConfig, teacher=None, student=None, pipeline=None, progress: bool = True):
+        self.cfg = cfg = config
+        self.progress = progress
+        self.out = Path(cfg.out)
+
+        # 1. accelerate: device, processes, mixed precision, accumulation
+        self.accelerator = _make_accelerator(cfg)
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        self.dtype = DTYPES[cfg.mixed_precision]
+
+        # 2. resume: find the checkpoint first, so a mismatched config fails before loading anything
+        self.resume_dir = ckpt.resolve_resume(cfg.resume, self.out)
+        self.start_step = 0
+        if self.resume_dir is not None:
+            state = ckpt.read_train_state(self.resume_dir)
+            problems = cfg.resume_mismatches(state["config"])
+            if state["micro_batch_global"] != cfg.batch_size * self.world:
+                problems.append(f"global batch: checkpoint {state['micro_batch_global']}, now "
+                                f"{cfg.batch_size} x {self.world} processes = {cfg.batch_size * self.world}")
+            if problems:
+                raise ValueError(f"--resume {self.resume_dir}: the run's settings differ from the checkpoint's: "
+                                 + "; ".join(problems))
+            self.start_step = state["step"]
+            if self.start_step > cfg.max_steps:
+                raise ValueError(f"--resume {self.resume_dir}: checkpoint is at step {self.start_step}, "
+                                 f"beyond max_steps {cfg.max_steps}")
+
+        # 3. models and pipeline parts (checks: paths, teacher/student compatibility)
+        self.parts: Parts = load_parts(cfg, teacher, student, pipeline)
+        p = self.parts
+        self.teacher, self.student = p.teacher, p.student
+        self.noise_scheduler = _noise_scheduler(p.scheduler_config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        self.num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
+        self.scaling_factor = p.vae.config.scaling_factor
+        vae_scale = 2 ** (len(p.vae.config.block_out_channels) - 1)
+        self.resolution = cfg.resolution or self.teacher.config.sample_size * vae_scale
+
+        # 4. data (checks: path, captions, size)
+        base = build_dataset(cfg.data, self.resolution, seed=cfg.seed, toy_size=cfg.toy_size,
+                             caption_column=cfg.caption_column, image_column=cfg.image_column)
+        if len(base) < cfg.batch_size * self.world:
+            raise ValueError(f"data {cfg.data!r} has {len(base)} items, fewer than the global batch "
+                             f"{cfg.batch_size * self.world}")
+        self.dataset_size = len(base)
+
+        # 5. feature maps (checks: every name exists in its model)
+        self.block_map, self.block_map_source = resolve_block_map(self.student, self.teacher, p.input_recipe)
+        if cfg.lambda_feat > 0:
+            self.feat_map = dict(cfg.feat_map) if cfg.feat_map else default_feature_map(self.block_map)
+            if not self.feat_map:
+                raise ValueError(f"no student block has a teacher counterpart (block map from "
+                                 f"{self.block_map_source}: {self.block_map}); give --feat-map STUDENT=TEACHER ...")
+        else:
+            self.feat_map = {}
+        self.mid_map: dict[str, str] = {}
+        if cfg.lambda_mid > 0:
+            if "mid" not in self.block_map:
+                raise ValueError("lambda_mid > 0 but the student or the teacher has no mid block "
+                                 "(bk-small and bk-tiny remove it); set lambda_mid 0")
+            self.mid_map = {"mid": self.block_map["mid"]}
+        self.s_rec = FeatureRecorder(self.student, [*self.feat_map, *self.mid_map], "student feature") \
+            if self.feat_map or self.mid_map else None
+        self.t_rec = FeatureRecorder(self.teacher, [*self.feat_map.values(), *self.mid_map.values()],
+                                     "teacher feature") if self.feat_map or self.mid_map else None
+
+        # 6. trainable set (checks: frozen names exist, something is left to train)
+        self.student.requires_grad_(True)
+        from slimdiff.unet import get_module
+
+        for name in cfg.freeze:
+            try:
+                get_module(self.student, name).requires_grad_(False)
+            except ValueError as e:
+                raise ValueError(f"--freeze {name!r} does not exist in the student: {e}") from None
+        self.trainable = [q for q in self.student.parameters() if q.requires_grad]
+        if not self.trainable:
+            raise ValueError(f"--freeze {cfg.freeze} leaves no trainable parameter in the student")
+        self.trainable_params = sum(q.numel() for q in self.trainable)
+
+        # 7. frozen parts on the device: teacher in the mixed-precision dtype, encoders too
+        self.teacher.requires_grad_(False).eval().to(self.device, self.dtype)
+        for m in (p.vae, p.text_encoder):
+            m.requires_grad_(False).eval().to(self.device, self.dtype)
+        self.student.to(self.device).train()
+        if cfg.gradient_checkpointing:
+            if not getattr(self.student, "_supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(self.student).__name__} does not support gradient checkpointing")
+            self.student.enable_gradient_checkpointing()
+
+        # 8. perceptual network (checks: weights file)
+        self.perc_net = None
+        if cfg.lambda_perc > 0:
+            from slimdiff.distill.perceptual import load_perceptual_net
+
+            self.perc_net = load_perceptual_net(cfg.perceptual_net, cfg.perceptual_weights, p.toy_world)
+            self.perc_net.to(self.device, self.dtype).requires_grad_(False).eval()
+
+        # 9. encoders (+ cache) and a dry run: feature shapes, units stochastic depth may skip
+        cache = None
+        if cfg.cache_dir is not None:
+            cache = EncodingCache(cfg.cache_dir, base.fingerprint, p.vae, p.text_encoder)
+        self.dataset = CachedDataset(base, cache)
+        self.encoder = BatchEncoder(p.vae, p.tokenizer, p.text_encoder, cache)
+        self.empty_text = self.encoder.encode_text([""])  # (1, L, D), for caption dropout
+        self.stochastic = StochasticDepth(self.student, cfg.stochastic_depth) if cfg.stochastic_depth > 0 else None
+        self._dry_run()
+
+        # 10. optimiser (trainable parameters only), LR schedule, EMA; wrap the student
+        from diffusers.optimization import get_scheduler
+
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        # stepped once per optimiser step by us (not prepared: accelerate would step it per process)
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=cfg.max_steps)
+        self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
+        self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
+        acc.register_for_checkpointing(self.lr_scheduler, *([self.ema] if self.ema else []))
+        ckpt.install_portable_model_hooks(acc)
+        if self.resume_dir is not None:
+            acc.load_state(str(self.resume_dir))
+
+    # ------------------------------------------------------------------------------ set-up
+
+    @torch.no_grad()
+    def _dry_run(self) -> None:
+        """One batch-1 forward of both models on random inputs: checks feature shapes and
+        lets stochastic depth find the channel-preserving units."""
+        g = torch.Generator().manual_seed(0)
+        c = self.teacher.config.in_channels
+        h = self.resolution // (2 ** (len(self.parts.vae.config.block_out_channels) - 1))
+        x = torch.randn(1, c, h, h, generator=g).to(self.device)
+        t = torch.tensor([self.num_train_timesteps // 2], device=self.device)
+        text = self.empty_text.float()
+        with self.accelerator.autocast():
+            if self.stochastic is not None:
+                self.stochastic.probe(lambda: self.student(x, t, encoder_hidden_states=text))
+            else:
+                self.student(x, t, encoder_hidden_states=text)
+        s_feats = self.s_rec.pop() if self.s_rec else {}
+        if self.t_rec is not None:
+            self.teacher(x.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype))
+            t_feats = self.t_rec.pop()
+            check_shapes(s_feats, t_feats, self.feat_map, "feature")
+            check_shapes(s_feats, t_feats, self.mid_map, "mid-block")
+
+    # ------------------------------------------------------------------------------ one step
+
+    def _micro_step(self, items: list[dict], position: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch (this process's rows of global micro-batch `position`)."""
+        cfg = self.cfg
+        # 1. encodings: latent moments (b, 2C, h, w), text (b, L, D)
+        moments, text = self.encoder(items)
+        b, c2, h, w = moments.shape
+        lo, hi = self.rank * b, (self.rank + 1) * b
+        # 2. the global micro-batch's randomness, this process's rows
+        g = random_generator(cfg.seed, position, _NOISE)
+        G = b * self.world
+        t = torch.randint(0, self.num_train_timesteps, (G,), generator=g)[lo:hi].to(self.device)
+        noise = torch.randn(G, c2 // 2, h, w, generator=g)[lo:hi].to(self.device)
+        eps = torch.randn(G, c2 // 2, h, w, generator=g)[lo:hi]
+        drop = (torch.rand(G, generator=g) < cfg.caption_dropout)[lo:hi].to(self.device)
+        latents = sample_latents(moments, eps, self.scaling_factor)  # x0 (b, C, h, w)
+        text = torch.where(drop[:, None, None], self.empty_text.expand_as(text), text)
+        x_t = self.noise_scheduler.add_noise(latents, noise, t)  # sqrt(ab) x0 + sqrt(1 - ab) eps
+        if self.stochastic is not None:
+            self.stochastic.set_skipped(self.stochastic.sample(random_generator(cfg.seed, position, _DEPTH)))
+        # 3. student (wrapped) and teacher (plain, no grad)
+        pred_s = self.model(x_t, t, encoder_hidden_states=text).sample  # (b, C, h, w)
+        s_feats = self.s_rec.pop() if self.s_rec else {}
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.lambda_task > 0:
+            target = task_target(self.prediction_type, latents, noise, t, self.alphas_cumprod)
+            terms["loss_task"] = mse(pred_s, target)
+        if cfg.needs_teacher:
+            with torch.no_grad():
+                pred_t = self.teacher(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
+            t_feats = self.t_rec.pop() if self.t_rec else {}
+            if cfg.lambda_out > 0:
+                terms["loss_out"] = mse(pred_s, pred_t)
+            if cfg.lambda_feat > 0:
+                terms["loss_feat"] = feature_kd(s_feats, t_feats, self.feat_map, cfg.feat_loss)
+            if cfg.lambda_mid > 0:
+                terms["loss_mid"] = feature_distance(s_feats["mid"], t_feats[self.mid_map["mid"]], cfg.feat_loss)
+            if cfg.lambda_perc > 0:
+                terms["loss_perc"] = self._perceptual(x_t, pred_s, pred_t, t)
+        weights = {"loss_task": cfg.lambda_task, "loss_out": cfg.lambda_out, "loss_feat": cfg.lambda_feat,
+                   "loss_mid": cfg.lambda_mid, "loss_perc": cfg.lambda_perc}
+        terms["loss"] = sum(weights[k] * v for k, v in terms.items())
+        return terms
+
+    def _perceptual(self, x_t, pred_s, pred_t, t) -> torch.Tensor:
+        """A-SDM SAS: features of the decoded x0 estimates, student vs teacher."""
+        vae = self.parts.vae
+
+        def decode(x0):  # latents (b, C, h, w) -> images (b, 3, H, W) in [0, 1] (not clamped: keeps gradients)
+            return (vae.decode((x0 / self.scaling_factor).to(self.dtype)).sample + 1) / 2
+
+        with self.accelerator.autocast():
+            img_s = decode(x0_estimate(self.prediction_type, x_t, pred_s, t, self.alphas_cumprod))
+            with torch.no_grad():
+                img_t = decode(x0_estimate(self.prediction_type, x_t, pred_t, t, self.alphas_cumprod))
+            return perceptual_loss(self.perc_net, img_s, img_t)
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def run(self) -> DistillResult:
+        cfg, acc = self.cfg, self.accelerator
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        log = JsonlLog(self.out / "train_log.jsonl", self.start_step if self.resume_dir else None, main)
+        sampler = GlobalBatchSampler(self.dataset_size, cfg.batch_size, self.rank, self.world, cfg.seed,
+                                     start=self.start_step * cfg.grad_accum, stop=cfg.max_steps * cfg.grad_accum)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_items,
+                            num_workers=cfg.num_workers)
+        batches = iter(loader)
+        bar = _progress_bar(cfg.max_steps, self.start_step, enabled=self.progress and main)
+        if self.progress and main:
+            bar.write(f"distill: {self.trainable_params:,} trainable parameters, {self.world} process(es), "
+                      f"global batch {cfg.batch_size * self.world * cfg.grad_accum}, feature map from "
+                      f"{self.block_map_source}" + (f", resuming at step {self.start_step}" if self.resume_dir else ""))
+        record: dict = {}
+        t0 = time.perf_counter()
+        for step in range(self.start_step, cfg.max_steps):
+            sums: dict[str, torch.Tensor] = {}
+            grad_norm = None
+            for micro in range(cfg.grad_accum):
+                position = step * cfg.grad_accum + micro
+                items = next(batches)
+                with acc.accumulate(self.model):
+                    terms = self._micro_step(items, position)
+                    acc.backward(terms["loss"])  # accelerate divides by grad_accum
+                    if acc.sync_gradients and cfg.max_grad_norm is not None:
+                        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                    self.optimizer.step()  # a no-op until the last micro-step
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.trainable)
+            # log: every term, averaged over micro-steps and processes
+            keys = sorted(sums)
+            values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
+            record = {"step": step + 1, "epoch": sampler.epoch_of(position), "lr": self.lr_scheduler.get_last_lr()[0],
+                      **dict(zip(keys, values))}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            record["time_s"] = round(time.perf_counter() - t0, 4)
+            log.write(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
+            bar.update(1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+                self._save_checkpoint(step + 1)
+        elapsed = time.perf_counter() - t0
+        bar.close()
+        steps_done = cfg.max_steps - self.start_step
+        steps_per_sec = steps_done / elapsed if elapsed > 0 else float("nan")
+        return self._finish(record, steps_per_sec, log.path)
+
+    def _save_checkpoint(self, step: int) -> None:
+        state = {"step": step, "micro_batch_global": self.cfg.batch_size * self.world, "num_processes": self.world,
+                 "config": self.cfg.to_dict()}
+        ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.cfg.checkpoints_keep)
+
+    # ------------------------------------------------------------------------------ outputs
+
+    def _finish(self, record: dict, steps_per_sec: float, log_path: Path) -> DistillResult:
+        acc, cfg = self.accelerator, self.cfg
+        acc.wait_for_everyone()
+        student = acc.unwrap_model(self.model)
+        # 1. the plain student: no hooks, no skipping, EMA weights when EMA is on
+        for rec in (self.s_rec, self.t_rec):
+            if rec is not None:
+                rec.remove()
+        if self.stochastic is not None:
+            self.stochastic.remove()
+        if cfg.gradient_checkpointing and hasattr(student, "disable_gradient_checkpointing"):
+            student.disable_gradient_checkpointing()
+        if self.ema is not None:
+            self.ema.copy_to(self.trainable)
+        student.eval().requires_grad_(False)
+        losses = {k: v for k, v in record.items() if k.startswith("loss")}
+        plot_path = pipeline_dir = None
+        if acc.is_main_process:
+            # 2. student + recipe.json, loss curves, pipeline
+            from slimdiff.unet import save_unet
+
+            save_unet(student, self.out, recipe=self._recipe(losses, steps_per_sec))
+            plot_path = _plot(log_path, self.out / "loss_curves.png")
+            pipeline_dir = self._save_pipeline(student)
+        acc.wait_for_everyone()
+        acc.free_memory()
+        return DistillResult(student=student, out=self.out, steps=cfg.max_steps, losses=losses,
+                             steps_per_sec=steps_per_sec, log_path=log_path, plot_path=plot_path,
+                             pipeline_dir=pipeline_dir, feature_map=dict(self.feat_map),
+                             trainable_params=self.trainable_params, num_processes=self.world)
+
+    def _recipe(self, losses: dict, steps_per_sec: float) -> dict:
+        from slimdiff import __version__
+
+        recipe = {k: v for k, v in self.parts.input_recipe.items() if k != "unet_class"}
+        inheritance = getattr(self.student, "inheritance", None)
+        if "inheritance" not in recipe and inheritance and any(k != v for k, v in inheritance.items()):
+            recipe["inheritance"] = dict(inheritance)
+        if "distill" in recipe:  # a second distillation (e.g. progressive incubation): keep the first
+            recipe["distill_history"] = [*recipe.get("distill_history", []), recipe["distill"]]
+        recipe["distill"] = {
+            "config": self.cfg.to_dict(),
+            "teacher": self.cfg.teacher if self.cfg.teacher is not None else "in memory",
+            "student_init": self.cfg.student if self.cfg.student is not None else "in memory",
+            "pipeline": self.parts.pipeline_source,
+            "prediction_type": self.prediction_type,
+            "resolution": self.resolution,
+            "block_map": self.block_map,
+            "block_map_source": self.block_map_source,
+            "feature_map": self.feat_map,
+            "mid_map": self.mid_map,
+            "stochastic_depth_units": self.stochastic.units if self.stochastic else [],
+            "trainable_params": self.trainable_params,
+            "num_processes": self.world,
+            "global_batch": self.cfg.batch_size * self.world * self.cfg.grad_accum,
+            "dataset_size": self.dataset_size,
+            "steps": self.cfg.max_steps,
+            "final_losses": losses,
+            "steps_per_sec": steps_per_sec,
+            "ema": self.ema is not None,
+            "slimdiff_version": __version__,
+        }
+        return recipe
+
+    def _save_pipeline(self, student: nn.Module) -> Path | None:
+        """out/pipeline: the teacher's pipeline with the student as its unet (so `slimdiff evaluate` runs)."""
+        out = self.out / "pipeline"
+        if self.parts.pipeline_source is not None:
+            from slimdiff.unet.io import save_pipeline_with_unet
+
+            return save_pipeline_with_unet(self.parts.pipeline_source, student, out)
+        from diffusers import StableDiffusionPipeline
+
+        from slimdiff.unet import to_diffusers
+
+        plain = student if type(student).__name__ == "UNet2DConditionModel" else (to_diffusers(student) or student)
+        pipe = self.parts.pipeline
+        comps = {k: v for k, v in pipe.components.items()}
+        comps["unet"] = plain
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        StableDiffusionPipeline(**comps).save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _make_accelerator(cfg: DistillConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # in-process runs (tests, `slimdiff demo`) may differ in mixed precision / accumulation
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    # stochastic depth leaves skipped units without gradient in some steps
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.stochastic_depth > 0)
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=cfg.cpu, kwargs_handlers=[ddp])
+
+
+def _noise_scheduler(config: dict):
+    """The training noise schedule: DDPM with the pipeline scheduler's betas and prediction type."""
+    from diffusers import DDPMScheduler
+
+    keep = {k: v for k, v in config.items() if not k.startswith("_")}
+    return DDPMScheduler.from_config(keep)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="distill")
+
+
+def _plot(log_path: Path, png: Path) -> Path | None:
+    """Loss curves from the JSONL log (slimdiff.report's plot; None if the log is empty)."""
+    from slimdiff.report.plots import plot_loss_curves
+
+    if not log_path.is_file() or not log_path.read_text().strip():
+        return None
+    return plot_loss_curves(log_path, png, title="distillation losses")

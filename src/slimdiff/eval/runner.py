@@ -1,0 +1,431 @@
+"""Generation and evaluation: images from prompts with fixed seeds, and the metrics on them.
+
+    images = generate("toy", ["a small red circle on the left"], steps=25, guidance=7.5, seed=0)
+    result = evaluate("runs/bk-small-kd", split="test", num_images=128, seed=0)
+    result["alignment"], result["all_correct"], result["judge_fid"]
+
+Seeding: image i of a call draws its noise from its own generator seeded with `seed + i`, so the
+same seed gives the same images whatever the batch size. `evaluate` on the toy world uses the
+test split's scenes `sample_scenes(split, N, seed)`, their captions as prompts and their
+rendered images as the reference set of judge-FID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from PIL import Image
+from tqdm.auto import tqdm
+
+from slimdiff.eval import metrics
+from slimdiff.eval.images import resize, to_pil, to_tensor
+from slimdiff.eval.inception import resolve_weights
+
+# scheduler name -> diffusers class; built with `.from_config(pipe.scheduler.config)`
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+    "pndm": PNDMScheduler,  # as Stable Diffusion configures it: PLMS only (skip_prk_steps=True)
+    "euler": EulerDiscreteScheduler,
+    "ddpm": DDPMScheduler,
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+# ---------------------------------------------------------------------------------------------
+# models and schedulers
+
+
+def resolve_pipeline(model, base: str | os.PathLike | None = None) -> DiffusionPipeline:
+    """A pipeline from what a user names.
+
+    `model`: a pipeline (returned as is); `"toy"`; a pipeline directory (`model_index.json`); a
+    prune/distill output directory (its `pipeline/` subdirectory is used when present); a U-Net
+    directory or a U-Net module, placed into the pipeline `base` (default: the `teacher` named in
+    the directory's `recipe.json`, else "toy" for a module).
+    """
+    if isinstance(model, DiffusionPipeline):
+        return model
+    is_module = isinstance(model, torch.nn.Module)
+    if not is_module and str(model) != "toy" and not Path(model).is_dir():
+        raise FileNotFoundError(
+            f"model {str(model)!r} is neither 'toy' nor an existing directory (a diffusers pipeline "
+            f"directory, or a prune/distill output directory); hub ids are not downloaded"
+        )
+    from slimdiff.unet import load_pipeline  # the contract's loader: toy, pipeline dirs, slim U-Nets
+
+    if is_module:
+        return load_pipeline(str(base) if base is not None else "toy", unet=model)
+    if str(model) == "toy":
+        return load_pipeline("toy")
+    path = Path(model)
+    if (path / "pipeline" / "model_index.json").is_file():
+        return load_pipeline(str(path / "pipeline"))
+    if (path / "model_index.json").is_file():
+        return load_pipeline(str(path))
+    if (path / "config.json").is_file():  # a U-Net alone: host it in its teacher's pipeline
+        from slimdiff.unet import load_unet
+
+        if base is None and (path / "recipe.json").is_file():
+            teacher = json.loads((path / "recipe.json").read_text()).get("teacher")
+            base = teacher if isinstance(teacher, str) else None
+        if base is None:
+            raise ValueError(
+                f"{path} holds a U-Net but no pipeline, and its recipe.json names no teacher: pass the "
+                f"pipeline to run it in (--base toy or --base PIPELINE_DIR)"
+            )
+        return load_pipeline(str(base), unet=load_unet(str(path)))
+    raise FileNotFoundError(
+        f"{path} has no model_index.json, pipeline/ or config.json: not a diffusers pipeline, prune/distill "
+        f"output or U-Net directory"
+    )
+
+
+def make_scheduler(name: str, pipe: DiffusionPipeline):
+    """A scheduler of kind `name` (see SCHEDULERS) with the pipeline's noise schedule."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
+    config = dict(pipe.scheduler.config)
+    overrides = {"skip_prk_steps": True} if name == "pndm" and "skip_prk_steps" not in config else {}
+    return SCHEDULERS[name].from_config(config, **overrides)
+
+
+def image_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]:
+    """CPU generators for images start..start+n-1 of a call: image i is seeded with `seed + i`."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(start, start + n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def generate(
+    pipe_or_model,
+    prompts: Sequence[str],
+    steps: int = 25,
+    guidance: float = 7.5,
+    seed: int = 0,
+    scheduler: str | None = None,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    progress: bool = True,
+    base: str | os.PathLike | None = None,
+) -> list[Image.Image]:
+    """One image per prompt, in order. Image i uses its own generator seeded with `seed + i`.
+
+    `pipe_or_model`: anything `resolve_pipeline` takes. `scheduler`: a name in SCHEDULERS
+    (None keeps the pipeline's own); the pipeline's scheduler is restored afterwards.
+    `height`/`width`: default the pipeline's (U-Net sample_size x VAE scale factor).
+    Defaults follow the field's protocol (METHODS.md section 7): 25 steps, guidance 7.5.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    pipe = resolve_pipeline(pipe_or_model, base=base)
+    own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
+    try:
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, pipe)
+        pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per batch
+        images: list[Image.Image] = []
+        bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            out = pipe(
+                prompt=batch,
+                negative_prompt=[negative_prompt] * len(batch) if negative_prompt is not None else None,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=height,
+                width=width,
+                generator=image_generators(seed, len(batch), start),  # one per image
+                output_type="pil",
+            )
+            images.extend(out.images)
+            bar.update(len(batch))
+        bar.close()
+    finally:
+        pipe.scheduler = own_scheduler
+        pipe._progress_bar_config = own_bar
+    return images
+
+
+def _slug(text: str, max_len: int = 48) -> str:
+    keep = "".join(ch if ch.isalnum() else "_" for ch in text.lower())
+    return "_".join(w for w in keep.split("_") if w)[:max_len] or "image"
+
+
+def save_images(
+    images: Sequence[Image.Image], prompts: Sequence[str], out_dir: str | os.PathLike, grid: bool = True
+) -> list[Path]:
+    """Write `NNN_<prompt>.png` per image into `out_dir`, and `grid.png` when there are several.
+
+    Returns the paths written (the grid last).
+    """
+    from slimdiff.report.grid import make_grid
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    out_dir = Path(out_dir)
+    paths = [_save_png(im, out_dir / f"{i:03d}_{_slug(p)}.png") for i, (im, p) in enumerate(zip(images, prompts))]
+    if grid and len(images) > 1:
+        cell = max(128, images[0].width)  # small toy images are enlarged for legibility
+        paths.append(_save_png(make_grid(images, nrow=min(4, len(images)), labels=prompts, cell_size=cell),
+                               out_dir / "grid.png"))
+    return paths
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts of a text file, one per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def is_toy_pipeline(pipe: DiffusionPipeline) -> bool:
+    """True when the pipeline speaks the toy world's language (its tokenizer is the toy's)."""
+    from slimdiff.toy.tokenizer import build_tokenizer
+
+    tok = getattr(pipe, "tokenizer", None)
+    return tok is not None and tok.get_vocab() == build_tokenizer().get_vocab()
+
+
+def load_image_folder(path: str | os.PathLike, limit: int | None = None, size: tuple[int, int] | None = None):
+    """Images of a folder (sorted by name) as a float tensor (N, 3, H, W) in [0, 1].
+
+    `size` (H, W): resize every image to it (default: the first image's size).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"reference image folder not found: {path}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+    files = files[:limit] if limit else files
+    images = [Image.open(f).convert("RGB") for f in files]
+    h, w = size or (images[0].height, images[0].width)
+    images = [im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC) for im in images]
+    return to_tensor(images)
+
+
+def _toy_grid(generated, rendered, captions, rows: int):
+    from slimdiff.report.grid import make_grid
+
+    n = min(rows, len(generated))
+    cells = [im for pair in zip(rendered[:n], generated[:n]) for im in pair]
+    return make_grid(cells, nrow=2, row_labels=captions[:n], col_labels=["rendered", "generated"], cell_size=96)
+
+
+def evaluate(
+    model,
+    split: str = "test",
+    num_images: int = 64,
+    steps: int = 25,
+    guidance: float = 7.5,
+    seed: int = 0,
+    batch_size: int = 16,
+    scheduler: str | None = None,
+    toy: bool | None = None,
+    prompts: Sequence[str] | None = None,
+    ref_images: str | os.PathLike | None = None,
+    inception_weights: str | os.PathLike | None = None,
+    clip_dir: str | os.PathLike | None = None,
+    grid: str | os.PathLike | None = None,
+    grid_rows: int = 16,
+    reference: bool = False,
+    progress: bool = True,
+    base: str | os.PathLike | None = None,
+    world=None,
+    judge=None,
+    return_images: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
+    """Generate `num_images` images and score them; returns a JSON-ready dict.
+
+    Toy world (`toy=None`: detected from the pipeline's tokenizer): prompts are the captions of
+    `sample_scenes(split, num_images, seed)`; keys `alignment`, `all_correct` (and the judge's
+    per-attribute scores), `judge_fid` against the rendered images of the same scenes;
+    `reference=True` adds the same figures for rendered images (the ceiling; judge-FID between
+    two independent draws of rendered scenes).
+    Any model: `fid` (needs `ref_images`, a folder, and `inception_weights`), `is` and `is_std`
+    (needs `inception_weights`), `clip_score` (needs `clip_dir`). Non-toy models need `prompts`.
+    `grid`: a PNG path for an image grid of the first `grid_rows` prompts.
+    `world`, `judge`: replacements for `slimdiff.toy.world` and `load_judge()` (tests).
+    `return_images`: also return the generated images, `(result, images)` (e.g. for a report grid).
+    Everything but `timing` is a function of the arguments: the same seed gives the same numbers.
+    """
+    # 1. check every input before the long generation: pipeline, weights, judge, prompts
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if ref_images is not None and inception_weights is None:
+        raise ValueError("ref_images was given but not inception_weights: FID needs both")
+    if inception_weights is not None:
+        resolve_weights(inception_weights)
+    if ref_images is not None and not Path(ref_images).is_dir():
+        raise FileNotFoundError(f"reference image folder not found: {ref_images}")
+    if clip_dir is not None:
+        metrics.resolve_clip_dir(clip_dir)
+    pipe = resolve_pipeline(model, base=base)
+    toy = is_toy_pipeline(pipe) if toy is None else toy
+    scenes = None
+    if toy:
+        if prompts is not None:
+            raise ValueError("the toy world's prompts are its scenes' captions: pass toy=False to use your own prompts")
+        if world is None:
+            from slimdiff.toy import world
+        judge = judge if judge is not None else _load_judge()
+        if split not in world.SPLITS:
+            raise ValueError(f"split {split!r} is not one of {list(world.SPLITS)}")
+        scenes = world.sample_scenes(split, num_images, seed)
+        prompts = [world.caption(s) for s in scenes]
+    elif prompts is None:
+        raise ValueError(
+            "this model is not the toy world's: pass prompts (--prompts FILE, one per line) to evaluate it"
+        )
+    else:
+        prompts = list(prompts)
+        if len(prompts) < num_images:
+            raise ValueError(f"num_images={num_images} but only {len(prompts)} prompts were given")
+        prompts = prompts[:num_images]
+
+    # 2. generate, one seeded generator per image
+    t0 = time.perf_counter()
+    images = generate(pipe, prompts, steps, guidance, seed, scheduler, batch_size, progress=progress)
+    gen_seconds = time.perf_counter() - t0
+    gen = to_tensor(images)  # (N, 3, H, W) in [0, 1]
+    result: dict[str, Any] = {}
+
+    # 3. toy world: the judge's alignment and judge-FID against the rendered scenes
+    if toy:
+        rendered = to_tensor([world.render(s) for s in scenes])
+        result.update(toy_scores(gen, scenes, judge=judge, world=world, rendered=rendered))
+        if reference:
+            other = world.sample_scenes(split, num_images, seed + 1)
+            ref_scores = toy_scores(rendered, scenes, judge=judge, world=world, rendered=rendered, fid=False)
+            ref_scores["judge_fid"] = metrics.judge_fid(to_tensor([world.render(s) for s in other]), rendered, judge)
+            result["reference"] = ref_scores
+        if grid is not None:
+            _save_png(_toy_grid(images, to_pil(rendered), prompts, grid_rows), grid)
+
+    # 4. real-model metrics, each where its weights were given
+    if inception_weights is not None:
+        if ref_images is not None:
+            ref = load_image_folder(ref_images, size=tuple(gen.shape[-2:]))
+            result["fid"] = metrics.fid(gen, ref, inception_weights)
+        splits = min(10, gen.shape[0])  # the field's 10 splits, fewer for tiny runs
+        result["is"], result["is_std"] = metrics.inception_score(gen, inception_weights, splits=splits, seed=seed)
+    if clip_dir is not None:
+        result["clip_score"] = metrics.clip_score(gen, prompts, clip_dir)
+    if grid is not None and not toy:
+        from slimdiff.report.grid import make_grid
+
+        n = min(grid_rows, len(images))
+        _save_png(make_grid(images[:n], nrow=min(4, n), labels=prompts[:n], cell_size=192), grid)
+
+    # 5. settings, so the JSON says how its numbers were made
+    result["settings"] = {
+        "model": model if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "world": "toy" if toy else "prompts",
+        "split": split if toy else None,
+        "num_images": num_images,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "scheduler": scheduler or type(pipe.scheduler).__name__,
+        "batch_size": batch_size,
+        "resolution": list(gen.shape[-2:]),
+        "judge_resolution": list(rendered.shape[-2:]) if toy else None,
+    }
+    result["timing"] = {"generate_s": gen_seconds, "s_per_image": gen_seconds / len(images)}
+    if toy:
+        result["prompts"] = prompts
+    return (result, images) if return_images else result
+
+
+def _load_judge():
+    from slimdiff.toy.judge import load_judge
+
+    return load_judge()
+
+
+def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool = True) -> dict[str, Any]:
+    """The toy world's metrics of `images` generated from `scenes` (one image per scene, in order).
+
+    Returns the judge's `score` dict (`alignment`, `all_correct`, per-attribute figures) and, with
+    `fid`, `judge_fid` against `rendered` (default: the scenes rendered by `world`). Images are
+    resized to the rendered images' size (the judge's input) when they differ.
+    """
+    if world is None:
+        from slimdiff.toy import world
+    judge = judge if judge is not None else _load_judge()
+    if rendered is None:
+        rendered = to_tensor([world.render(s) for s in scenes])
+    gen = resize(to_tensor(images), tuple(rendered.shape[-2:]))  # (N, 3, H, W) at the judge's size
+    if gen.shape[0] != len(scenes):
+        raise ValueError(f"{gen.shape[0]} images for {len(scenes)} scenes")
+    with torch.no_grad():
+        out = _plain(judge.score(gen, scenes))
+    if fid:
+        out["judge_fid"] = metrics.judge_fid(gen, rendered, judge)
+    return out
+
+
+METRIC_KEYS = ("alignment", "all_correct", "judge_fid", "fid", "is", "clip_score")
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline metrics of an `evaluate` result as table rows (metric, value[, rendered])."""
+    ref = result.get("reference", {})
+    rows = []
+    for key in METRIC_KEYS:
+        if key in result:
+            row = {"metric": key, "value": result[key]}
+            if ref:
+                row["rendered (ceiling)"] = ref.get(key)
+            rows.append(row)
+    return rows
+
+
+def _plain(scores: dict) -> dict:
+    """Judge output -> JSON-ready dict (tensors and numpy scalars to floats)."""
+    from slimdiff.io import to_jsonable
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            return v.item() if v.ndim == 0 else v.tolist()
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    out = to_jsonable(plain(scores))
+    for key in ("alignment", "all_correct"):
+        if key not in out:
+            raise KeyError(f"the judge's score() returned no {key!r} (keys: {sorted(out)})")
+    return out
+
+
+def _save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    from slimdiff.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

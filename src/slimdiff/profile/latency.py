@@ -1,0 +1,168 @@
+"""Measured latency: the whole U-Net forward, and each unit alone on its captured inputs.
+
+Method (SnapFusion "do profiling"): run the U-Net once with forward pre-hooks that keep
+every unit's positional and keyword inputs, then call each unit alone on exactly those
+inputs: `warmup` untimed calls, then `repeats` timed calls; report the median. Everything
+runs under `torch.inference_mode()`; on CUDA each call is bracketed by a synchronisation.
+
+Timing a unit alone measures its kernels and its Python dispatch; the glue between units
+(skip concatenation, time embedding, conv_in/conv_out, block bookkeeping) is what remains
+of the whole forward: `other = whole - sum(units)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class UNetInputs:
+    """One seeded U-Net input: sample (B, C_in, h, w), timestep (B,), text (B, L, D)."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+
+    def __call__(self, model: nn.Module):
+        return model(self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states, return_dict=False)
+
+
+def make_unet_inputs(
+    model: nn.Module,
+    latent_size: int,
+    text_width: int,
+    batch: int = 1,
+    context_length: int = 77,
+    timestep: int = 500,  # mid-schedule of T = 1000; latency does not depend on it
+    seed: int = 0,
+) -> UNetInputs:
+    """Seeded random inputs on the model's device and dtype; text is (B, context_length, text_width)."""
+    p = next(model.parameters())
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, model.config.in_channels, latent_size, latent_size, generator=g)
+    ehs = torch.randn(batch, context_length, text_width, generator=g)
+    t = torch.full((batch,), timestep, dtype=torch.long)
+    return UNetInputs(sample.to(p.device, p.dtype), t.to(p.device), ehs.to(p.device, p.dtype))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_call(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Call `fn` `warmup` times untimed, then `repeats` times; return each timed call in ms."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+@contextlib.contextmanager
+def capture_inputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, tuple[tuple, dict]]]:
+    """Record each named module's (args, kwargs) of its first call during the `with` body.
+
+    The tensors are kept by reference (a U-Net's units do not modify their inputs in place).
+    """
+    captured: dict[str, tuple[tuple, dict]] = {}
+    handles = []
+
+    def make_hook(name):
+        def hook(module, args, kwargs):
+            captured.setdefault(name, (args, dict(kwargs)))
+
+        return hook
+
+    for name, mod in modules.items():
+        handles.append(mod.register_forward_pre_hook(make_hook(name), with_kwargs=True))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def time_units(
+    modules: dict[str, nn.Module],
+    captured: dict[str, tuple[tuple, dict]],
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Time each named module alone on its captured inputs -> {name: [ms per repeat]}."""
+    missing = [n for n in modules if n not in captured]
+    if missing:
+        raise ValueError(f"units never ran in the capture forward, cannot time them: {missing}")
+    out = {}
+    for name, mod in modules.items():
+        args, kwargs = captured[name]
+        out[name] = time_call(lambda: mod(*args, **kwargs), warmup, repeats, device)
+        if progress is not None:
+            progress(name)
+    return out
+
+
+def time_model(model: nn.Module, inputs: UNetInputs, warmup: int, repeats: int) -> list[float]:
+    """Whole U-Net forward times in ms."""
+    return time_call(lambda: inputs(model), warmup, repeats, inputs.sample.device)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Set torch's intra-op threads for the body (None keeps the current number)."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+class progress_bar:
+    """A rich progress bar on stderr (or nothing); yields `advance(description)`."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self._bar = enabled, total, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda name: None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._bar = Progress(console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("timing units", total=self.total)
+        return lambda name: self._bar.update(task, advance=1, description=f"timed {name}")
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,167 @@
+"""Latency lookup table: predict a candidate U-Net's latency without running it.
+
+    lut = LatencyLUT.build(teacher, ProfileSettings(resolution=512))   # measures once
+    lut.save("lut.json")
+    ms = LatencyLUT.load("lut.json").predict(student)                  # no forward pass
+
+Model (SnapFusion's latency lookup table, METHODS.md section 1):
+    latency(net) ~ sum over units u of LUT[signature(u)] + LUT[stem signature(net)]
+Unit entries are medians of the unit timed alone on the inputs it receives inside the
+network (slimdiff.profile.latency). The stem entry ("overhead") is what the whole forward
+takes beyond its units: conv_in, time embedding, conv_norm_out/conv_out and the glue between
+units (skip concatenation, dispatch), measured as `whole - sum(units)` on the network the
+table was built from. The glue part scales a little with the number of units; a candidate
+with fewer units is therefore predicted slightly slow (see docs/bench/presets_latency.md).
+
+`predict` only reads module sizes (no forward, no allocation); a unit whose signature is not
+in the table raises `LUTMissError` naming it; `extend(model)` measures the missing ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, replace
+
+import torch
+from torch import nn
+
+from slimdiff.io import read_json, write_json
+
+from .latency import capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_model, time_units
+from .profiler import ProfileResult, ProfileSettings, check_latent_size, check_model_placement, signatures
+from .units import list_units, text_width
+
+FORMAT = "slimdiff-latency-lut/1"
+
+
+class LUTMissError(ValueError):
+    """A unit (or the stem) of the candidate has no entry in the table."""
+
+
+class LatencyLUT:
+    def __init__(self, settings: ProfileSettings):
+        if settings.threads is None:
+            raise ValueError("a LatencyLUT needs settings.threads resolved to a number (latency depends on it)")
+        self.settings = settings  # the run the entries were measured with (latent, batch, dtype, ...)
+        self.units: dict[str, float] = {}  # unit signature key -> median ms
+        self.overhead: dict[str, float] = {}  # stem signature key -> ms (whole - sum of units)
+        self.meta: dict[str, dict] = {}  # key -> {"signature": {...}, "source": unit name, "samples_ms": [...]}
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def build(cls, model: nn.Module, settings: ProfileSettings | None = None, progress: bool = False) -> "LatencyLUT":
+        """Measure every distinct unit signature of `model` once, and its stem overhead."""
+        settings = settings or ProfileSettings()
+        with num_threads(settings.threads) as threads:
+            lut = cls(replace(settings, threads=threads))
+            lut._measure(model, overhead=True, progress=progress)
+        return lut
+
+    def extend(self, model: nn.Module, progress: bool = False) -> list[str]:
+        """Measure the units of `model` missing from the table (and its stem if missing).
+        Returns the new keys. Runs `model` once plus the timings, with the table's settings."""
+        with num_threads(self.settings.threads):
+            return self._measure(model, overhead=False, progress=progress)
+
+    @classmethod
+    def from_profile(cls, result: ProfileResult) -> "LatencyLUT":
+        """A table from a profile's unit latencies (units sharing a signature: median)."""
+        if result.total.latency_ms is None:
+            raise ValueError("the profile has no latency (it ran with measure_latency=False)")
+        names = {f.name for f in fields(ProfileSettings)}
+        lut = cls(ProfileSettings(**{k: v for k, v in result.settings.items() if k in names}))
+        groups: dict[str, list] = {}
+        for r in result.units:
+            groups.setdefault(r.signature, []).append(r)
+        for key, rows in groups.items():
+            lut.units[key] = median([r.latency_ms for r in rows])
+            lut.meta[key] = {"source": rows[0].name, "samples_ms": [r.latency_ms for r in rows]}
+        # stem overhead = whole - sum of the table's entries, so predict(profiled model) == whole
+        whole = result.total.latency_ms
+        lut.overhead[result.overhead_signature] = whole - sum(lut.units[r.signature] for r in result.units)
+        lut.meta[result.overhead_signature] = {"source": result.model}
+        return lut
+
+    def _measure(self, model: nn.Module, overhead: bool, progress: bool) -> list[str]:
+        s = self.settings
+        check_model_placement(model, s)
+        model.eval()
+        units = list_units(model)
+        check_latent_size(units, s.latent)
+        sigs, stem = signatures(model, units, s, s.threads)
+        # 1. one representative unit per signature not yet in the table
+        todo = {}
+        for u, sig in zip(units, sigs):
+            if sig.key() not in self.units and sig.key() not in {k for k, _ in todo.values()}:
+                todo[u.name] = (sig.key(), sig)
+        need_stem = overhead or stem.key() not in self.overhead
+        if not todo and not need_stem:
+            return []
+        inputs = make_unet_inputs(model, s.latent, text_width(model, units), s.batch, s.context_length, seed=s.seed)
+        modules = {u.name: u.module for u in units if u.name in todo}
+        with capture_inputs(modules) as captured, torch.inference_mode():
+            inputs(model)
+        with progress_bar(progress, len(todo) + int(need_stem)) as advance:
+            times = time_units(modules, captured, s.warmup, s.repeats, inputs.sample.device, advance)
+            del captured
+            new = []
+            for name, (key, sig) in todo.items():
+                self.units[key] = median(times[name])
+                self.meta[key] = {"signature": sig.to_dict(), "source": name, "samples_ms": times[name]}
+                new.append(key)
+            # 2. stem overhead = whole forward - sum of this model's unit entries
+            if need_stem:
+                whole = time_model(model, inputs, s.warmup, s.repeats)
+                advance("whole U-Net")
+                self.overhead[stem.key()] = median(whole) - sum(self.units[g.key()] for g in sigs)
+                self.meta[stem.key()] = {"signature": stem.to_dict(), "whole_ms": whole}
+                new.append(stem.key())
+        return new
+
+    # ---------------------------------------------------------------- prediction
+    def breakdown(self, model: nn.Module) -> dict[str, float]:
+        """Predicted ms per unit name, plus "other" (the stem overhead). No forward pass."""
+        units = list_units(model)
+        sigs, stem = signatures(model, units, self.settings, self.settings.threads)
+        missing = [f"{u.name}: {g.key()}" for u, g in zip(units, sigs) if g.key() not in self.units]
+        if stem.key() not in self.overhead:
+            missing.append(f"stem overhead: {stem.key()}")
+        if missing:
+            raise LUTMissError(
+                f"{len(missing)} signature(s) not in the latency table ({len(self)} unit entries):\n  "
+                + "\n  ".join(missing)
+                + "\nmeasure them with LatencyLUT.extend(model), or build the table on this model"
+            )
+        out = {u.name: self.units[g.key()] for u, g in zip(units, sigs)}
+        out["other"] = self.overhead[stem.key()]
+        return out
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted whole-U-Net latency in ms (sum of unit entries + stem overhead)."""
+        return sum(self.breakdown(model).values())
+
+    # ---------------------------------------------------------------- files
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "settings": asdict(self.settings),
+            "units": [{"key": k, "ms": v, **self.meta.get(k, {})} for k, v in self.units.items()],
+            "overhead": [{"key": k, "ms": v, **self.meta.get(k, {})} for k, v in self.overhead.items()],
+        }
+
+    def save(self, path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> "LatencyLUT":
+        d = read_json(path)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a latency table (format {d.get('format')!r}, expected {FORMAT!r})")
+        lut = cls(ProfileSettings(**d["settings"]))
+        for section, table in (("units", lut.units), ("overhead", lut.overhead)):
+            for e in d[section]:
+                table[e["key"]] = float(e["ms"])
+                lut.meta[e["key"]] = {k: v for k, v in e.items() if k not in ("key", "ms")}
+        return lut

@@ -1,0 +1,77 @@
+"""The units a profile measures: name, kind, block, level and the module itself.
+
+`slimdiff.unet.list_units` names the units of a slimdiff U-Net and of a plain diffusers
+`UNet2DConditionModel` alike (docs/internal-api.md), so the profiler measures either one as
+it is, without converting it.
+
+Vocabulary (METHODS.md): block `down.0..3`, `mid`, `up.0..3`; unit = one ResNet
+(`ResnetBlock2D`), Transformer (`Transformer2DModel`), down-sampler or up-sampler module.
+`level` is the spatial level of the unit's *input*: spatial size = latent_size >> level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class ProfiledUnit:
+    """One unit of a U-Net, in forward order, with its module."""
+
+    name: str  # stable name, e.g. "down.1.layer.0.attn"
+    kind: str  # "resnet" | "attn" | "downsample" | "upsample"
+    block: str  # "down.1", "mid", "up.0"
+    level: int  # input spatial size = latent_size >> level
+    in_channels: int
+    out_channels: int
+    params: int
+    cross_attention_dim: int | None  # attn units: text width their cross-attention reads
+    module: nn.Module
+
+
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def list_units(model: nn.Module) -> list[ProfiledUnit]:
+    """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules."""
+    from slimdiff.unet import get_module
+    from slimdiff.unet import list_units as unet_units
+
+    return [
+        ProfiledUnit(
+            name=u.name,
+            kind=u.kind,
+            block=u.block,
+            level=u.level,
+            in_channels=u.in_channels,
+            out_channels=u.out_channels,
+            params=u.params,
+            cross_attention_dim=u.cross_attention_dim,
+            module=get_module(model, u.name),
+        )
+        for u in unet_units(model)
+    ]
+
+
+def text_width(model: nn.Module, units: list[ProfiledUnit]) -> int:
+    """The width of the encoder_hidden_states the U-Net reads (its attn units' cross_attention_dim)."""
+    dims = {u.cross_attention_dim for u in units if u.cross_attention_dim is not None}
+    if len(dims) > 1:
+        raise ValueError(f"units read text of different widths {sorted(dims)}; one width is supported")
+    if dims:
+        return int(dims.pop())
+    dim = getattr(model.config, "cross_attention_dim", None)
+    return int(dim) if isinstance(dim, int) else 768  # no unit reads the text: its width does not matter
+
+
+def num_levels(units: list[ProfiledUnit]) -> int:
+    """Spatial levels the U-Net uses (4 in SD: latent, /2, /4, /8)."""
+    return max(u.level for u in units) + 1
+
+
+def block_order(units: list[ProfiledUnit]) -> list[str]:
+    """Block names in forward order, as they appear among `units`."""
+    return list(dict.fromkeys(u.block for u in units))

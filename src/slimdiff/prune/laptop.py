@@ -1,0 +1,270 @@
+"""One-shot budgeted layer pruning (LAPTOP-Diff, METHODS.md section 3).
+
+    student, result = laptop_prune(teacher, OutputLossCriterion(calib), Budget.parse("params=0.5"))
+
+1. candidates: every ResNet and Transformer unit whose removal alone is accepted;
+2. score each candidate once with a criterion (`slimdiff.prune.criteria`);
+3. cost of each candidate under the budget metric (the budget accounting below);
+4. choose the set minimising the summed score while removing at least `ratio` of the whole
+   U-Net's metric: exact 0/1 knapsack (`slimdiff.prune.knapsack`), checked and repaired with
+   `remove_units`;
+5. remove it, and measure the budget actually removed.
+
+Budget accounting. A budget is a pruning ratio of one metric of the WHOLE U-Net:
+- `params`: parameter count. cost(u) = parameters of unit u.
+- `flops`: FLOPs of one forward pass at the model's sample size (attention matmuls included),
+  from `slimdiff.profile`. cost(u) = F(model) - F(model - u).
+- `latency`: milliseconds predicted by the latency lookup table (`slimdiff.profile.LatencyLUT`).
+  cost(u) = LUT(model) - LUT(model - u).
+predicted ratio = sum_{u in S} cost(u) / total (what the knapsack assumed: additive costs);
+measured ratio  = 1 - metric(model - S) / metric(model) (the metric of the edited network).
+They differ when removals interact (e.g. a skip that is no longer stored). Both go in the recipe.
+Costs can be injected (`BudgetAccount(...)`) so the search is testable without a profiler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+from . import knapsack
+from .criteria import Criterion, as_slim, removable_units
+
+METRICS = ("params", "flops", "latency")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    metric: str = "params"  # one of METRICS
+    ratio: float = 0.5  # fraction of the whole U-Net's metric to remove, in (0, 1)
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"budget metric {self.metric!r} is not one of {list(METRICS)}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"budget ratio must be in (0, 1), got {self.ratio}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """`"params=0.5"` -> Budget("params", 0.5)."""
+        metric, sep, value = text.partition("=")
+        if not sep:
+            raise ValueError(f"budget {text!r} must look like METRIC=RATIO, e.g. params=0.5 (metrics: {list(METRICS)})")
+        try:
+            ratio = float(value)
+        except ValueError:
+            raise ValueError(f"budget {text!r}: ratio {value!r} is not a number") from None
+        return cls(metric.strip(), ratio)
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.ratio:g}"
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float]]:
+    """(total FLOPs, FLOPs per unit) of one forward at the model's sample size (`slimdiff.profile`)."""
+    from slimdiff.profile import ProfileSettings, profile_unet
+
+    p = next(model.parameters())
+    size = model.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    settings = ProfileSettings(latent_size=size, measure_latency=False, context_length=context_length,
+                               device=p.device.type, dtype=str(p.dtype).removeprefix("torch."))
+    result = profile_unet(model, settings)
+    return float(result.total.flops), {r.name: float(r.flops) for r in result.units}
+
+
+def metric_function(metric: str, lut=None, context_length: int = 77) -> Callable[[object], float]:
+    """model -> value of `metric` for a whole U-Net (params; FLOPs; LUT-predicted ms)."""
+    if metric == "params":
+        return lambda m: float(count_params(m))
+    if metric == "flops":
+        return lambda m: model_flops(m, context_length)[0]
+    if metric == "latency":
+        if lut is None:
+            raise ValueError("a latency budget needs a latency lookup table (slimdiff.profile.LatencyLUT)")
+        return lambda m: float(lut.predict(m))
+    raise ValueError(f"metric {metric!r} is not one of {list(METRICS)}")
+
+
+@dataclasses.dataclass
+class BudgetAccount:
+    """What removing each candidate saves, and the whole model's total, in one metric."""
+
+    metric: str
+    total: float  # metric of the whole U-Net
+    unit_costs: dict[str, float]  # unit -> what removing it alone saves
+
+    def __post_init__(self):
+        if self.total <= 0:
+            raise ValueError(f"total {self.metric} must be > 0, got {self.total}")
+
+    def required(self, ratio: float) -> float:
+        """The cost to remove for a pruning ratio: ratio * total."""
+        return ratio * self.total
+
+    def predicted_ratio(self, removed: Sequence[str]) -> float:
+        """sum_{u in S} cost(u) / total (additive prediction)."""
+        missing = [u for u in removed if u not in self.unit_costs]
+        if missing:
+            raise ValueError(f"no {self.metric} cost for units {missing}")
+        return sum(self.unit_costs[u] for u in removed) / self.total
+
+    @classmethod
+    def build(cls, model, metric: str, candidates: Sequence[str], lut=None, context_length: int = 77) -> "BudgetAccount":
+        """Per-unit costs of `candidates` in `metric` (module docstring)."""
+        model = as_slim(model)
+        if metric == "params":
+            per_unit = {u.name: float(u.params) for u in model.units()}
+            total = float(count_params(model))
+        elif metric == "flops":
+            total, per_unit = model_flops(model, context_length)
+        elif metric == "latency":
+            if lut is None:
+                raise ValueError("a latency budget needs a latency lookup table (slimdiff.profile.LatencyLUT)")
+            per_unit = lut.breakdown(model)  # ms per unit name, plus "other"
+            total = float(sum(per_unit.values()))
+        else:
+            raise ValueError(f"metric {metric!r} is not one of {list(METRICS)}")
+        missing = [u for u in candidates if u not in per_unit]
+        if missing:
+            raise ValueError(f"no {metric} figure for candidate units {missing}")
+        return cls(metric, total, {u: per_unit[u] for u in candidates})
+
+
+def measure_ratio(model, pruned, metric: str, lut=None, context_length: int = 77) -> float:
+    """1 - metric(pruned) / metric(model): the ratio really removed."""
+    f = metric_function(metric, lut, context_length)
+    return 1.0 - f(pruned) / f(model)
+
+
+def measure_wallclock_ratio(model, pruned, lut) -> float:
+    """1 - time(pruned) / time(model), both timed (median) with the lookup table's settings."""
+    from slimdiff.profile.latency import make_unet_inputs, median, num_threads, time_model
+
+    s = lut.settings
+    times = []
+    with num_threads(s.threads):
+        for m in (model, pruned):
+            inputs = make_unet_inputs(m, s.latent, s.batch, s.context_length, seed=s.seed)
+            times.append(median(time_model(m.eval(), inputs, s.warmup, s.repeats)))
+    return 1.0 - times[1] / times[0]
+
+
+@dataclasses.dataclass
+class LaptopResult:
+    """Everything the search decided, for recipe.json and the report."""
+
+    budget: str  # e.g. "params=0.5"
+    criterion: dict  # the criterion's settings
+    candidates: list[str]
+    scores: dict[str, float]  # criterion score per candidate (lower = removed first)
+    costs: dict[str, float]  # budget-metric cost per candidate
+    total: float  # the whole model's budget metric
+    removed: list[str]  # units removed (knapsack choice, after repairs)
+    predicted_ratio: float  # sum of removed costs / total
+    measured_ratio: float  # 1 - metric(student) / metric(teacher)
+    score_sum: float  # sum of removed scores (the knapsack objective)
+    quantum: float  # knapsack cost discretisation step, in the metric's unit
+    repairs: list[dict]  # refused choices and the unit kept to repair each
+    measured_other: dict[str, float] = dataclasses.field(default_factory=dict)  # ratios of other metrics
+
+    def to_recipe(self) -> dict:
+        """The `search` entry of recipe.json."""
+        b = Budget.parse(self.budget)
+        return {
+            "method": "laptop",
+            "budget": {
+                "spec": self.budget,
+                "metric": b.metric,
+                "ratio": b.ratio,
+                "total": self.total,
+                "required": b.ratio * self.total,
+                "predicted_ratio": self.predicted_ratio,
+                "measured_ratio": self.measured_ratio,
+                "measured_other": self.measured_other,
+            },
+            "criterion": self.criterion,
+            "candidates": self.candidates,
+            "scores": self.scores,
+            "costs": self.costs,
+            "removed": self.removed,
+            "score_sum": self.score_sum,
+            "knapsack": {"solver": "exact DP over discretised costs", "quantum": self.quantum},
+            "repairs": self.repairs,
+        }
+
+
+def laptop_select(
+    model,
+    criterion: Criterion | Mapping[str, float],
+    budget: Budget,
+    candidates: Sequence[str] | None = None,
+    account: BudgetAccount | None = None,
+    lut=None,
+    context_length: int = 77,
+    resolution: int = knapsack.DEFAULT_RESOLUTION,
+    measure: bool = True,
+    wallclock: bool = False,
+):
+    """Steps 1-5 of the module docstring. Returns (student, LaptopResult).
+
+    `criterion` may be a precomputed {unit: score} dict (e.g. scores reused across budgets);
+    `account` injects the costs. `lut`: the latency table (latency budgets). `context_length`:
+    text tokens for FLOPs counting. `measure=False` skips measuring the edited network (the
+    measured ratio is then NaN); `wallclock=True` also times teacher and student (latency).
+    """
+    from slimdiff.unet import remove_units
+
+    model = as_slim(model)
+    # 1. candidates
+    if candidates is None:
+        candidates = removable_units(model)
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("no removable units: every unit's removal is refused")
+    # 2. scores
+    if isinstance(criterion, Criterion):
+        scores, crit_info = criterion(model, candidates), criterion.describe()
+    else:
+        scores, crit_info = {u: float(criterion[u]) for u in candidates}, {"name": "given"}
+    # 3. costs
+    if account is None:
+        account = BudgetAccount.build(model, budget.metric, candidates, lut, context_length)
+    # 4. knapsack, checked by the real edit
+    sol = knapsack.solve_valid(
+        {u: scores[u] for u in candidates},
+        {u: account.unit_costs[u] for u in candidates},
+        account.required(budget.ratio),
+        validate=lambda names: remove_units(model, names),
+        resolution=resolution,
+    )
+    # 5. edit and measure
+    student = remove_units(model, sol.chosen)
+    measured, other = float("nan"), {"params": measure_ratio(model, student, "params")}
+    if measure:
+        measured = measure_ratio(model, student, budget.metric, lut, context_length)
+    if wallclock and lut is not None:
+        other["latency_wallclock"] = measure_wallclock_ratio(model, student, lut)
+    result = LaptopResult(
+        budget=str(budget),
+        criterion=crit_info,
+        candidates=candidates,
+        scores=dict(scores),
+        costs=dict(account.unit_costs),
+        total=account.total,
+        removed=list(sol.chosen),
+        predicted_ratio=account.predicted_ratio(sol.chosen),
+        measured_ratio=measured,
+        score_sum=sol.score,
+        quantum=sol.quantum,
+        repairs=sol.repairs,
+        measured_other=other,
+    )
+    return student, result
+
+
+laptop_prune = laptop_select  # the name the issue and the CLI use

@@ -1,0 +1,156 @@
+"""Builders for the toy pipeline's components: text encoder, VAE, U-Net, schedulers, pipeline.
+
+Every builder takes its widths as arguments, so the shipped teacher (`slimdiff.toy.train`) and
+the tiny test fixtures (`slimdiff.testing`) are built by the same code. The U-Net always has
+SD-1.5's block topology (3 cross-attention down blocks + 1 plain, cross-attention mid block,
+1 plain + 3 cross-attention up blocks, 2 layers per down block), so every SD-1.5 preset and
+unit name applies unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from slimdiff.io import read_json, write_json
+from slimdiff.toy.tokenizer import MAX_LENGTH, build_tokenizer
+
+SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+# SD-1.x's noise schedule (scaled-linear betas over 1000 steps, epsilon prediction)
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def unet_config(
+    block_out_channels: Sequence[int],
+    cross_attention_dim: int,
+    attention_head_dim: int,
+    norm_num_groups: int,
+    sample_size: int,
+    in_channels: int = 4,
+) -> dict:
+    """A `UNet2DConditionModel` config with SD-1.5's block topology and the given widths.
+
+    `attention_head_dim` is diffusers' (legacy) name for the number of heads per block.
+    """
+    if len(block_out_channels) != 4:
+        raise ValueError(f"block_out_channels needs 4 widths (SD-1.5 has 4 levels), got {tuple(block_out_channels)}")
+    bad = [c for c in block_out_channels if c % norm_num_groups or c % attention_head_dim]
+    if bad:
+        raise ValueError(
+            f"block_out_channels {tuple(block_out_channels)}: {bad} not divisible by "
+            f"norm_num_groups={norm_num_groups} and attention_head_dim={attention_head_dim}"
+        )
+    return dict(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=SD15_DOWN_BLOCKS,
+        up_block_types=SD15_UP_BLOCKS,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=2,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_num_groups,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        act_fn="silu",
+    )
+
+
+def build_unet(config: dict, seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**config)
+
+
+def build_text_encoder(
+    hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, seed: int = 0
+) -> CLIPTextModel:
+    """A tiny CLIP text transformer over the toy tokenizer's vocabulary."""
+    tok = build_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        hidden_act="quick_gelu",
+        projection_dim=hidden_size,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(config)
+
+
+def build_vae(block_out_channels: Sequence[int], norm_num_groups: int, latent_channels: int = 4,
+              sample_size: int = 32, seed: int = 0) -> AutoencoderKL:
+    """A small KL autoencoder; len(block_out_channels) - 1 halvings (2 widths: 32x32 -> 16x16)."""
+    n = len(block_out_channels)
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+    )
+
+
+def train_scheduler() -> DDPMScheduler:
+    """The training noise schedule (SD-1.x's)."""
+    return DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False)
+
+
+def sample_scheduler() -> DPMSolverMultistepScheduler:
+    """The sampler shipped with the pipeline: DPM-Solver++ (2M), good in ~20 steps."""
+    return DPMSolverMultistepScheduler(**SCHEDULE, prediction_type="epsilon", algorithm_type="dpmsolver++",
+                                       solver_order=2, steps_offset=1)
+
+
+def assemble_pipeline(unet, vae, text_encoder, tokenizer=None, scheduler=None) -> StableDiffusionPipeline:
+    """A `StableDiffusionPipeline` from the parts, without safety checker or feature extractor."""
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer if tokenizer is not None else build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler if scheduler is not None else sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, path: str | Path) -> Path:
+    """`save_pretrained` as safetensors; returns the directory."""
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    # transformers 5 records its fast tokenizer as `TokenizersBackend`; name the class that both
+    # transformers 4.x and 5.x know, so older installs load the directory too
+    for file, key in ((path / "model_index.json", "tokenizer"), (path / "tokenizer" / "tokenizer_config.json", "tokenizer_class")):
+        data = read_json(file)
+        if key == "tokenizer":
+            data[key] = ["transformers", "PreTrainedTokenizerFast"]
+        else:
+            data[key] = "PreTrainedTokenizerFast"
+        write_json(file, data)
+    return path

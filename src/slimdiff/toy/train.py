@@ -1,0 +1,354 @@
+"""The recipe that trains the toy pipeline and its judge, reproducibly from a seed.
+
+    slimdiff toy train --out runs/toy-train --stage all       # vae -> latents -> unet -> judge
+    slimdiff toy train --out runs/toy-train --stage unet --resume
+
+Stages (each writes into `--out`, each resumable from its last checkpoint):
+1. `vae`: a small KL autoencoder on rendered images (MSE + 1e-6 KL, as SD's), then its
+   `scaling_factor` = 1 / std of the latents, and a cache of encoded training latents
+   (`latents.pt`: latent means (N, 4, 8, 8) and token ids (N, 16) of the train split).
+2. `unet`: the teacher U-Net (SD-1.5 block topology) and the text encoder, jointly, with the
+   epsilon loss (Ho et al. 2020, eq. 14) weighted by Min-SNR-5 (Hang et al. 2023, eq. 9),
+   10% caption dropout for classifier-free guidance, AdamW, EMA of both; the EMA weights go
+   into the exported pipeline (`pipeline/`).
+3. `judge`: the attribute classifier (`slimdiff.toy.judge`) on rendered images of every split.
+Every setting is in `ToyTrainConfig`, written to `recipe.json` in `--out` and in the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from slimdiff.io import atomic_path, read_json, to_jsonable, write_json
+from slimdiff.toy import components, world
+from slimdiff.toy.tokenizer import build_tokenizer
+
+STAGES = ("vae", "unet", "judge", "all")
+
+
+@dataclasses.dataclass
+class ToyTrainConfig:
+    seed: int = 0  # every random draw (weights, scenes, noise) derives from this
+    threads: int = 1  # torch.set_num_threads; 1 beats 2 on 2 cores shared with other jobs
+    # -- VAE: 32x32x3 images <-> 8x8x4 latents (3 widths = 2 halvings)
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 1200  # ~5 min on 2 cores
+    vae_batch: int = 32
+    vae_lr: float = 1e-3  # AdamW, cosine-decayed to 10%
+    vae_kl_weight: float = 1e-6  # SD's KL-f8 uses ~1e-6: a nearly deterministic latent
+    num_latents: int = 80_000  # training scenes encoded once and cached (latents.pt)
+    # -- text encoder (tiny CLIPTextModel); its width is the U-Net's cross_attention_dim
+    text_hidden: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+    # -- U-Net (SD-1.5 block topology)
+    unet_channels: tuple[int, ...] = (32, 64, 96, 96)
+    unet_heads: int = 4  # diffusers' `attention_head_dim` (heads per attention)
+    unet_groups: int = 16  # GroupNorm groups
+    unet_steps: int = 8000  # ~60 min at ~0.45 s/step on one core
+    unet_batch: int = 64
+    unet_lr: float = 3e-4  # AdamW; linear warm-up, then constant (the EMA does the averaging),
+    # so a run stopped at step K equals a run with unet_steps=K
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    caption_dropout: float = 0.1  # share of empty prompts, for classifier-free guidance
+    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (0 disables)
+    ema_decay: float = 0.999  # EMA of U-Net and text encoder weights
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500  # steps between resumable checkpoints
+    # -- judge
+    judge_steps: int = 2000
+    judge_batch: int = 128
+    judge_pool: int = 40_000  # rendered scenes of every split, re-augmented each time they are drawn
+    judge_lr: float = 2e-3
+
+    def __post_init__(self):
+        self.vae_channels, self.unet_channels = tuple(self.vae_channels), tuple(self.unet_channels)
+        positive = ["threads", "vae_steps", "vae_batch", "num_latents", "text_hidden", "text_layers",
+                    "text_heads", "unet_heads", "unet_groups", "unet_steps", "unet_batch",
+                    "checkpoint_every", "judge_steps", "judge_batch", "judge_pool"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.text_hidden % self.text_heads:
+            raise ValueError(f"text_hidden={self.text_hidden} is not divisible by text_heads={self.text_heads}")
+        if len(self.vae_channels) < 2:
+            raise ValueError(f"vae_channels needs >= 2 widths, got {self.vae_channels}")
+        components.unet_config(self.unet_channels, self.text_hidden, self.unet_heads, self.unet_groups, 8)
+
+    @property
+    def latent_size(self) -> int:
+        return world.IMAGE_SIZE >> (len(self.vae_channels) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _lr_lambda(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine from 1 to 0.1 (a multiplier of the peak rate)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_ckpt(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _images(scenes) -> torch.Tensor:
+    """Rendered scenes as float (N, 3, 32, 32) in [-1, 1] (the VAE's range)."""
+    return world.to_tensor(world.render_batch(scenes)) * 2 - 1
+
+
+def _build_vae(cfg: ToyTrainConfig):
+    return components.build_vae(cfg.vae_channels, norm_num_groups=16, sample_size=world.IMAGE_SIZE, seed=cfg.seed)
+
+
+def _build_text_encoder(cfg: ToyTrainConfig):
+    return components.build_text_encoder(cfg.text_hidden, cfg.text_layers, cfg.text_heads,
+                                         4 * cfg.text_hidden, seed=cfg.seed + 1)
+
+
+def _build_unet(cfg: ToyTrainConfig):
+    conf = components.unet_config(cfg.unet_channels, cfg.text_hidden, cfg.unet_heads, cfg.unet_groups,
+                                  cfg.latent_size)
+    return components.build_unet(conf, seed=cfg.seed + 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: VAE and latent cache
+
+
+def train_vae(cfg: ToyTrainConfig, out: Path, resume: bool = False):
+    """Train the VAE (checkpoint `vae.ckpt`), save it to `out/vae/`, cache `out/latents.pt`."""
+    torch.manual_seed(cfg.seed)
+    vae = _build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_lambda(s, cfg.vae_steps, 50))
+    step, ckpt = 0, out / "vae.ckpt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        step = state["step"]
+    vae.train()
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
+    while step < cfg.vae_steps:
+        # 1. a fresh batch of scenes from the whole world (the VAE must encode every combination)
+        x = _images(world.sample_scenes("all", cfg.vae_batch, seed=cfg.seed * 1_000_003 + step))  # (B, 3, 32, 32)
+        # 2. reconstruction + KL (SD's first-stage loss without its GAN and LPIPS terms)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(), sched.step()
+        step += 1
+        bar.update(1), bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+            _save_ckpt(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step})
+    bar.close()
+    vae.eval()
+
+    # 3. scaling factor = 1 / std of latent means, measured on validation scenes (SD: 0.18215)
+    with torch.no_grad():
+        x = _images(world.sample_scenes("validation", 512, seed=cfg.seed))
+        z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())  # range [-1, 1] -> peak^2 = 4
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    print(f"vae: validation PSNR {psnr:.1f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
+    write_json(out / "vae_metrics.json", {"psnr_db": psnr, "scaling_factor": vae.config.scaling_factor})
+    encode_latents(cfg, out, vae)
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(cfg: ToyTrainConfig, out: Path, vae=None, chunk: int = 512) -> Path:
+    """Encode `num_latents` train scenes once: `out/latents.pt` = {latents (N,4,8,8), ids (N,16)}."""
+    from diffusers import AutoencoderKL
+
+    vae = vae if vae is not None else AutoencoderKL.from_pretrained(out / "vae")
+    vae.eval()
+    tok = build_tokenizer()
+    scenes = world.sample_scenes("train", cfg.num_latents, seed=cfg.seed + 12345)
+    latents, ids = [], []
+    for i in tqdm(range(0, len(scenes), chunk), desc="encode latents", dynamic_ncols=True):
+        part = scenes[i : i + chunk]
+        latents.append(vae.encode(_images(part)).latent_dist.mean.half())  # (chunk, 4, 8, 8)
+        ids.append(tok([world.caption(s) for s in part], padding="max_length", truncation=True,
+                       return_tensors="pt").input_ids)
+    path = out / "latents.pt"
+    _save_ckpt(path, {"latents": torch.cat(latents), "ids": torch.cat(ids)})
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: U-Net + text encoder
+
+
+def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
+    """Train U-Net + text encoder on the cached latents; export the EMA pipeline to `out/pipeline`."""
+    from diffusers import AutoencoderKL
+
+    data = torch.load(out / "latents.pt", weights_only=False)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    latents = data["latents"].float() * vae.config.scaling_factor  # (N, 4, 8, 8), ~unit std
+    ids = data["ids"]  # (N, 16)
+    empty_ids = build_tokenizer()("", padding="max_length", return_tensors="pt").input_ids  # (1, 16)
+
+    # 1. models, optimiser, EMA, noise schedule
+    unet, text = _build_unet(cfg), _build_text_encoder(cfg)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    ema = {"unet": {k: v.detach().clone() for k, v in unet.named_parameters()},
+           "text": {k: v.detach().clone() for k, v in text.named_parameters()}}
+    noise_sched = components.train_scheduler()
+    alphas_cumprod = noise_sched.alphas_cumprod  # (1000,)
+    snr = alphas_cumprod / (1 - alphas_cumprod)  # SNR(t) = alpha_bar / (1 - alpha_bar)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    step, ckpt = 0, out / "unet.ckpt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
+        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        ema, step = state["ema"], state["step"]
+        gen.set_state(state["gen"])
+        print(f"unet: resumed from {ckpt} at step {step}")
+    unet.train(), text.train()
+
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", dynamic_ncols=True)
+    t_start, avg = time.time(), None
+    while step < cfg.unet_steps:
+        # 2. a batch: latents x0 (B, 4, 8, 8), token ids (B, 16) with caption dropout
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+        x0, tok = latents[idx], ids[idx].clone()
+        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        tok[drop] = empty_ids
+        # 3. forward diffusion x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps (DDPM eq. 4)
+        eps = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        xt = noise_sched.add_noise(x0, eps, t)
+        # 4. predict eps; loss weighted per sample by min(SNR, gamma) / SNR (Min-SNR, eq. 9)
+        cond = text(tok).last_hidden_state  # (B, 16, text_hidden)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma > 0:
+            per_sample = per_sample * (snr[t].clamp(max=cfg.min_snr_gamma) / snr[t])
+        loss = per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step(), sched.step()
+        _ema_update(ema["unet"], unet, cfg.ema_decay), _ema_update(ema["text"], text, cfg.ema_decay)
+        step += 1
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        bar.update(1), bar.set_postfix(loss=f"{avg:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
+            _save_ckpt(ckpt, {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+                              "sched": sched.state_dict(), "ema": ema, "step": step, "gen": gen.get_state(),
+                              "recipe": dataclasses.asdict(cfg)})
+            bar.write(f"step {step}: loss {avg:.4f}, {(time.time() - t_start) / 60:.1f} min this run")
+    bar.close()
+    return export_pipeline(cfg, out)
+
+
+def export_pipeline(cfg: ToyTrainConfig, out: Path, dest: Path | None = None) -> Path:
+    """Write the EMA weights of `out/unet.ckpt` with `out/vae` as a diffusers pipeline directory."""
+    from diffusers import AutoencoderKL
+
+    state = torch.load(out / "unet.ckpt", weights_only=False)
+    unet, text = _build_unet(cfg), _build_text_encoder(cfg)
+    unet.load_state_dict({**unet.state_dict(), **state["ema"]["unet"]})
+    text.load_state_dict({**text.state_dict(), **state["ema"]["text"]})
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    pipe = components.assemble_pipeline(unet.eval(), vae.eval(), text.eval())
+    dest = dest or out / "pipeline"
+    components.save_pipeline(pipe, dest)
+    write_json(dest / "recipe.json", {"recipe": cfg, "unet_step": state["step"]})
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 3: judge
+
+
+def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
+    """Train the judge on augmented renders of every split; save `out/judge/`."""
+    from slimdiff.toy.judge import Judge, augment, save_judge
+
+    torch.manual_seed(cfg.seed + 4)
+    judge = Judge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_lambda(s, cfg.judge_steps, 100))
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    step, ckpt = 0, out / "judge.ckpt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        judge.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]), gen.set_state(state["gen"])
+        step = state["step"]
+    judge.train()
+    # 1. a fixed pool of rendered scenes (rendering costs more than a judge step)
+    pool = world.sample_scenes("all", cfg.judge_pool, seed=cfg.seed + 777)
+    pool_images = torch.from_numpy(world.render_batch(pool))  # (P, 32, 32, 3) uint8
+    bar = tqdm(total=cfg.judge_steps, initial=step, desc="judge", dynamic_ncols=True)
+    while step < cfg.judge_steps:
+        # 2. a batch, freshly corrupted: (B, 3, 32, 32) in [0, 1]
+        idx = torch.randint(0, len(pool), (cfg.judge_batch,), generator=gen)
+        scenes = [pool[i] for i in idx.tolist()]
+        x = augment(pool_images[idx].permute(0, 3, 1, 2).float() / 255, gen)
+        loss = judge.loss(x, scenes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(), sched.step()
+        step += 1
+        bar.update(1), bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.judge_steps:
+            _save_ckpt(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                              "gen": gen.get_state(), "step": step})
+    bar.close()
+    judge.eval()
+    dest = save_judge(judge, out / "judge")
+    write_json(dest / "recipe.json", {"recipe": cfg, "judge_step": step})
+    return dest
+
+
+def run(cfg: ToyTrainConfig, out: str | Path, stage: str = "all", resume: bool = False) -> None:
+    """Run `stage` ('vae', 'unet', 'judge' or 'all') of the recipe into `out`."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {list(STAGES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    recipe = out / "recipe.json"
+    if resume and recipe.exists() and read_json(recipe) != to_jsonable(cfg):
+        print(f"note: settings differ from the saved {recipe}; continuing with the new ones")
+    write_json(recipe, cfg)
+    if stage in ("vae", "all"):
+        train_vae(cfg, out, resume)
+    if stage in ("unet", "all"):
+        train_unet(cfg, out, resume)
+    if stage in ("judge", "all"):
+        train_judge(cfg, out, resume)

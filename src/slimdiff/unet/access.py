@@ -1,0 +1,120 @@
+"""Name-based access that works on both a diffusers `UNet2DConditionModel` and a slim U-Net.
+
+    get_module(unet, "down.1.layer.0.attn")   # diffusers: unet.down_blocks[1].attentions[0]
+    block_names(unet)                         # ['down.0', ..., 'mid', 'up.0', ...]
+    list_units(unet)                          # [UnitInfo(...), ...] in forward order
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .structure import UnitInfo, blocks_from_diffusers_config, block_names_of, iter_units, layer_names_of
+from .structure import name_to_path, validate
+
+
+def _is_slim(model: nn.Module) -> bool:
+    from .model import SlimUNet2DConditionModel
+
+    return isinstance(model, SlimUNet2DConditionModel)
+
+
+def _diffusers_modules(unet: nn.Module) -> dict[str, nn.Module]:
+    """Name -> module for a diffusers UNet2DConditionModel, read off its module tree."""
+    out: dict[str, nn.Module] = {"conv_in": unet.conv_in, "conv_out": unet.conv_out}
+    for side, blocks, sampler in (("down", unet.down_blocks, "downsample"), ("up", unet.up_blocks, "upsample")):
+        for i, block in enumerate(blocks):
+            out[f"{side}.{i}"] = block
+            attns = getattr(block, "attentions", None) or []
+            for j, resnet in enumerate(block.resnets):
+                out[f"{side}.{i}.layer.{j}.resnet"] = resnet
+                if j < len(attns):
+                    out[f"{side}.{i}.layer.{j}.attn"] = attns[j]
+            samplers = getattr(block, f"{sampler}rs", None)
+            if samplers:
+                out[f"{side}.{i}.{sampler}"] = samplers[0]
+        if side == "down" and unet.mid_block is not None:
+            mid = unet.mid_block
+            out["mid"] = mid
+            for k, resnet in enumerate(mid.resnets):
+                out[f"mid.resnet.{k}"] = resnet
+            for k, attn in enumerate(getattr(mid, "attentions", None) or []):
+                out["mid.attn" if k == 0 else f"mid.attn.{k}"] = attn
+    return out
+
+
+def _slim_names(model: nn.Module) -> list[str]:
+    blocks = model.config.blocks
+    names = ["conv_in"] + block_names_of(blocks) + layer_names_of(blocks)
+    return names + [n for n, _, _ in iter_units(blocks)] + ["conv_out"]
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The module named `name` (block, unit, `conv_in`, `conv_out`; layers on slim models).
+
+    Raises ValueError listing the valid names when `name` is unknown.
+    """
+    if _is_slim(model):
+        valid = _slim_names(model)
+        if name in valid:
+            return model.get_submodule(name_to_path(name))
+    else:
+        modules = _diffusers_modules(model)
+        if name in modules:
+            return modules[name]
+        valid = list(modules)
+    raise ValueError(f"unknown module name {name!r} for {type(model).__name__}; valid names: {valid}")
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """All names `get_module` accepts for `model`."""
+    return _slim_names(model) if _is_slim(model) else list(_diffusers_modules(model))
+
+
+def module_output_tensor(output: Any) -> torch.Tensor:
+    """A module's forward output -> its feature tensor (tuple -> [0], `.sample` -> sample).
+
+    Use in forward hooks: `feats[name] = module_output_tensor(out)`.
+    """
+    while True:
+        if isinstance(output, torch.Tensor):
+            return output
+        if isinstance(output, (tuple, list)) and output:
+            output = output[0]
+        elif hasattr(output, "sample"):
+            output = output.sample
+        else:
+            raise TypeError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Block names present in `model`, in forward order (`down.0`, ..., `mid`, `up.0`, ...)."""
+    if _is_slim(model):
+        return block_names_of(model.config.blocks)
+    names = [f"down.{i}" for i in range(len(model.down_blocks))]
+    if model.mid_block is not None:
+        names.append("mid")
+    return names + [f"up.{i}" for i in range(len(model.up_blocks))]
+
+
+def list_units(model: nn.Module) -> list[UnitInfo]:
+    """`model.units()` for a slim model; the same listing for a diffusers U-Net (no copy made)."""
+    if _is_slim(model):
+        return model.units()
+    cfg = dict(model.config)
+    blocks = blocks_from_diffusers_config(cfg)
+    traces = validate(blocks, cfg["block_out_channels"][0])
+    infos = []
+    for name, block, unit in iter_units(blocks):
+        t = traces[name]
+        module = get_module(model, name)
+        infos.append(UnitInfo(
+            name=name, kind=unit["kind"], block=block, in_channels=t.in_channels, out_channels=t.out_channels,
+            level=t.level, params=sum(p.numel() for p in module.parameters()),
+            cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["kind"] == "attn" else None,
+            skip=unit.get("skip"),
+        ))
+    return infos

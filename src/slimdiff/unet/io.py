@@ -1,0 +1,202 @@
+"""Load and save U-Nets and pipelines: built-ins, `toy`, local diffusers directories.
+
+    unet = load_unet("sd15-arch")           # or "sd21-arch", "toy", a pipeline dir, a UNet dir
+    save_unet(student, "out/student")       # plain diffusers when expressible, else slim class
+    pipe = load_pipeline("toy", unet=student)
+
+Nothing is downloaded: a Hugging Face Hub id gives an error saying to download it first.
+A student saved as plain diffusers loads with `UNet2DConditionModel.from_pretrained`, no
+slimdiff needed; otherwise `SlimUNet2DConditionModel.from_pretrained` (or `load_unet`) reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from slimdiff.io import read_json, write_json
+
+from .builtins import BUILTIN_CONFIGS, build_builtin
+from .export import slim_to_diffusers_names, to_diffusers
+
+DIFFUSERS_UNET = ["diffusers", "UNet2DConditionModel"]
+SLIM_UNET = ["slimdiff", "SlimUNet2DConditionModel"]
+BUILTIN_NAMES = (*BUILTIN_CONFIGS, "toy")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
+    """Classify a model argument: ("builtin", None) | ("pipeline", dir) | ("unet", dir).
+
+    Raises ValueError (hub ids, unknown names) or FileNotFoundError (a dir without a config).
+    """
+    name = str(name_or_path)
+    if name in BUILTIN_CONFIGS:
+        return "builtin", None
+    if name == "toy":
+        from slimdiff.toy import pipeline_path  # lazy: the toy assets are optional at import time
+
+        return "pipeline", Path(pipeline_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            return "pipeline", path
+        if (path / "config.json").is_file():
+            return "unet", path
+        raise FileNotFoundError(f"{path} is neither a diffusers pipeline (model_index.json) "
+                                "nor a UNet directory (config.json)")
+    if _HUB_ID.match(name) and not path.exists():
+        raise ValueError(f"{name!r} looks like a Hugging Face Hub id; slimdiff never downloads models. "
+                         f"Download it first (e.g. `huggingface-cli download {name} --local-dir DIR`) "
+                         "and pass the local directory")
+    raise ValueError(f"unknown model {name!r}: not a directory and not a built-in; built-ins: {list(BUILTIN_NAMES)}")
+
+
+def _load_unet_dir(path: Path):
+    from diffusers import UNet2DConditionModel
+
+    from .model import SlimUNet2DConditionModel
+
+    cls_name = read_json(path / "config.json").get("_class_name")
+    classes = {"UNet2DConditionModel": UNet2DConditionModel, "SlimUNet2DConditionModel": SlimUNet2DConditionModel}
+    if cls_name not in classes:
+        raise ValueError(f"{path}/config.json has _class_name={cls_name!r}; slimdiff loads {list(classes)}")
+    return classes[cls_name].from_pretrained(path)
+
+
+def load_unet(name_or_path: str | os.PathLike):
+    """A diffusers `UNet2DConditionModel` or a `SlimUNet2DConditionModel`, in eval mode.
+
+    `sd15-arch` / `sd21-arch` (exact configs, random weights seeded with 0), `toy`, a local
+    pipeline directory (its `unet/`), or a local UNet directory (plain or slim by `_class_name`).
+    """
+    kind, path = resolve_source(name_or_path)
+    if kind == "builtin":
+        return build_builtin(str(name_or_path))
+    if kind == "pipeline":
+        path = path / "unet"
+    return _load_unet_dir(path).eval()
+
+
+def load_pipeline(name_or_path: str | os.PathLike, unet: nn.Module | None = None):
+    """A `StableDiffusionPipeline` from `toy` or a local pipeline directory (unet replaced if given)."""
+    from diffusers import StableDiffusionPipeline
+
+    kind, path = resolve_source(name_or_path)
+    if kind != "pipeline":
+        raise ValueError(f"{name_or_path!r} is not a pipeline: pass `toy` or a directory with model_index.json")
+    if unet is not None:
+        return StableDiffusionPipeline.from_pretrained(path, unet=unet)
+    return StableDiffusionPipeline.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _write_dir(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        for src in sorted(tmp.rglob("*")):
+            if src.is_file():
+                dst = path / src.relative_to(tmp)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_unet(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None) -> list[str]:
+    """Save a U-Net to `path`; return its `[library, class]` as written in model_index.json.
+
+    Plain diffusers when expressible (`to_diffusers`), else `save_pretrained` of the slim
+    class. `recipe` goes to `path/recipe.json`; its `inheritance` keys are rewritten to the
+    saved model's tensor names.
+    """
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    plain = model if isinstance(model, UNet2DConditionModel) else to_diffusers(model)
+    to_save, kind = (plain, DIFFUSERS_UNET) if plain is not None else (model, SLIM_UNET)
+    _write_dir(path, lambda tmp: to_save.save_pretrained(tmp))
+    if recipe is not None:
+        recipe = dict(recipe)
+        if plain is not None and plain is not model and "inheritance" in recipe:
+            names = slim_to_diffusers_names(model.config.blocks, list(recipe["inheritance"]))
+            recipe["inheritance"] = {names[k]: v for k, v in recipe["inheritance"].items()}
+        recipe["unet_class"] = kind
+        write_json(path / "recipe.json", recipe)
+    return kind
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """Hard-link big files where the file system allows (no duplicate storage), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str | os.PathLike,
+                            saved_unet: str | os.PathLike | None = None) -> Path:
+    """Write a complete pipeline directory at `out`: `source`'s components with `unet` replaced.
+
+    The other components are reused (hard-linked or copied); model_index.json names the unet
+    class that was saved (`["diffusers", "UNet2DConditionModel"]` or slimdiff's). `saved_unet`:
+    a directory where `save_unet(unet, ...)` already wrote it, linked instead of saving again.
+    """
+    kind, src = resolve_source(source)
+    if kind != "pipeline":
+        raise ValueError(f"{source!r} is not a pipeline directory")
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        for entry in src.iterdir():
+            if entry.name in ("unet", "model_index.json") or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(entry), str(tmp / entry.name))
+        if saved_unet is not None:
+            shutil.copytree(saved_unet, tmp / "unet", copy_function=_link_or_copy,
+                            ignore=lambda d, names: [n for n in names if n in ("recipe.json", "pipeline")
+                                                     or n.startswith(".")])
+            cls_name = read_json(tmp / "unet" / "config.json")["_class_name"]
+            unet_kind = SLIM_UNET if cls_name == SLIM_UNET[1] else DIFFUSERS_UNET
+        else:
+            unet_kind = save_unet(unet, tmp / "unet")
+        index = json.loads((src / "model_index.json").read_text())
+        index["unet"] = unet_kind
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    if out.exists():
+        shutil.rmtree(out / "unet", ignore_errors=True)  # a stale unet of the other class
+    _write_dir(out, write)
+    return out
+
+
+def save_student(student: nn.Module, out: str | os.PathLike, source: str | os.PathLike, recipe: dict) -> dict:
+    """Write a pruned student: `out/` (save_unet + recipe.json) and, when `source` is a
+    pipeline (or `toy`), a complete pipeline in `out/pipeline/`. Returns what was written."""
+    from slimdiff import __version__
+
+    out = Path(out)
+    recipe = {"teacher": str(source), **recipe, "slimdiff_version": __version__}
+    if "inheritance" not in recipe and hasattr(student, "inheritance"):
+        recipe["inheritance"] = dict(student.inheritance)
+    kind = save_unet(student, out, recipe=recipe)
+    written = {"unet": str(out), "unet_class": kind, "recipe": str(out / "recipe.json")}
+    if resolve_source(source)[0] == "pipeline":
+        written["pipeline"] = str(save_pipeline_with_unet(source, student, out / "pipeline", saved_unet=out))
+    return written

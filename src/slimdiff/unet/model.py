@@ -1,0 +1,299 @@
+"""`SlimUNet2DConditionModel`: the editable U-Net (DESIGN.md "One representation of a U-Net").
+
+Its units are diffusers' own modules (`ResnetBlock2D`, `Transformer2DModel`, `Downsample2D`,
+`Upsample2D`) built with exactly the kwargs diffusers uses, so an imported SD U-Net has the
+same parameters and computes the same outputs. Its whole structure is the `blocks` entry of
+its config (see `structure.py`), so `save_pretrained` / `from_pretrained` round-trip with no
+extra code, and it can be the `unet` of a diffusers `StableDiffusionPipeline`.
+
+    from slimdiff.unet import SlimUNet2DConditionModel
+    slim = SlimUNet2DConditionModel.from_diffusers(unet)      # lossless import
+    [u.name for u in slim.units()]                            # 'down.0.layer.0.resnet', ...
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.activations import get_activation
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from torch import nn
+
+from .structure import (
+    UnitInfo,
+    base_from_diffusers_config,
+    blocks_from_diffusers_config,
+    consumed_skips,
+    iter_units,
+    layer_keys,
+    name_to_path,
+    validate,
+)
+
+UNIT_CLASSES = {"resnet": ResnetBlock2D, "attn": Transformer2DModel, "downsample": Downsample2D,
+                "upsample": Upsample2D}
+
+
+def build_unit(unit: dict) -> nn.Module:
+    """Instantiate one unit from its description (`{"kind", "kwargs"}`)."""
+    return UNIT_CLASSES[unit["kind"]](**unit["kwargs"])
+
+
+def _default_blocks() -> dict:
+    from .builtins import SD15_CONFIG
+
+    return blocks_from_diffusers_config(SD15_CONFIG)
+
+
+class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
+    """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted and renamed freely.
+
+    Config: the diffusers-like top-level settings (`in_channels`, `out_channels`, `sample_size`,
+    `time_cond_proj_dim`, ...; `model_channels` = conv_in's output width = diffusers'
+    `block_out_channels[0]`; `time_embed_dim` = the time embedding width) plus `blocks`, the
+    structure description (`structure.py`). `blocks=None` gives SD-1.5's structure.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["ResnetBlock2D", "Transformer2DModel"]
+
+    @register_to_config
+    def __init__(
+        self,
+        blocks: dict | None = None,
+        sample_size: int | None = 64,  # latent size the model was trained for (512px / 8)
+        in_channels: int = 4,  # latent channels of the VAE
+        out_channels: int = 4,
+        model_channels: int = 320,  # conv_in output width (diffusers block_out_channels[0])
+        time_embed_dim: int = 1280,  # 4 * model_channels in SD
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        act_fn: str = "silu",
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        conv_in_kernel: int = 3,
+        conv_out_kernel: int = 3,
+        time_cond_proj_dim: int | None = None,  # LCM-style guidance embedding (None in SD)
+        timestep_post_act: str | None = None,
+        time_embedding_act_fn: str | None = None,
+        center_input_sample: bool = False,
+    ):
+        super().__init__()
+        if blocks is None:
+            blocks = _default_blocks()
+            self.register_to_config(blocks=blocks)
+        self._traces = validate(blocks, model_channels)  # raises UNetEditError when ill formed
+        self._skips_needed = consumed_skips(blocks)
+
+        # 1. input conv and time embedding, as in UNet2DConditionModel (same parameter names)
+        self.conv_in = nn.Conv2d(in_channels, model_channels, conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
+        self.time_proj = Timesteps(model_channels, flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(model_channels, time_embed_dim, act_fn=act_fn,
+                                                post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
+        self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn else None
+
+        # 2. blocks -> layers -> units: down[i]["layer"][j]["attn"], down[i]["downsample"], mid["resnet_0"]
+        def make_block(block: dict, sampler: str) -> nn.ModuleDict:
+            layers = nn.ModuleList(
+                nn.ModuleDict({k: build_unit(u) for k, u in zip(layer_keys(layer), layer)}) for layer in block["layers"]
+            )
+            mods = nn.ModuleDict({"layer": layers})
+            if block.get(sampler):
+                mods[sampler] = build_unit(block[sampler])
+            return mods
+
+        self.down = nn.ModuleList(make_block(b, "downsample") for b in blocks["down"])
+        mid = blocks.get("mid")
+        self.mid = nn.ModuleDict({k: build_unit(u) for k, u in zip(layer_keys(mid, True), mid)}) if mid else None
+        self.up = nn.ModuleList(make_block(b, "upsample") for b in blocks["up"])
+        # skip consumed by each up-side resnet: (block, layer, key) -> skip point name
+        self._up_skips = {
+            (i, j, k): u["skip"]
+            for i, b in enumerate(blocks["up"]) for j, layer in enumerate(b["layers"])
+            for k, u in zip(layer_keys(layer), layer) if u.get("skip")
+        }
+
+        # 3. output
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, model_channels, eps=norm_eps)
+        self.conv_act = get_activation(act_fn)
+        self.conv_out = nn.Conv2d(model_channels, out_channels, conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
+
+        self.gradient_checkpointing = False
+        # student tensor name -> teacher tensor name (None: new); a fresh model is its own origin
+        self.inheritance: dict[str, str | None] = {k: k for k in self.state_dict()}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_diffusers(cls, unet: nn.Module) -> "SlimUNet2DConditionModel":
+        """Lossless import of a diffusers `UNet2DConditionModel` (same tensors, same outputs).
+
+        `inheritance` maps each slim tensor to the diffusers tensor it was copied from.
+        """
+        from .export import slim_to_diffusers_names
+
+        cfg = dict(unet.config)
+        blocks = blocks_from_diffusers_config(cfg)
+        model = cls.from_structure(blocks, **base_from_diffusers_config(cfg))
+        names = slim_to_diffusers_names(blocks, list(model.state_dict()))
+        source = unet.state_dict()
+        model.load_tensors({k: source[names[k]] for k in model.state_dict()}, strict=True)
+        model.inheritance = dict(names)
+        return model.train(unet.training)
+
+    @classmethod
+    def from_structure(cls, blocks: dict, **base: Any) -> "SlimUNet2DConditionModel":
+        """Build with empty (meta) weights; fill them with `load_tensors`."""
+        with torch.device("meta"):
+            return cls(blocks=blocks, **base)
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy `tensors` (name -> tensor) into this model (which may hold meta weights)."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in tensors]
+        unexpected = [k for k in tensors if k not in own]
+        if strict and (missing or unexpected):
+            raise ValueError(f"tensor names differ: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for k, v in tensors.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise ValueError(f"{k}: shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
+        self.load_state_dict({k: v.detach().clone() for k, v in tensors.items() if k in own},
+                             strict=strict, assign=True)
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def blocks(self) -> dict:
+        """A deep copy of the structure description (safe to edit)."""
+        return copy.deepcopy(self.config.blocks)
+
+    def base_config(self) -> dict:
+        """Top-level settings (every config entry but `blocks`)."""
+        return {k: v for k, v in self.config.items() if k != "blocks" and not k.startswith("_")}
+
+    def units(self) -> list[UnitInfo]:
+        """Every unit in forward order, with channels, level, parameter count."""
+        infos = []
+        for name, block, unit in iter_units(self.config.blocks):
+            t = self._traces[name]
+            module = self.get_submodule(name_to_path(name))
+            infos.append(UnitInfo(
+                name=name, kind=unit["kind"], block=block, in_channels=t.in_channels,
+                out_channels=t.out_channels, level=t.level, params=sum(p.numel() for p in module.parameters()),
+                cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["kind"] == "attn" else None,
+                skip=unit.get("skip"),
+            ))
+        return infos
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        down_block_additional_residuals: tuple[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: tuple[torch.Tensor] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DConditionOutput | tuple:
+        """Same signature and result as `UNet2DConditionModel.forward` (SD-1.x/2.x subset).
+
+        sample: (B, in_channels, H, W) noisy latents; encoder_hidden_states: (B, T, D) text.
+        Not supported (raise): class labels, ControlNet / T2I-adapter residuals.
+        """
+        if class_labels is not None:
+            raise ValueError("SlimUNet2DConditionModel has no class embedding; class_labels must be None")
+        if any(r is not None for r in (down_block_additional_residuals, mid_block_additional_residual,
+                                       down_intrablock_additional_residuals)):
+            raise ValueError("SlimUNet2DConditionModel does not support ControlNet/adapter residuals")
+        n_up = sum(1 for b in self.up if "upsample" in b)
+        forward_upsample_size = any(s % 2**n_up != 0 for s in sample.shape[-2:])
+        if attention_mask is not None:  # (B, T) keep-mask -> additive bias, as diffusers
+            attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+
+        # 1. time embedding: (B,) -> (B, model_channels) -> (B, time_embed_dim)
+        timesteps = timestep
+        if not torch.is_tensor(timesteps):
+            dtype = torch.float64 if isinstance(timestep, float) else torch.int64
+            if sample.device.type == "mps":
+                dtype = torch.float32 if isinstance(timestep, float) else torch.int32
+            timesteps = torch.tensor([timesteps], dtype=dtype, device=sample.device)
+        elif timesteps.ndim == 0:
+            timesteps = timesteps[None].to(sample.device)
+        timesteps = timesteps.expand(sample.shape[0])
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)
+        if self.time_embed_act is not None:
+            emb = self.time_embed_act(emb)
+
+        attn_kw = dict(encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=cross_attention_kwargs,
+                       attention_mask=attention_mask, encoder_attention_mask=encoder_attention_mask,
+                       return_dict=False)
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
+
+        def run(key: str, unit: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            if key.startswith("attn"):
+                return unit(h, **attn_kw)[0]
+            if checkpoint:
+                return self._gradient_checkpointing_func(unit, h, emb)
+            return unit(h, emb)
+
+        # 2. conv_in and down path; store only the skip points some up resnet consumes
+        h = self.conv_in(sample)  # (B, model_channels, H, W)
+        need = self._skips_needed
+        skips: dict[str, torch.Tensor] = {"conv_in": h} if "conv_in" in need else {}
+        sizes = [h.shape[2:]]  # spatial size per level, for odd sizes (diffusers' upsample_size)
+        for i, block in enumerate(self.down):
+            for j, layer in enumerate(block["layer"]):
+                for key, unit in layer.items():
+                    h = run(key, unit, h)
+                if f"down.{i}.layer.{j}" in need:
+                    skips[f"down.{i}.layer.{j}"] = h
+            if "downsample" in block:
+                h = block["downsample"](h)  # (B, C, H/2, W/2)
+                sizes.append(h.shape[2:])
+                if f"down.{i}.downsample" in need:
+                    skips[f"down.{i}.downsample"] = h
+
+        # 3. mid block
+        if self.mid is not None:
+            for key, unit in self.mid.items():
+                h = run(key, unit, h)
+
+        # 4. up path: resnets concatenate their skip on channels
+        level = len(sizes) - 1
+        for i, block in enumerate(self.up):
+            for j, layer in enumerate(block["layer"]):
+                for key, unit in layer.items():
+                    skip = self._up_skips.get((i, j, key))
+                    if skip is not None:
+                        h = torch.cat([h, skips[skip]], dim=1)
+                    h = run(key, unit, h)
+            if "upsample" in block:
+                level -= 1
+                size = sizes[level] if forward_upsample_size and level < len(sizes) else None
+                h = block["upsample"](h, size)
+
+        # 5. output
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        if not return_dict:
+            return (h,)
+        return UNet2DConditionOutput(sample=h)

@@ -1,0 +1,226 @@
+"""Structural edits of a U-Net: remove units, insert copies, with weight inheritance.
+
+Every edit returns a new `SlimUNet2DConditionModel` whose modules are really gone or really
+added (no masks, no identity stubs), with weights copied and two maps composed back to the
+original teacher:
+- `inheritance`: student tensor name -> teacher tensor name (None: new),
+- `unit_sources`: student unit name -> teacher unit name.
+
+Skip wiring (DESIGN.md): a removed down layer or downsampler leaves its skip point as an
+ALIAS of the value that flows in its place (its input, i.e. the previous skip point), so
+nothing is computed for it; an up-side resnet that is removed simply stops consuming its
+skip; a skip point nobody consumes is not stored. Names are positional, so after an edit
+layers and blocks are renumbered as diffusers would number them (BK-SDM-Base's up layers
+are `layer.0` <- teacher layer 0 and `layer.1` <- teacher layer 2).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .structure import (
+    UNetEditError,
+    block_names_of,
+    iter_units,
+    key_to_name,
+    layer_keys,
+    layer_names_of,
+    name_to_path,
+    skip_points_of,
+    split_tensor_name,
+    unit_channels,
+    validate,
+)
+
+
+def to_slim(model: nn.Module):
+    """A `SlimUNet2DConditionModel` for a slim (returned as is) or diffusers U-Net (imported)."""
+    from .model import SlimUNet2DConditionModel
+
+    if isinstance(model, SlimUNet2DConditionModel):
+        return model
+    return SlimUNet2DConditionModel.from_diffusers(model)
+
+
+def _unit_sets(blocks: dict) -> dict[str, list[str]]:
+    """Every removable name (unit, layer, block) -> the unit names it stands for."""
+    units = [(n, b) for n, b, _ in iter_units(blocks)]
+    out: dict[str, list[str]] = {n: [n] for n, _ in units}
+    for layer in layer_names_of(blocks):
+        out[layer] = [n for n, _ in units if n.startswith(layer + ".")]
+    for block in block_names_of(blocks):
+        out[block] = [n for n, b in units if b == block]
+    return out
+
+
+def _tag(unit: dict, name: str) -> dict:
+    return {**copy.deepcopy(unit), "_from": name}
+
+
+def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
+    """Remove units, layers (`down.1.layer.1`) or blocks (`mid`, `down.3`); return a new model.
+
+    Raises `UNetEditError` naming the unit and the reason when the result is ill formed, and
+    listing valid names when a name is unknown. `remove_units(m, [])` is an equivalent copy.
+    """
+    model = to_slim(model)
+    names = [names] if isinstance(names, str) else list(names)
+    old = model.config.blocks
+    sets = _unit_sets(old)
+    unknown = [n for n in names if n not in sets]
+    if unknown:
+        raise UNetEditError(f"unknown unit/layer/block name(s) {unknown}; valid names: {list(sets)}")
+    removed = {u for n in names for u in sets[n]}
+
+    # 1. alias every removed skip point to the value flowing in its place (the previous point)
+    def survives(point: str) -> bool:
+        if point == "conv_in" or point.endswith("downsample"):
+            return point not in removed
+        return any(u not in removed for u in sets[point])  # a layer survives while a unit is left
+
+    alias, last = {}, "conv_in"
+    for point in skip_points_of(old):
+        last = point if survives(point) else last
+        alias[point] = last
+
+    # 2. the new structure, each unit tagged with its old name; old point -> new point name
+    new: dict = {"down": [], "mid": None, "up": []}
+    rename = {"conv_in": "conv_in"}
+    for side, sampler in (("down", "downsample"), ("up", "upsample")):
+        for i, block in enumerate(old[side]):
+            layers = []
+            for j, layer in enumerate(block["layers"]):
+                kept = []
+                for key, unit in zip(layer_keys(layer), layer):
+                    name = f"{side}.{i}.layer.{j}.{key_to_name(key)}"
+                    if name not in removed:
+                        kept.append(_tag(unit, name))
+                if kept:
+                    layers.append((j, kept))
+            samp = block.get(sampler)
+            samp = _tag(samp, f"{side}.{i}.{sampler}") if samp and f"{side}.{i}.{sampler}" not in removed else None
+            if not layers and samp is None:
+                continue  # the whole block is gone
+            ni = len(new[side])
+            for nj, (j, _) in enumerate(layers):
+                rename[f"{side}.{i}.layer.{j}"] = f"{side}.{ni}.layer.{nj}"
+            if samp is not None:
+                rename[f"{side}.{i}.{sampler}"] = f"{side}.{ni}.{sampler}"
+            new[side].append({"layers": [kept for _, kept in layers], sampler: samp})
+        if side == "down" and old.get("mid"):
+            keys = layer_keys(old["mid"], in_mid=True)
+            mid = [_tag(u, f"mid.{key_to_name(k)}") for k, u in zip(keys, old["mid"]) if f"mid.{key_to_name(k)}" not in removed]
+            new["mid"] = mid or None
+    for block in new["up"]:
+        for layer in block["layers"]:
+            for unit in layer:
+                if unit.get("skip"):
+                    unit["skip"] = rename[alias[unit["skip"]]]
+
+    # 3. validate and build; a misfit names the removed unit that changes channels, if any
+    try:
+        return _rebuild(model, new)
+    except UNetEditError as e:
+        changers = []
+        for name, _, unit in iter_units(old):
+            if name in removed:
+                c_in, c_out = unit_channels(unit)
+                if unit.get("skip"):
+                    c_in -= _point_channels(model, unit["skip"])
+                if c_in != c_out:
+                    changers.append(f"{name} changes channels {c_in}->{c_out}")
+        if len(changers) == 1 and changers[0].startswith(names[0] + " ") and len(names) == 1:
+            changers = ["it" + changers[0][len(names[0]):]]
+        why = f"{'; '.join(changers)} and {e}" if changers else str(e)
+        raise UNetEditError(f"cannot remove {', '.join(names)}: {why}") from None
+
+
+def _point_channels(model, point: str) -> int:
+    """Channels of a skip point of `model` (from its validation trace)."""
+    if point == "conv_in":
+        return model.config.model_channels
+    if point.endswith("downsample"):
+        return model._traces[point].out_channels
+    last = [n for n in model._traces if n.startswith(point + ".")][-1]
+    return model._traces[last].out_channels
+
+
+def insert_unit(model: nn.Module, source: str, after: str):
+    """Insert a deep copy of the channel-preserving unit `source` right after unit `after`.
+
+    `source`: a resnet with in == out channels and no skip, or an attn unit. `after`: a unit
+    inside a layer or the mid block, whose output has the source's channels and level.
+    Example (SnapFusion, seed 001 Table 3): `insert_unit(m, "up.2.layer.0.attn",
+    "up.2.layer.0.attn")` adds `up.2.layer.0.attn.1`. The copy's tensors inherit the source's.
+    """
+    model = to_slim(model)
+    old = model.config.blocks
+    units = {n: u for n, _, u in iter_units(old)}
+    traces = model._traces
+    for role, name in (("source", source), ("after", after)):
+        if name not in units:
+            raise UNetEditError(f"unknown {role} unit {name!r}; valid units: {list(units)}")
+        if units[name]["kind"] in ("downsample", "upsample"):
+            raise UNetEditError(f"{role} {name} is a {units[name]['kind']}r, not a unit inside a layer")
+    src, t_src, t_after = units[source], traces[source], traces[after]
+    if src["kind"] == "resnet" and (src.get("skip") or t_src.in_channels != t_src.out_channels):
+        raise UNetEditError(f"cannot insert a copy of {source}: it is not channel-preserving "
+                            f"({t_src.in_channels}->{t_src.out_channels}{', consumes a skip' if src.get('skip') else ''})")
+    if t_after.out_channels != t_src.in_channels:
+        raise UNetEditError(f"cannot insert a copy of {source} after {after}: {after} gives "
+                            f"{t_after.out_channels} channels and {source} expects {t_src.in_channels}")
+    if t_after.level != t_src.level:
+        raise UNetEditError(f"cannot insert a copy of {source} after {after}: {after} works at level "
+                            f"{t_after.level} and {source} at level {t_src.level}")
+
+    # the new structure: every unit tagged with its old name, the copy tagged with its source
+    new = copy.deepcopy(dict(old))
+    for side in ("down", "up"):
+        for i, block in enumerate(new[side]):
+            for j, layer in enumerate(block["layers"]):
+                names = [f"{side}.{i}.layer.{j}.{key_to_name(k)}" for k in layer_keys(layer)]
+                block["layers"][j] = _with_copy(layer, names, source, after, src)
+            for sampler in ("downsample", "upsample"):
+                if block.get(sampler):
+                    block[sampler] = _tag(block[sampler], f"{side}.{i}.{sampler}")
+    if new.get("mid"):
+        names = [f"mid.{key_to_name(k)}" for k in layer_keys(new["mid"], in_mid=True)]
+        new["mid"] = _with_copy(new["mid"], names, source, after, src)
+    return _rebuild(model, new)
+
+
+def _with_copy(layer: list[dict], names: list[str], source: str, after: str, src: dict) -> list[dict]:
+    out = []
+    for name, unit in zip(names, layer):
+        out.append(_tag(unit, name))
+        if name == after:
+            twin = _tag(src, source)
+            twin.pop("skip", None)
+            out.append(twin)
+    return out
+
+
+def _rebuild(model, new: dict):
+    """Build the model for `new` (units tagged `_from`), copy weights, compose the maps."""
+    from .model import SlimUNet2DConditionModel
+
+    sources = {}
+    for name, _, unit in iter_units(new):
+        sources[name] = unit.pop("_from")
+    validate(new, model.config.model_channels, labels=sources)
+    student = SlimUNet2DConditionModel.from_structure(new, **model.base_config())
+    old_tensors = model.state_dict()
+    tensors, inheritance = {}, {}
+    for name in student.state_dict():
+        unit, rest = split_tensor_name(name)
+        src = name if unit is None else name_to_path(sources[unit]) + "." + rest
+        tensors[name] = old_tensors[src]
+        inheritance[name] = model.inheritance.get(src)
+    student.load_tensors(tensors, strict=True)
+    student.inheritance = inheritance
+    old_sources = getattr(model, "unit_sources", {})
+    student.unit_sources = {n: old_sources.get(s, s) for n, s in sources.items()}
+    return student.train(model.training)
+

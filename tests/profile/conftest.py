@@ -1,0 +1,27 @@
+"""Shared fixtures for the profiling tests: the tiny SD-1.5-topology U-Net and one profile of it."""
+
+import pytest
+import torch
+
+from slimdiff.profile import ProfileSettings, profile_unet
+from slimdiff.testing import tiny_unet
+
+# Latency settings for tiny models: one thread (the test machine is shared, and two threads
+# contend with other jobs), a few repeats; latent 8 = tiny_unet's sample_size.
+FAST = dict(latent_size=8, threads=1, warmup=2, repeats=5)
+
+
+@pytest.fixture
+def fast() -> dict:
+    return dict(FAST)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return tiny_unet(seed=0)
+
+
+@pytest.fixture(scope="module")
+def profile(unet):
+    return profile_unet(unet, ProfileSettings(**FAST), name="tiny")
