@@ -1,4 +1,7 @@
-"""Fixtures for the evaluation tests: the tiny pipeline, and a fake judge with the real one's API."""
+"""Fixtures for the evaluation tests: the tiny pipeline, a fake judge with the real one's API,
+random-weighted FID Inception and CLIP files (the real ones cannot be downloaded here)."""
+
+import json
 
 import pytest
 import torch
@@ -62,10 +65,59 @@ def tiny_pipe(tiny_pipe_dir):
     return pipe
 
 
-@pytest.fixture
-def needs_load_pipeline():
-    """CLI paths go through the contract's `slimdiff.unet.load_pipeline`."""
-    import slimdiff.unet
+@pytest.fixture(scope="session")
+def inception_file(tmp_path_factory):
+    """A random-weighted FID Inception-v3 state dict (fp16, without batch-norm counters, as old files)."""
+    from slimdiff.eval.inception import FID_WEIGHTS_NAME, FIDInceptionV3
 
-    if not hasattr(slimdiff.unet, "load_pipeline"):
-        pytest.skip("slimdiff.unet.load_pipeline is not available yet (the U-Net package is in progress)")
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for m in net.modules():  # He init keeps activations alive through ~90 ReLU layers
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    state = {k: v.half() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path_factory.mktemp("inception") / FID_WEIGHTS_NAME
+    torch.save(state, path)
+    return path
+
+
+def _bytes_to_unicode():
+    """GPT-2 / CLIP byte-level alphabet: 256 printable characters."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A random-weighted CLIP (hidden 16, 32x32 images) with a byte-level tokenizer, saved locally."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    d = tmp_path_factory.mktemp("clip")
+    chars = _bytes_to_unicode()
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    )
+    eos = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=eos - 1,
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(d)
+    proc.save_pretrained(d)
+    return d

@@ -1,7 +1,5 @@
 """Metrics on known inputs: FID identities, a reference FID from scipy, Inception layout, CLIP, errors."""
 
-import json
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -10,7 +8,7 @@ from torch import nn
 
 from slimdiff.eval import metrics
 from slimdiff.eval.inception import FID_WEIGHTS_NAME, FIDInceptionV3, load_inception
-from slimdiff.eval.images import to_tensor
+from slimdiff.eval.images import to_pil, to_tensor
 
 
 def _images(n, seed, size=16):
@@ -65,7 +63,7 @@ def test_fid_inputs_pil_and_arrays_equal_tensors():
     as_uint8 = (a * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
     assert torch.equal(to_tensor(as_uint8), a)
     feat = MeanColour()
-    pil = __import__("slimdiff.eval.images", fromlist=["to_pil"]).to_pil(a)
+    pil = to_pil(a)
     assert metrics.frechet_distance(pil, a[:3], feat) == pytest.approx(metrics.frechet_distance(a, a[:3], feat))
 
 
@@ -88,6 +86,7 @@ def test_fid_inception_has_pytorch_fid_layout():
     x = _images(2, 0, size=24)
     with torch.no_grad():
         assert net(x).shape == (2, 2048) and net.logits(x).shape == (2, 1008)
+        assert [net.pool(x, d).shape[1] for d in (64, 192, 768)] == [64, 192, 768]
 
 
 def test_missing_weights_errors_name_the_path_and_the_file(tmp_path):
@@ -109,62 +108,27 @@ def test_wrong_state_dict_is_refused(tmp_path):
         load_inception(tmp_path)
 
 
-def test_fid_and_inception_score_with_a_weights_file(tmp_path):
+def test_fid_and_inception_score_with_a_weights_file(inception_file):
     """The whole path with random weights (the real file cannot be downloaded here)."""
-    torch.manual_seed(0)
-    net = FIDInceptionV3()
-    for m in net.modules():  # He init keeps activations alive through 90 ReLU layers
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    state = {k: v.half() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path / FID_WEIGHTS_NAME
-    torch.save(state, path)  # fp16 and without batch-norm counters, as old files: both load
     a, b = _images(3, 0), _images(3, 1) * 0.3
-    assert metrics.fid(a, b, path) > 1e-2
-    mean, std = metrics.inception_score(torch.cat([a, b]), path, splits=2, seed=0)
+    # dims=64 (first block only) keeps this fast; 2048 costs a 2048x2048 eigendecomposition
+    assert abs(metrics.fid(a, a, inception_file, dims=64)) < 1e-4
+    assert metrics.fid(a, b, inception_file, dims=64) > 1e-2
+    mean, std = metrics.inception_score(torch.cat([a, b]), inception_file, splits=2, seed=0)
     assert mean >= 1.0 and std >= 0.0
 
 
-def _bytes_to_unicode():
-    """GPT-2 / CLIP byte-level alphabet: 256 printable characters."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    """A random-weighted CLIP (hidden 16, 32x32 images) with a byte-level tokenizer, saved locally."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    d = tmp_path_factory.mktemp("clip")
-    chars = _bytes_to_unicode()
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    proc = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tok,
-    )
-    eos = vocab["<|endoftext|>"]
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=eos - 1,
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(d)
-    proc.save_pretrained(d)
-    return d
+def test_fid_streams_folders(tmp_path):
+    a, b = _images(6, 0), _images(5, 1) * 0.5
+    for name, images in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(to_pil(images)):
+            im.save(tmp_path / name / f"{i}.png")
+    feat = MeanColour()
+    expected = metrics.frechet_distance(b, a, feat)
+    assert metrics.frechet_distance(tmp_path / "b", tmp_path / "a", feat, batch_size=2) == pytest.approx(expected)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        metrics.frechet_distance(a, tmp_path, feat)
 
 
 def test_clip_score_is_the_mean_cosine_of_clip_embeddings(tiny_clip_dir):

@@ -11,6 +11,16 @@ from slimdiff.testing import tiny_unet
 FAST = dict(latent_size=8, threads=1, warmup=2, repeats=5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every test here runs torch on one thread: on a loaded 2-core machine, two OpenMP threads
+    make a tiny forward 100x slower (they wait on each other while other jobs hold a core)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def fast() -> dict:
     return dict(FAST)

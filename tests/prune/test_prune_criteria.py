@@ -81,3 +81,33 @@ def test_random_criterion_is_seeded_and_order_free():
     assert a == b and list(b) == ["z", "x", "y"]
     assert RandomCriterion(4)(None, ["x", "y", "z"]) != a
     assert set(CRITERIA) == {"output", "magnitude", "random"}
+
+
+def test_toy_calibration_on_a_tiny_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from slimdiff.prune.calibration import toy_calibration
+    from slimdiff.testing import tiny_pipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline(tmp_path / "pipe"))
+    cal = toy_calibration(pipe, CalibrationConfig(size=3, seed=1))
+    assert cal.sample.shape == (3, 4, 8, 8) and cal.encoder_hidden_states.shape == (3, 16, 16)
+    assert cal.timesteps.tolist() == [166, 500, 833]
+    assert len(cal.prompts) == 3 and all(p.startswith("a ") for p in cal.prompts)
+    again = toy_calibration(pipe, CalibrationConfig(size=3, seed=1))
+    assert torch.equal(cal.sample, again.sample) and cal.prompts == again.prompts
+
+
+def test_additivity_study_on_the_tiny_unet(tiny_slim, tiny_calibration, tmp_path):
+    from slimdiff.prune.additivity import additivity_study, correlations, plot_additivity
+
+    crit = OutputLossCriterion(tiny_calibration)
+    cands = ["down.2.layer.1.attn", "mid.attn", "up.1.layer.2.attn", "up.3.layer.2.attn"]
+    singles = {u: float(i + 1) for i, u in enumerate(cands)}  # given, so only the sets are evaluated
+    res = additivity_study(tiny_slim, crit, cands, sizes=(2, 3), sets_per_size=2, seed=0, singles=singles)
+    assert [r["size"] for r in res.rows] == [2, 2, 3, 3] and res.refused == 0
+    assert all(r["predicted"] == sum(singles[u] for u in r["units"]) for r in res.rows)
+    assert res.rows[0]["real"] == pytest.approx(crit.loss(tiny_slim, res.rows[0]["units"]))
+    assert -1.0 <= res.pearson <= 1.0 and res.per_size[2]["n"] == 2
+    assert plot_additivity(res, tmp_path / "add.png").stat().st_size > 0
+    assert correlations([1, 2, 3, 4], [2, 4, 6, 9]) == (pytest.approx(11.5 / 133.75**0.5), 1.0)  # hand-computed

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimdiff.prune.evolve import EvolveConfig, evolve
+from slimdiff.prune.evolve import EvolveConfig, UNetEditor, evolve
 
 MS = {"A": 4.0, "B": 2.0, "C": 1.0, "D": 3.0}  # latency of each unit
 VALUE = {"A": 8.0, "B": 1.0, "C": 3.0, "D": 3.0}  # score each unit contributes
@@ -89,14 +89,23 @@ def tiny_fake_score(model):
     return sum(ATTN_VALUE.get(sources.get(u.name, u.name), 10.0) for u in model.units() if u.kind == "attn")
 
 
+class FewUnitsEditor(UNetEditor):
+    """The real edits, with actions limited to a few attention units (keeps the test fast)."""
+
+    def candidates(self, model):
+        return [u for u in super().candidates(model) if u.startswith(("down.0.", "up.3.", "up.1.layer.0."))]
+
+
 def test_evolve_on_the_tiny_unet(tiny_slim):
     # 16 attention units: 5 at level 0 (15 ms), 5 at level 1 (10), 5 at level 2 (5), mid (1): 41 ms
+    # actions on down.0.*, up.3.*, up.1.layer.0.* attention units only
     # round 0: 41 > 36, least score per ms: up.3.layer.2.attn (0.6 / 3) -> 38 ms
     # round 1: 38 > 36, next: down.0.layer.0.attn (1 / 3)                -> 35 ms
     # round 2: 35 <= 36, copy the most useful per ms: up.1.layer.0.attn (100 / 1) -> 36 ms
     # round 3: every copy would exceed 36 ms -> stop
     assert TinyFakeLUT().predict(tiny_slim) == 41.0
-    student, res = evolve(tiny_slim, tiny_fake_score, TinyFakeLUT(), EvolveConfig(36.0, kinds=("attn",)))
+    cfg = EvolveConfig(36.0, kinds=("attn",))
+    student, res = evolve(tiny_slim, tiny_fake_score, TinyFakeLUT(), cfg, editor=FewUnitsEditor(cfg.kinds))
     assert [(a.action, a.unit) for a in res.actions] == [
         ("remove", "up.3.layer.2.attn"),
         ("remove", "down.0.layer.0.attn"),

@@ -39,9 +39,10 @@ def test_import_odd_sizes_and_options(inputs):
 
 def test_import_then_export_is_identity(unet, inputs):
     back = to_diffusers(to_slim(unet))
-    for key in ("block_out_channels", "down_block_types", "up_block_types", "mid_block_type", "cross_attention_dim"):
-        assert list(back.config[key]) == list(unet.config[key]) if key != "mid_block_type" and key != "cross_attention_dim" \
-            else back.config[key] == unet.config[key]
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        assert list(back.config[key]) == list(unet.config[key])
+    for key in ("mid_block_type", "cross_attention_dim", "layers_per_block", "attention_head_dim"):
+        assert back.config[key] == unet.config[key]
     assert back.state_dict().keys() == unet.state_dict().keys()
     assert torch.equal(run(back, inputs), run(unet, inputs))
 
@@ -81,10 +82,12 @@ def test_units_and_block_names(unet):
         "down.0", "down.1", "down.2", "down.3", "mid", "up.0", "up.1", "up.2", "up.3"]
     units = slim.units()
     assert [u.name for u in units] == [u.name for u in list_units(unet)]
-    assert len(units) == 44 and sum(u.kind == "resnet" for u in units) == 22 and sum(u.kind == "attn" for u in units) == 16
+    kinds = [u.kind for u in units]
+    assert (len(units), kinds.count("resnet"), kinds.count("attn")) == (44, 22, 16)
     by = {u.name: u for u in units}
     u = by["down.1.layer.0.resnet"]
-    assert (u.kind, u.block, u.in_channels, u.out_channels, u.level, u.cross_attention_dim) == ("resnet", "down.1", 8, 16, 1, None)
+    got = (u.kind, u.block, u.in_channels, u.out_channels, u.level, u.cross_attention_dim)
+    assert got == ("resnet", "down.1", 8, 16, 1, None)
     u = by["up.1.layer.2.resnet"]  # 32 main + 16 from down.1's downsampler
     assert (u.in_channels, u.out_channels, u.level, u.skip) == (48, 32, 2, "down.1.downsample")
     assert by["mid.attn"].cross_attention_dim == 12 and by["mid.attn"].level == 3

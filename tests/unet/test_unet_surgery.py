@@ -4,7 +4,17 @@ import pytest
 import torch
 from conftest import run
 
-from slimdiff.unet import UNetEditError, get_module, insert_unit, remove_units, to_slim
+from diffusers.models.resnet import ResnetBlock2D
+
+from slimdiff.unet import (
+    UNetEditError,
+    get_module,
+    insert_unit,
+    register_unit_type,
+    remove_units,
+    replace_unit,
+    to_slim,
+)
 
 
 def test_removing_nothing_is_identity(unet, inputs):
@@ -104,3 +114,27 @@ def test_insert_unit(unet, inputs):
 def test_refused_insertions(unet, source, after, why):
     with pytest.raises(UNetEditError, match=why):
         insert_unit(unet, source, after)
+
+
+class WideShortcutResnet(ResnetBlock2D):
+    """A stand-in for a new unit type (e.g. a CondConv ResNet): a resnet with a forced shortcut."""
+
+    def __init__(self, **kwargs):
+        super().__init__(conv_shortcut=False, use_in_shortcut=True, **kwargs)
+
+
+def test_replace_unit_with_a_registered_type(unet, inputs, tmp_path):
+    register_unit_type("wide_shortcut_resnet", WideShortcutResnet, role="resnet")
+    student = replace_unit(unet, "down.1.layer.1.resnet", "wide_shortcut_resnet")
+    info = {u.name: u for u in student.units()}["down.1.layer.1.resnet"]
+    assert (info.kind, info.type) == ("resnet", "wide_shortcut_resnet")
+    inh = student.inheritance
+    assert inh["down.1.layer.1.resnet.conv1.weight"] == "down_blocks.1.resnets.1.conv1.weight"
+    assert inh["down.1.layer.1.resnet.conv_shortcut.weight"] is None  # new tensor
+    assert torch.isfinite(run(student, inputs)).all()
+    student.save_pretrained(tmp_path)  # reloads while the type is registered
+    assert torch.equal(run(type(student).from_pretrained(tmp_path), inputs), run(student, inputs))
+    with pytest.raises(UNetEditError, match="roles must match"):
+        replace_unit(unet, "down.1.layer.1.resnet", "attn")
+    with pytest.raises(ValueError, match="unknown role"):
+        register_unit_type("x", WideShortcutResnet, role="conv")

@@ -23,8 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="'toy', a diffusers pipeline directory, or a prune/distill output directory")
     p.add_argument("--split", default="test", choices=SPLITS, help="toy-world prompt split (default: test)")
     p.add_argument("--num-images", type=int, default=64, help="images to generate and score (default: 64)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: 20 on the toy world, else 25)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale (default: 5.0 on the toy world, else 7.5)")
     p.add_argument("--seed", type=int, default=0, help="scene sampling and image i's seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per pipeline call (default: 16)")
@@ -34,11 +35,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="also score rendered images (the toy ceiling)")
     p.add_argument("--inception-weights", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--ref-images", help="folder of reference images for FID")
+    p.add_argument("--fid-dims", type=int, default=2048, choices=(64, 192, 768, 2048),
+                   help="Inception feature layer for FID (default: 2048, the standard pool3)")
     p.add_argument("--clip-dir", help="local transformers CLIP directory for the CLIP score")
+    p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--grid", help="image grid PNG (default: next to --json, else ./evaluate_grid.png)")
     p.add_argument("--no-grid", action="store_true", help="do not write the image grid")
+    p.add_argument("--save-images", metavar="DIR", help="also write every generated image as PNG")
     p.set_defaults(func=run)
     return p
 
@@ -59,7 +64,8 @@ def run(args) -> int:
         args.model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size, scheduler=args.scheduler, toy=toy, prompts=prompts,
         ref_images=args.ref_images, inception_weights=args.inception_weights, clip_dir=args.clip_dir,
-        grid=grid, reference=args.reference, base=args.base,
+        grid=grid, reference=args.reference, base=args.base, device=args.device, fid_dims=args.fid_dims,
+        images_dir=args.save_images,
     )
     # 3. report
     print(text_table(summary_rows(result)))

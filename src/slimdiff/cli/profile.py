@@ -42,10 +42,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from slimdiff.profile import LatencyLUT, ProfileSettings, profile_unet
-    from slimdiff.profile.profiler import vae_scale_factor_of
+    from slimdiff.profile.profiler import place, vae_scale_factor_of
     from slimdiff.profile.report import plot, print_table
     from slimdiff.unet import load_unet
 
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         measure_latency=not args.no_latency,
     )
-    model = load_unet(args.model).to(args.device, getattr(torch, args.dtype))
+    model = place(load_unet(args.model), args.device, args.dtype)
 
     # 2. profile, then print and write what was asked
     result = profile_unet(model, settings, name=args.model, progress=True)

@@ -3,6 +3,7 @@
     slimdiff prune --list-presets
     slimdiff prune toy --preset bk-small --out runs/bk-small
     slimdiff prune sd15-arch --remove mid down.3.layer.1 --out runs/edit
+    slimdiff prune toy --search laptop --budget params=0.5 --out runs/laptop   (cli/prune_search.py)
 
 DIR gets the student (plain diffusers when expressible), `recipe.json` (teacher, preset or
 edits, inheritance map, slimdiff version) and, for a pipeline teacher, `DIR/pipeline/`.
@@ -11,6 +12,17 @@ edits, inheritance map, slimdiff version) and, for a pipeline teacher, `DIR/pipe
 from __future__ import annotations
 
 import argparse
+import importlib
+
+
+def _search_module():
+    """`slimdiff.cli.prune_search` (the automatic searches), or None while it is absent."""
+    try:
+        return importlib.import_module("slimdiff.cli.prune_search")
+    except ModuleNotFoundError as e:
+        if e.name != "slimdiff.cli.prune_search":
+            raise
+        return None
 
 
 def add_parser(subparsers) -> None:
@@ -22,11 +34,13 @@ def add_parser(subparsers) -> None:
         description="Build a student from a teacher U-Net by structural edits, with inherited weights.",
     )
     p.add_argument("model", metavar="MODEL", nargs="?", help="sd15-arch, sd21-arch, toy, a pipeline or UNet dir")
-    # How the student is chosen: exactly one of these. A search (e.g. `--search laptop`) joins this
-    # group and a branch in `choose_student` that returns (student, info) like `apply_preset`.
+    # How the student is chosen: exactly one of these; `--search` (cli/prune_search.py) joins the group.
     how = p.add_mutually_exclusive_group()
     how.add_argument("--preset", choices=list(PRESETS), help="a registered preset (see --list-presets)")
     how.add_argument("--remove", nargs="+", metavar="UNIT", help="units, layers or blocks to remove")
+    search = _search_module()
+    if search is not None:
+        search.add_search_arguments(p, how)
     p.add_argument("--insert", nargs=2, action="append", metavar=("SOURCE", "AFTER"), default=[],
                    help="after the removals, insert a copy of unit SOURCE after unit AFTER (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output directory")
@@ -58,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         for preset in PRESETS.values():
             print(f"{preset.name:12s} {preset.description}")
         return 0
+    if getattr(args, "search", None):
+        if args.insert:
+            raise ValueError("--insert goes with --remove, not with --search")
+        return _search_module().run_search(args)
     if not args.model or not args.out:
         raise ValueError("MODEL and --out DIR are required (or --list-presets)")
 

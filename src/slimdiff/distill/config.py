@@ -8,6 +8,7 @@ Defaults follow BK-SDM (METHODS.md section 2) unless a comment says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 FEAT_LOSSES = ("plain", "normalized")  # BK-SDM sum_k MSE | LAPTOP-Diff sum_k ||dF||^2 / ||F_T||^2
@@ -22,6 +23,7 @@ LR_SCHEDULERS = (  # diffusers.optimization.SchedulerType values
     "constant_with_warmup",
     "piecewise_constant",
 )
+PATH_FIELDS = ("teacher", "student", "pipeline", "data", "perceptual_weights")  # compared as real paths
 # settings that may change when a run is resumed; every other one must match the checkpoint's
 RESUMABLE_CHANGES = ("out", "resume", "checkpoint_every", "checkpoints_keep", "num_workers", "cache_dir",
                      "batch_size", "cpu", "max_steps")
@@ -160,5 +162,11 @@ class DistillConfig:
         if self.lr_scheduler not in ("constant", "constant_with_warmup"):
             allowed.discard("max_steps")
         mine = self.to_dict()
-        return [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in mine
-                if k not in allowed and saved.get(k) != mine[k]]
+
+        def same(k):
+            a, b = saved.get(k), mine[k]
+            if k in PATH_FIELDS and isinstance(a, str) and isinstance(b, str):
+                return os.path.realpath(a) == os.path.realpath(b)
+            return a == b
+
+        return [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in mine if k not in allowed and not same(k)]

@@ -12,7 +12,8 @@ so the block map is found, in order of preference, from:
      student block maps to the teacher block most of its inherited tensors came from;
   3. structure: down blocks matched by index from the input side, up blocks from the output side
      (student up.k <- teacher up.(k + n_teacher_up - n_student_up)), mid to mid.
-Every pair's feature shapes are checked on a dry run before training (`check_shapes`).
+Where only one block of a pair has its sampler, features are taken before sampling
+(`default_feature_map`). Every pair's shapes are checked on a dry run (`check_shapes`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from slimdiff.unet import block_names, get_module, module_output_tensor
+from slimdiff.unet import block_names, get_module, list_units, module_output_tensor
 
 # tensor name -> block name; diffusers (`down_blocks.1.`, `mid_block.`) and slim (`down.1.`, `mid.`) naming
 _BLOCK_PATTERNS = (
@@ -46,7 +47,7 @@ class FeatureRecorder:
         self._handles = []
         for name in dict.fromkeys(names):  # unique, in order
             try:
-                module = get_module(model, name)
+                module = feature_module(model, name)
             except ValueError as e:
                 raise ValueError(f"{what} name {name!r} does not exist: {e}") from None
             self._handles.append(module.register_forward_hook(self._hook(name)))
@@ -67,6 +68,22 @@ class FeatureRecorder:
             h.remove()
         self._handles = []
         self.features = {}
+
+
+def feature_module(model: nn.Module, name: str) -> nn.Module:
+    """The module whose output is the feature `name`.
+
+    A slim U-Net's blocks and layers are containers its forward never calls; their output is
+    that of their last unit in forward order (the sampler when the block has one), which is
+    what a diffusers block returns as its first output.
+    """
+    module = get_module(model, name)
+    if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
+        inside = [u.name for u in list_units(model) if u.name.startswith(name + ".")]
+        if not inside:
+            raise ValueError(f"{name!r} holds no unit")
+        return get_module(model, inside[-1])
+    return module
 
 
 def block_of_tensor(name: str) -> str | None:
@@ -122,9 +139,36 @@ def resolve_block_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[st
     return structural_block_map(s_blocks, t_blocks), "structure"
 
 
-def default_feature_map(block_map: Mapping[str, str]) -> dict[str, str]:
-    """BK-SDM: every down and up block's output (the mid block is SAS's separate term)."""
-    return {s: t for s, t in block_map.items() if s.startswith(("down.", "up."))}
+def default_feature_map(block_map: Mapping[str, str], student: nn.Module | None = None,
+                        teacher: nn.Module | None = None) -> dict[str, str]:
+    """BK-SDM: every down and up block's output (the mid block is SAS's separate term).
+
+    When only one side of a pair has the block's sampler (bk-tiny's down.2 loses its
+    downsampler), that side's feature is its last layer's output instead (its last
+    ResNet/Transformer unit), so both are taken before sampling: BK-SDM's own code pairs
+    teacher `down_blocks.2.attentions.1` with student `down_blocks.2.attentions.0` there.
+    """
+    pairs = {s: t for s, t in block_map.items() if s.startswith(("down.", "up."))}
+    if student is None or teacher is None:
+        return pairs
+    s_units, t_units = list_units(student), list_units(teacher)
+
+    def has_sampler(units, block):
+        return any(u.block == block and u.kind in ("downsample", "upsample") for u in units)
+
+    def last_layer_unit(units, block):
+        return [u.name for u in units if u.block == block and u.kind in ("resnet", "attn")][-1]
+
+    out = {}
+    for s, t in pairs.items():
+        s_has, t_has = has_sampler(s_units, s), has_sampler(t_units, t)
+        if s_has and not t_has:
+            out[last_layer_unit(s_units, s)] = t
+        elif t_has and not s_has:
+            out[s] = last_layer_unit(t_units, t)
+        else:
+            out[s] = t
+    return out
 
 
 def check_shapes(student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[str, torch.Tensor],

@@ -36,10 +36,18 @@ def is_pipeline_source(value: str) -> bool:
     return value == "toy" or (Path(value) / "model_index.json").is_file()
 
 
+def check_path(flag: str, value: str | None) -> None:
+    """A model argument is a built-in name or an existing local path (nothing is downloaded)."""
+    from slimdiff.unet.builtins import BUILTIN_CONFIGS
+
+    if value is not None and value != "toy" and value not in BUILTIN_CONFIGS and not Path(value).exists():
+        raise FileNotFoundError(f"{flag} {value!r}: no such file or directory (slimdiff never downloads; "
+                                f"give a local path, 'toy' or one of {sorted(BUILTIN_CONFIGS)})")
+
+
 def _load(flag: str, value: str, fn: Callable[[str], Any]) -> Any:
     """Call `fn(value)`, prefixing any error with the flag and value it came from."""
-    if value != "toy" and ("/" in value or value.startswith(".")) and not Path(value).exists():
-        raise FileNotFoundError(f"{flag} {value!r}: path does not exist")
+    check_path(flag, value)
     try:
         return fn(value)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -86,6 +94,10 @@ def load_parts(config: DistillConfig, teacher: nn.Module | None = None, student:
     from slimdiff.unet import load_pipeline, load_unet
 
     # 1. the pipeline that provides tokenizer / text encoder / VAE / schedule
+    for flag, value, given in (("--teacher", config.teacher, teacher), ("--student", config.student, student),
+                               ("--pipeline", config.pipeline, pipeline)):
+        if given is None:
+            check_path(flag, value)
     source = None
     if pipeline is None:
         if config.pipeline is not None:

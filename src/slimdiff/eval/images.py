@@ -6,7 +6,9 @@ images; the toy renderer returns uint8 arrays (H, W, 3). `to_tensor` accepts all
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,3 +68,41 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files of `folder`, sorted by name; FileNotFoundError when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def image_batches(
+    images: ImagesLike | str | os.PathLike, batch_size: int, size: tuple[int, int] | None = None
+) -> Iterator[torch.Tensor]:
+    """Float batches (B, 3, H, W) in [0, 1] of in-memory images or of a folder (streamed from disk).
+
+    A folder's images are resized (bicubic, no crop) to `size` (H, W), default the first
+    image's size, so any folder stacks; in-memory images are resized only when `size` is given.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        files = image_files(images)
+        for i in range(0, len(files), batch_size):
+            batch = [Image.open(f).convert("RGB") for f in files[i : i + batch_size]]
+            if size is None:
+                size = (batch[0].height, batch[0].width)
+            h, w = size
+            yield to_tensor([im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC) for im in batch])
+        return
+    x = to_tensor(images)
+    if size is not None:
+        x = resize(x, size)
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i : i + batch_size]

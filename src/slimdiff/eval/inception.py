@@ -9,6 +9,7 @@ shapes loads, e.g. torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`.
 
     net = load_inception("weights/pt_inception-2015-12-05-6726825d.pth")
     feats = net(images)                  # (N, 2048) pool3 features, images (N, 3, H, W) in [0, 1]
+    feats = net.pool(images, dims=768)   # (N, 768) an earlier layer (pytorch-fid's --dims)
     logits = net.logits(images)          # (N, 1008) unbiased logits, for the Inception Score
 
 Module names equal torchvision's (`Conv2d_1a_3x3.conv.weight`, `Mixed_7c.branch_pool.bn.*`,
@@ -27,6 +28,7 @@ from torch import nn
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299  # Inception-v3's training resolution; every image is resized to it
 NUM_CLASSES = 1008  # the TF 2015 graph has 1008 logits (1000 ImageNet classes + 8 unused)
+FEATURE_DIMS = (64, 192, 768, 2048)  # feature layers pytorch-fid offers; 2048 (pool3) is the standard
 
 
 class BasicConv2d(nn.Module):
@@ -196,24 +198,51 @@ class FIDInceptionV3(nn.Module):
     def train(self, mode: bool = True) -> "FIDInceptionV3":
         return super().train(False)  # a metric network never trains
 
-    def pool3(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, 2048) features after the final average pool."""
+    def pool(self, images: torch.Tensor, dims: int = 2048) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, dims) spatially averaged features.
+
+        dims 2048: after the final block (pool3, the standard FID); 768: after Mixed_6e;
+        192 / 64: after the second / first max pool (pytorch-fid's `--dims` choices).
+        """
+        if dims not in FEATURE_DIMS:
+            raise ValueError(f"dims must be one of {FEATURE_DIMS}, got {dims}")
         x = F.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         x = 2 * x - 1  # [0, 1] -> [-1, 1]
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (N, 64, 147, 147)
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # (N, 64, 73, 73)
+        if dims == 64:
+            return x.mean(dim=(2, 3))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # (N, 192, 71, 71)
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # (N, 192, 35, 35)
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+        if dims == 192:
+            return x.mean(dim=(2, 3))
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e"):
+            x = getattr(self, f"Mixed_{name}")(x)  # ... -> (N, 768, 17, 17)
+        if dims == 768:
+            return x.mean(dim=(2, 3))
+        for name in ("7a", "7b", "7c"):
             x = getattr(self, f"Mixed_{name}")(x)  # ... -> (N, 2048, 8, 8)
         return x.mean(dim=(2, 3))  # (N, 2048)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool3(images)
+        return self.pool(images, 2048)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 1008) logits without the fc bias ("logits_unbiased", as torch-fidelity's IS)."""
-        return self.pool3(images) @ self.fc.weight.T
+        return self.pool(images, 2048) @ self.fc.weight.T
+
+
+class InceptionFeatures(nn.Module):
+    """Adapter for torchmetrics' FrechetInceptionDistance(feature=...): (N, dims) features."""
+
+    def __init__(self, net: FIDInceptionV3, dims: int = 2048):
+        super().__init__()
+        if dims not in FEATURE_DIMS:
+            raise ValueError(f"dims must be one of {FEATURE_DIMS}, got {dims}")
+        self.net, self.num_features = net, dims  # num_features: read by torchmetrics
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.pool(images, self.num_features)
 
 
 class InceptionLogits(nn.Module):

@@ -1,13 +1,17 @@
 """Image-generation metrics: FID, Inception Score, CLIP score, and the toy world's judge-FID.
 
-All take images as anything `slimdiff.eval.images.to_tensor` accepts (PIL images, uint8 arrays,
-or float tensors (N, 3, H, W) in [0, 1]). Weights are never downloaded: each real-model metric
-takes a local path and raises FileNotFoundError naming it and the file it expects.
+Images are anything `slimdiff.eval.images.to_tensor` accepts (PIL images, uint8 arrays, float
+tensors (N, 3, H, W) in [0, 1]) or, for FID and IS, a folder (streamed from disk). Weights are
+never downloaded: each real-model metric takes a local path and raises FileNotFoundError
+naming it and the file it expects.
 
     judge_fid(gen, ref, judge)                       # toy world: Fréchet distance on judge features
-    fid(gen, ref, inception_weights="pt_inception-2015-12-05-6726825d.pth")
+    fid(gen, "coco_val_256/", inception_weights="pt_inception-2015-12-05-6726825d.pth")
     inception_score(gen, inception_weights=...)      # -> (mean, std) over splits
     clip_score(gen, prompts, clip_dir="clip-vit-large-patch14/")   # mean raw cosine
+
+For generation runs too large to hold in memory, the scorers accumulate batch by batch:
+    scorer = FIDScorer(weights, ref_images="coco_val_256/"); scorer.update(batch); scorer.result()
 
 Fréchet distance (Heusel et al. 2017, eq. 6), computed by torchmetrics' FrechetInceptionDistance:
     d^2 = ||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))
@@ -25,10 +29,11 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-from slimdiff.eval.images import ImagesLike, to_tensor
-from slimdiff.eval.inception import InceptionLogits, load_inception
+from slimdiff.eval.images import ImagesLike, image_batches, to_tensor
+from slimdiff.eval.inception import FIDInceptionV3, InceptionFeatures, InceptionLogits, load_inception
 
 DEFAULT_BATCH = 32  # images per feature-extractor forward
+IS_SPLITS = 10  # the field's Inception Score splits (Salimans et al. 2016)
 
 
 class FeatureModule(nn.Module):
@@ -50,48 +55,74 @@ def _module_device(module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _batches(x: torch.Tensor, batch_size: int):
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size]
+def as_feature_module(extractor, example: torch.Tensor) -> nn.Module:
+    """An nn.Module with `num_features` for torchmetrics: the judge (an object with a
+    `features(images)` method) is wrapped; a plain feature nn.Module gets `num_features` from
+    one forward on `example` (N >= 1 images) when it has none."""
+    has_method = callable(getattr(extractor, "features", None)) and not isinstance(extractor.features, nn.Module)
+    if has_method or not isinstance(extractor, nn.Module):
+        return FeatureModule(extractor, extractor.features(example).shape[-1])
+    if not hasattr(extractor, "num_features"):
+        extractor.num_features = int(extractor(example).shape[-1])
+    return extractor
 
 
-def _check_two(name: str, x: torch.Tensor):
-    if x.shape[0] < 2:
-        raise ValueError(f"a Fréchet distance needs at least 2 images per set; the {name} set has {x.shape[0]}")
+class FrechetScorer:
+    """Fréchet distance accumulated batch by batch: `add_reference(batch)`, `update(batch)`, `result()`.
+
+    Wraps torchmetrics' FrechetInceptionDistance (float64 sums of features and their outer
+    products), so memory does not grow with the number of images.
+    """
+
+    key = "frechet_distance"
+
+    def __init__(self, feature_module: nn.Module):
+        self.device = _module_device(feature_module)
+        self.metric = FrechetInceptionDistance(feature=feature_module, normalize=True).to(self.device)
+
+    @torch.no_grad()
+    def add_reference(self, images: torch.Tensor) -> None:
+        self.metric.update(images.to(self.device), real=True)
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
+        self.metric.update(images.to(self.device), real=False)
+
+    def value(self) -> float:
+        counts = {"generated": int(self.metric.fake_features_num_samples),
+                  "reference": int(self.metric.real_features_num_samples)}
+        for name, n in counts.items():
+            if n < 2:
+                raise ValueError(f"a Fréchet distance needs at least 2 images per set; the {name} set has {n}")
+        return float(self.metric.compute().item())
+
+    def result(self) -> dict[str, float]:
+        return {self.key: self.value()}
 
 
 @torch.no_grad()
 def frechet_distance(
-    gen_images: ImagesLike,
-    ref_images: ImagesLike,
-    feature_module: nn.Module,
+    gen_images: ImagesLike | str | os.PathLike,
+    ref_images: ImagesLike | str | os.PathLike,
+    feature_module,
     batch_size: int = DEFAULT_BATCH,
 ) -> float:
-    """Fréchet distance between the feature distributions of two image sets.
+    """Fréchet distance between the feature distributions of two image sets (or folders).
 
     `feature_module`: an nn.Module mapping float images (N, 3, H, W) in [0, 1] to (N, D)
     features, or any object with a `features(images)` method (wrapped in FeatureModule).
     Images are fed at their own size: resize beforehand if the extractor needs a fixed one.
     """
-    gen, ref = to_tensor(gen_images), to_tensor(ref_images)
-    _check_two("generated", gen)
-    _check_two("reference", ref)
+    ref_batches = image_batches(ref_images, batch_size)
+    first = next(ref_batches)
     device = _module_device(feature_module)
-    # 1. the feature dimension D, from one forward on two reference images
-    if not isinstance(feature_module, nn.Module) or (
-        callable(getattr(feature_module, "features", None)) and not isinstance(feature_module.features, nn.Module)
-    ):
-        num = feature_module.features(ref[:2].to(device)).shape[-1]
-        feature_module = FeatureModule(feature_module, num)
-    if not hasattr(feature_module, "num_features"):
-        feature_module.num_features = int(feature_module(ref[:2].to(device)).shape[-1])
-    # 2. accumulate sums and second moments of both sets in torchmetrics (float64 states)
-    metric = FrechetInceptionDistance(feature=feature_module, normalize=True).to(device)
-    for batch in _batches(ref, batch_size):
-        metric.update(batch.to(device), real=True)
-    for batch in _batches(gen, batch_size):
-        metric.update(batch.to(device), real=False)
-    return float(metric.compute().item())
+    scorer = FrechetScorer(as_feature_module(feature_module, first[:2].to(device)))
+    scorer.add_reference(first)
+    for batch in ref_batches:
+        scorer.add_reference(batch)
+    for batch in image_batches(gen_images, batch_size):
+        scorer.update(batch)
+    return scorer.value()
 
 
 def judge_fid(
@@ -101,48 +132,110 @@ def judge_fid(
 
     `feature_module`: the judge (`slimdiff.toy.judge.load_judge()`, whose `features(images)`
     gives (N, D)) or any feature nn.Module. Images float in [0, 1] at the judge's resolution.
+    Like FID, it is biased by the set size: compare values computed on the same number of images.
     """
     return frechet_distance(gen_images, ref_images, feature_module, batch_size=batch_size)
 
 
+# ---------------------------------------------------------------------------------------------
+# FID and IS with the FID Inception-v3
+
+
+class FIDScorer(FrechetScorer):
+    """FID of generated batches against a reference set, with pytorch-fid's Inception-v3.
+
+    `ref_images`: a folder (streamed; resized to `ref_size` (H, W) when given) or images.
+    `dims`: the feature layer (2048 = pool3, the standard; 64 / 192 / 768 as pytorch-fid's --dims).
+    """
+
+    key = "fid"
+
+    def __init__(
+        self,
+        inception: str | os.PathLike | FIDInceptionV3,
+        ref_images: ImagesLike | str | os.PathLike,
+        ref_size: tuple[int, int] | None = None,
+        dims: int = 2048,
+        device: str | torch.device = "cpu",
+        batch_size: int = DEFAULT_BATCH,
+    ):
+        net = inception if isinstance(inception, FIDInceptionV3) else load_inception(inception, device=device)
+        super().__init__(InceptionFeatures(net, dims))
+        for batch in image_batches(ref_images, batch_size, size=ref_size):
+            self.add_reference(batch)
+
+
+class ISScorer:
+    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over splits.
+
+    Uses the 1008 unbiased logits of the FID Inception (as torch-fidelity). torchmetrics keeps
+    the logits of every image (4 KB each) and shuffles them before splitting; the shuffle is
+    seeded by `seed`, so the score is reproducible.
+    """
+
+    def __init__(
+        self,
+        inception: str | os.PathLike | FIDInceptionV3,
+        splits: int = IS_SPLITS,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        net = inception if isinstance(inception, FIDInceptionV3) else load_inception(inception, device=device)
+        self.device, self.splits, self.seed, self.count = _module_device(net), splits, seed, 0
+        self.metric = InceptionScore(feature=InceptionLogits(net), splits=splits, normalize=False).to(self.device)
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
+        self.metric.update(images.to(self.device))
+        self.count += images.shape[0]
+
+    def value(self) -> tuple[float, float]:
+        if self.count < self.splits:
+            raise ValueError(f"the Inception Score needs at least splits={self.splits} images, got {self.count}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            mean, std = self.metric.compute()
+        return float(mean.item()), float(std.item())
+
+    def result(self) -> dict[str, float]:
+        mean, std = self.value()
+        return {"is": mean, "is_std": std}
+
+
 def fid(
-    gen_images: ImagesLike,
-    ref_images: ImagesLike,
+    gen_images: ImagesLike | str | os.PathLike,
+    ref_images: ImagesLike | str | os.PathLike,
     inception_weights: str | os.PathLike,
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device = "cpu",
+    dims: int = 2048,
 ) -> float:
-    """FID with pytorch-fid's Inception-v3 (pool3, 2048 features) loaded from a local file."""
+    """FID with pytorch-fid's Inception-v3 loaded from a local file (images or folders).
+
+    `dims`: the feature layer (2048 = pool3, the standard; 64 / 192 / 768 as pytorch-fid's --dims).
+    Needs more than `dims` images per set for a full-rank covariance (the field uses 30K).
+    """
     net = load_inception(inception_weights, device=device)
-    return frechet_distance(gen_images, ref_images, net, batch_size=batch_size)
+    return frechet_distance(gen_images, ref_images, InceptionFeatures(net, dims), batch_size=batch_size)
 
 
-@torch.no_grad()
 def inception_score(
-    gen_images: ImagesLike,
+    gen_images: ImagesLike | str | os.PathLike,
     inception_weights: str | os.PathLike,
-    splits: int = 10,
+    splits: int = IS_SPLITS,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device = "cpu",
 ) -> tuple[float, float]:
-    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over `splits`.
+    """Inception Score of images (or a folder): (mean, std) over `splits` (see ISScorer)."""
+    scorer = ISScorer(inception_weights, splits=splits, seed=seed, device=device)
+    for batch in image_batches(gen_images, batch_size):
+        scorer.update(batch)
+    return scorer.value()
 
-    Uses the 1008 unbiased logits of the FID Inception (as torch-fidelity). torchmetrics shuffles
-    the images before splitting; the shuffle is seeded by `seed` so the score is reproducible.
-    """
-    gen = to_tensor(gen_images)
-    if gen.shape[0] < splits:
-        raise ValueError(f"inception_score needs at least splits={splits} images, got {gen.shape[0]}")
-    net = load_inception(inception_weights, device=device)
-    metric = InceptionScore(feature=InceptionLogits(net), splits=splits, normalize=False).to(device)
-    for batch in _batches(gen, batch_size):
-        metric.update(batch.to(device))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return float(mean.item()), float(std.item())
 
+# ---------------------------------------------------------------------------------------------
+# CLIP score
 
 CLIP_FILES = (
     "config.json, model.safetensors (or pytorch_model.bin), the image processor config "
@@ -180,7 +273,45 @@ def _embedding(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-@torch.no_grad()
+class CLIPScorer:
+    """Mean raw cosine similarity between CLIP image and text embeddings (METHODS.md section 7).
+
+    (torchmetrics' CLIPScore reports 100 x the same cosine, clipped at 0; it is not used because it
+    accepts only hub names, and transformers >= 5 changed the return type it relies on.)
+    """
+
+    def __init__(self, clip_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+        self.model, self.processor = load_clip(clip_dir, device=device)
+        self.device = torch.device(device)
+        self.max_len = self.model.config.text_config.max_position_embeddings
+        self.total, self.count = 0.0, 0
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, prompts: Sequence[str]) -> None:
+        prompts = list(prompts)
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"clip_score needs one prompt per image: {images.shape[0]} images, {len(prompts)} prompts")
+        # the processor resizes / crops / normalises uint8 images itself
+        pix = [(im * 255).round().to(torch.uint8).cpu() for im in images]
+        img_in = self.processor(images=pix, return_tensors="pt")
+        txt_in = self.processor(text=prompts, return_tensors="pt", padding=True, truncation=True,
+                                max_length=self.max_len)
+        img = _embedding(self.model.get_image_features(pixel_values=img_in["pixel_values"].to(self.device)))  # (B, E)
+        txt = _embedding(self.model.get_text_features(
+            input_ids=txt_in["input_ids"].to(self.device), attention_mask=txt_in["attention_mask"].to(self.device)
+        ))  # (B, E)
+        self.total += torch.nn.functional.cosine_similarity(img, txt, dim=-1).sum().item()
+        self.count += len(prompts)
+
+    def value(self) -> float:
+        if self.count == 0:
+            raise ValueError("clip_score has seen no images")
+        return self.total / self.count
+
+    def result(self) -> dict[str, float]:
+        return {"clip_score": self.value()}
+
+
 def clip_score(
     images: ImagesLike,
     prompts: Sequence[str],
@@ -188,30 +319,11 @@ def clip_score(
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device = "cpu",
 ) -> float:
-    """Mean raw cosine similarity between CLIP image and text embeddings (METHODS.md section 7).
-
-    (torchmetrics' CLIPScore reports 100 x the same cosine, clipped at 0; it is not used because it
-    accepts only hub names, and transformers >= 5 changed the return type it relies on.)
-    """
-    x = to_tensor(images)
-    prompts = list(prompts)
+    """Mean raw cosine similarity between the CLIP embeddings of each image and its prompt."""
+    x, prompts = to_tensor(images), list(prompts)
     if len(prompts) != x.shape[0]:
         raise ValueError(f"clip_score needs one prompt per image: {x.shape[0]} images, {len(prompts)} prompts")
-    model, processor = load_clip(clip_dir, device=device)
-    max_len = model.config.text_config.max_position_embeddings
-    total = 0.0
+    scorer = CLIPScorer(clip_dir, device=device)
     for i in range(0, x.shape[0], batch_size):
-        # the processor resizes / crops / normalises uint8 images itself
-        pix = [(im * 255).round().to(torch.uint8) for im in x[i : i + batch_size]]
-        img_in = processor(images=pix, return_tensors="pt")
-        txt_in = processor(
-            text=prompts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_len
-        )
-        img = _embedding(model.get_image_features(pixel_values=img_in["pixel_values"].to(device)))  # (B, E)
-        txt = _embedding(
-            model.get_text_features(
-                input_ids=txt_in["input_ids"].to(device), attention_mask=txt_in["attention_mask"].to(device)
-            )
-        )  # (B, E)
-        total += torch.nn.functional.cosine_similarity(img, txt, dim=-1).sum().item()
-    return total / x.shape[0]
+        scorer.update(x[i : i + batch_size], prompts[i : i + batch_size])
+    return scorer.value()

@@ -1,6 +1,6 @@
 """Generation and evaluation: images from prompts with fixed seeds, and the metrics on them.
 
-    images = generate("toy", ["a small red circle on the left"], steps=25, guidance=7.5, seed=0)
+    images = generate("toy", ["a small red circle on the left"], seed=0)   # toy sampler: 20 steps, cfg 5
     result = evaluate("runs/bk-small-kd", split="test", num_images=128, seed=0)
     result["alignment"], result["all_correct"], result["judge_fid"]
 
@@ -12,11 +12,12 @@ rendered images as the reference set of judge-FID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from diffusers import (
@@ -31,8 +32,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from slimdiff.eval import metrics
-from slimdiff.eval.images import resize, to_pil, to_tensor
-from slimdiff.eval.inception import resolve_weights
+from slimdiff.eval.images import image_files, resize, to_pil, to_tensor
+from slimdiff.eval.inception import load_inception, resolve_weights
 
 # scheduler name -> diffusers class; built with `.from_config(pipe.scheduler.config)`
 SCHEDULERS = {
@@ -42,7 +43,10 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
     "ddpm": DDPMScheduler,
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# sampling defaults when steps / guidance are None: the field's protocol (METHODS.md section 7),
+# and the shipped toy sampler's settings (= slimdiff.toy.evaluate's, DPM-Solver++)
+FIELD_STEPS, FIELD_GUIDANCE = 25, 7.5
+TOY_STEPS, TOY_GUIDANCE = 20, 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +107,12 @@ def make_scheduler(name: str, pipe: DiffusionPipeline):
     return SCHEDULERS[name].from_config(config, **overrides)
 
 
+def default_sampling(pipe: DiffusionPipeline, toy: bool | None = None) -> tuple[int, float]:
+    """(steps, guidance) used when not given: the toy sampler's on the toy world, else the field's."""
+    toy = is_toy_pipeline(pipe) if toy is None else toy
+    return (TOY_STEPS, TOY_GUIDANCE) if toy else (FIELD_STEPS, FIELD_GUIDANCE)
+
+
 def image_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]:
     """CPU generators for images start..start+n-1 of a call: image i is seeded with `seed + i`."""
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(start, start + n)]
@@ -112,42 +122,27 @@ def image_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]
 # generation
 
 
-def generate(
-    pipe_or_model,
+def iter_generate(
+    pipe: DiffusionPipeline,
     prompts: Sequence[str],
-    steps: int = 25,
-    guidance: float = 7.5,
+    steps: int,
+    guidance: float,
     seed: int = 0,
-    scheduler: str | None = None,
     batch_size: int = 8,
     height: int | None = None,
     width: int | None = None,
     negative_prompt: str | None = None,
     progress: bool = True,
-    base: str | os.PathLike | None = None,
-) -> list[Image.Image]:
-    """One image per prompt, in order. Image i uses its own generator seeded with `seed + i`.
-
-    `pipe_or_model`: anything `resolve_pipeline` takes. `scheduler`: a name in SCHEDULERS
-    (None keeps the pipeline's own); the pipeline's scheduler is restored afterwards.
-    `height`/`width`: default the pipeline's (U-Net sample_size x VAE scale factor).
-    Defaults follow the field's protocol (METHODS.md section 7): 25 steps, guidance 7.5.
-    """
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("generate needs at least one prompt")
+) -> Iterator[tuple[int, list[str], list[Image.Image]]]:
+    """Yield `(start, prompts, images)` per batch; image `start + j` is seeded with `seed + start + j`."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    pipe = resolve_pipeline(pipe_or_model, base=base)
-    own_scheduler, own_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
+    own_bar = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
+    bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
     try:
-        if scheduler is not None:
-            pipe.scheduler = make_scheduler(scheduler, pipe)
-        pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per batch
-        images: list[Image.Image] = []
-        bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
         for start in range(0, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
+            batch = list(prompts[start : start + batch_size])
             out = pipe(
                 prompt=batch,
                 negative_prompt=[negative_prompt] * len(batch) if negative_prompt is not None else None,
@@ -158,12 +153,64 @@ def generate(
                 generator=image_generators(seed, len(batch), start),  # one per image
                 output_type="pil",
             )
-            images.extend(out.images)
             bar.update(len(batch))
-        bar.close()
+            yield start, batch, list(out.images)
     finally:
-        pipe.scheduler = own_scheduler
+        bar.close()
         pipe._progress_bar_config = own_bar
+
+
+@contextlib.contextmanager
+def scheduler_swapped(pipe: DiffusionPipeline, name: str | None):
+    """Within the block the pipeline samples with scheduler `name` (None: its own); restored after."""
+    own = pipe.scheduler
+    if name is not None:
+        pipe.scheduler = make_scheduler(name, pipe)
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = own
+
+
+def generate(
+    pipe_or_model,
+    prompts: Sequence[str],
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    scheduler: str | None = None,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    progress: bool = True,
+    base: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> list[Image.Image]:
+    """One image per prompt, in order. Image i uses its own generator seeded with `seed + i`.
+
+    `pipe_or_model`: anything `resolve_pipeline` takes. `scheduler`: a name in SCHEDULERS
+    (None keeps the pipeline's own); the pipeline's scheduler is restored afterwards.
+    `height`/`width`: default the pipeline's (U-Net sample_size x VAE scale factor).
+    `steps`/`guidance` None: `default_sampling` (20 steps, 5.0 on the toy world; the field's
+    25 steps, 7.5 otherwise, METHODS.md section 7). `device`: move the pipeline there first
+    (e.g. "cuda"); the noise is drawn on the CPU either way, so images match across devices
+    up to floating-point differences.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    pipe = resolve_pipeline(pipe_or_model, base=base)
+    if device is not None:
+        pipe.to(device)
+    default_steps, default_guidance = default_sampling(pipe)
+    steps = default_steps if steps is None else steps
+    guidance = default_guidance if guidance is None else guidance
+    images: list[Image.Image] = []
+    with scheduler_swapped(pipe, scheduler):
+        for _, _, batch in iter_generate(pipe, prompts, steps, guidance, seed, batch_size, height, width,
+                                         negative_prompt, progress):
+            images.extend(batch)
     return images
 
 
@@ -173,18 +220,22 @@ def _slug(text: str, max_len: int = 48) -> str:
 
 
 def save_images(
-    images: Sequence[Image.Image], prompts: Sequence[str], out_dir: str | os.PathLike, grid: bool = True
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    out_dir: str | os.PathLike,
+    grid: bool = True,
+    start: int = 0,
 ) -> list[Path]:
-    """Write `NNN_<prompt>.png` per image into `out_dir`, and `grid.png` when there are several.
-
-    Returns the paths written (the grid last).
-    """
+    """Write `NNN_<prompt>.png` per image into `out_dir` (numbered from `start`), and `grid.png`
+    when `grid` and there are several. Returns the paths written (the grid last)."""
     from slimdiff.report.grid import make_grid
 
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
     out_dir = Path(out_dir)
-    paths = [_save_png(im, out_dir / f"{i:03d}_{_slug(p)}.png") for i, (im, p) in enumerate(zip(images, prompts))]
+    paths = [
+        _save_png(im, out_dir / f"{start + i:03d}_{_slug(p)}.png") for i, (im, p) in enumerate(zip(images, prompts))
+    ]
     if grid and len(images) > 1:
         cell = max(128, images[0].width)  # small toy images are enlarged for legibility
         paths.append(_save_png(make_grid(images, nrow=min(4, len(images)), labels=prompts, cell_size=cell),
@@ -212,38 +263,12 @@ def is_toy_pipeline(pipe: DiffusionPipeline) -> bool:
     return tok is not None and tok.get_vocab() == build_tokenizer().get_vocab()
 
 
-def load_image_folder(path: str | os.PathLike, limit: int | None = None, size: tuple[int, int] | None = None):
-    """Images of a folder (sorted by name) as a float tensor (N, 3, H, W) in [0, 1].
-
-    `size` (H, W): resize every image to it (default: the first image's size).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"reference image folder not found: {path}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
-    files = files[:limit] if limit else files
-    images = [Image.open(f).convert("RGB") for f in files]
-    h, w = size or (images[0].height, images[0].width)
-    images = [im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC) for im in images]
-    return to_tensor(images)
-
-
-def _toy_grid(generated, rendered, captions, rows: int):
-    from slimdiff.report.grid import make_grid
-
-    n = min(rows, len(generated))
-    cells = [im for pair in zip(rendered[:n], generated[:n]) for im in pair]
-    return make_grid(cells, nrow=2, row_labels=captions[:n], col_labels=["rendered", "generated"], cell_size=96)
-
-
 def evaluate(
     model,
     split: str = "test",
     num_images: int = 64,
-    steps: int = 25,
-    guidance: float = 7.5,
+    steps: int | None = None,
+    guidance: float | None = None,
     seed: int = 0,
     batch_size: int = 16,
     scheduler: str | None = None,
@@ -254,44 +279,59 @@ def evaluate(
     clip_dir: str | os.PathLike | None = None,
     grid: str | os.PathLike | None = None,
     grid_rows: int = 16,
+    images_dir: str | os.PathLike | None = None,
+    fid_dims: int = 2048,
     reference: bool = False,
     progress: bool = True,
     base: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
     world=None,
     judge=None,
     return_images: bool = False,
 ) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
-    """Generate `num_images` images and score them; returns a JSON-ready dict.
+    """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict.
 
+    `steps`/`guidance` None: `default_sampling` (the toy sampler's 20 steps and 5.0 on the toy
+    world, the field's 25 and 7.5 otherwise).
     Toy world (`toy=None`: detected from the pipeline's tokenizer): prompts are the captions of
-    `sample_scenes(split, num_images, seed)`; keys `alignment`, `all_correct` (and the judge's
-    per-attribute scores), `judge_fid` against the rendered images of the same scenes;
-    `reference=True` adds the same figures for rendered images (the ceiling; judge-FID between
-    two independent draws of rendered scenes).
-    Any model: `fid` (needs `ref_images`, a folder, and `inception_weights`), `is` and `is_std`
-    (needs `inception_weights`), `clip_score` (needs `clip_dir`). Non-toy models need `prompts`.
-    `grid`: a PNG path for an image grid of the first `grid_rows` prompts.
+    `sample_scenes(split, num_images, seed)`; keys `alignment`, `all_correct`, the judge's
+    per-attribute scores, `novel` / `seen_pairs` (scenes with / without a held-out colour-shape
+    pair), `judge_fid` against the rendered images of the same scenes. `reference=True` adds the
+    same figures for rendered images (the ceiling; judge-FID between two independent draws).
+    Any model: `fid` (needs `ref_images`, a folder, and `inception_weights`; `fid_dims`: the
+    Inception layer, 2048 standard, 64/192/768 as pytorch-fid's --dims), `is` and `is_std`
+    (needs `inception_weights`), `clip_score` (needs `clip_dir`); these are accumulated batch by
+    batch, so a 30K-image run does not hold its images. Non-toy models need `prompts`.
+    `grid`: a PNG of the first `grid_rows` prompts. `images_dir`: also write every image as PNG.
+    `device`: where the pipeline and the metric networks run (default: the pipeline's).
     `world`, `judge`: replacements for `slimdiff.toy.world` and `load_judge()` (tests).
     `return_images`: also return the generated images, `(result, images)` (e.g. for a report grid).
     Everything but `timing` is a function of the arguments: the same seed gives the same numbers.
     """
-    # 1. check every input before the long generation: pipeline, weights, judge, prompts
+    # 1. check every input before the long generation: weights, pipeline, judge, prompts
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if ref_images is not None and inception_weights is None:
         raise ValueError("ref_images was given but not inception_weights: FID needs both")
     if inception_weights is not None:
         resolve_weights(inception_weights)
-    if ref_images is not None and not Path(ref_images).is_dir():
-        raise FileNotFoundError(f"reference image folder not found: {ref_images}")
+    if ref_images is not None:
+        image_files(ref_images)
     if clip_dir is not None:
         metrics.resolve_clip_dir(clip_dir)
     pipe = resolve_pipeline(model, base=base)
+    if device is not None:
+        pipe.to(device)
     toy = is_toy_pipeline(pipe) if toy is None else toy
+    default_steps, default_guidance = default_sampling(pipe, toy)
+    steps = default_steps if steps is None else steps
+    guidance = default_guidance if guidance is None else guidance
     scenes = None
     if toy:
         if prompts is not None:
-            raise ValueError("the toy world's prompts are its scenes' captions: pass toy=False to use your own prompts")
+            raise ValueError(
+                "the toy world's prompts are its scenes' captions: pass toy=False to use your own prompts"
+            )
         if world is None:
             from slimdiff.toy import world
         judge = judge if judge is not None else _load_judge()
@@ -309,43 +349,51 @@ def evaluate(
             raise ValueError(f"num_images={num_images} but only {len(prompts)} prompts were given")
         prompts = prompts[:num_images]
 
-    # 2. generate, one seeded generator per image
+    # 2. real-model scorers (the FID reference statistics are computed first)
+    metric_device = pipe.device
+    scorers = []
+    if inception_weights is not None:
+        net = load_inception(inception_weights, device=metric_device)
+        if ref_images is not None:
+            scorers.append(metrics.FIDScorer(net, ref_images, dims=fid_dims))
+        scorers.append(metrics.ISScorer(net, splits=min(metrics.IS_SPLITS, num_images), seed=seed))
+    if clip_dir is not None:
+        scorers.append(metrics.CLIPScorer(clip_dir, device=metric_device))
+
+    # 3. generate batch by batch (image i seeded with seed + i), feeding the scorers
+    keep_all = toy or return_images
+    kept: list[Image.Image] = []
     t0 = time.perf_counter()
-    images = generate(pipe, prompts, steps, guidance, seed, scheduler, batch_size, progress=progress)
+    with scheduler_swapped(pipe, scheduler):
+        for start, batch_prompts, batch in iter_generate(pipe, prompts, steps, guidance, seed, batch_size,
+                                                         progress=progress):
+            x = to_tensor(batch)  # (B, 3, H, W) in [0, 1]
+            for scorer in scorers:
+                scorer.update(x, batch_prompts)
+            if images_dir is not None:
+                save_images(batch, batch_prompts, images_dir, grid=False, start=start)
+            kept.extend(batch if keep_all else batch[: max(0, grid_rows - len(kept))])
+            resolution = list(x.shape[-2:])
     gen_seconds = time.perf_counter() - t0
-    gen = to_tensor(images)  # (N, 3, H, W) in [0, 1]
     result: dict[str, Any] = {}
 
-    # 3. toy world: the judge's alignment and judge-FID against the rendered scenes
+    # 4. toy world: the judge's alignment and judge-FID against the rendered scenes
     if toy:
         rendered = to_tensor([world.render(s) for s in scenes])
-        result.update(toy_scores(gen, scenes, judge=judge, world=world, rendered=rendered))
+        result.update(toy_scores(kept, scenes, judge=judge, world=world, rendered=rendered))
         if reference:
             other = world.sample_scenes(split, num_images, seed + 1)
             ref_scores = toy_scores(rendered, scenes, judge=judge, world=world, rendered=rendered, fid=False)
             ref_scores["judge_fid"] = metrics.judge_fid(to_tensor([world.render(s) for s in other]), rendered, judge)
             result["reference"] = ref_scores
-        if grid is not None:
-            _save_png(_toy_grid(images, to_pil(rendered), prompts, grid_rows), grid)
-
-    # 4. real-model metrics, each where its weights were given
-    if inception_weights is not None:
-        if ref_images is not None:
-            ref = load_image_folder(ref_images, size=tuple(gen.shape[-2:]))
-            result["fid"] = metrics.fid(gen, ref, inception_weights)
-        splits = min(10, gen.shape[0])  # the field's 10 splits, fewer for tiny runs
-        result["is"], result["is_std"] = metrics.inception_score(gen, inception_weights, splits=splits, seed=seed)
-    if clip_dir is not None:
-        result["clip_score"] = metrics.clip_score(gen, prompts, clip_dir)
-    if grid is not None and not toy:
-        from slimdiff.report.grid import make_grid
-
-        n = min(grid_rows, len(images))
-        _save_png(make_grid(images[:n], nrow=min(4, n), labels=prompts[:n], cell_size=192), grid)
+    for scorer in scorers:
+        result.update(scorer.result())
+    if grid is not None:
+        _save_png(_grid(kept, prompts, grid_rows, to_pil(rendered) if toy else None), grid)
 
     # 5. settings, so the JSON says how its numbers were made
     result["settings"] = {
-        "model": model if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "world": "toy" if toy else "prompts",
         "split": split if toy else None,
         "num_images": num_images,
@@ -354,13 +402,24 @@ def evaluate(
         "seed": seed,
         "scheduler": scheduler or type(pipe.scheduler).__name__,
         "batch_size": batch_size,
-        "resolution": list(gen.shape[-2:]),
+        "resolution": resolution,
         "judge_resolution": list(rendered.shape[-2:]) if toy else None,
     }
-    result["timing"] = {"generate_s": gen_seconds, "s_per_image": gen_seconds / len(images)}
+    result["timing"] = {"generate_s": gen_seconds, "s_per_image": gen_seconds / num_images}
     if toy:
         result["prompts"] = prompts
-    return (result, images) if return_images else result
+    return (result, kept) if return_images else result
+
+
+def _grid(images, prompts, rows: int, rendered=None):
+    """Toy: one row per prompt, [rendered | generated]; otherwise the generations, 4 per row."""
+    from slimdiff.report.grid import make_grid
+
+    n = min(rows, len(images))
+    if rendered is not None:
+        cells = [im for pair in zip(rendered[:n], images[:n]) for im in pair]
+        return make_grid(cells, nrow=2, row_labels=prompts[:n], col_labels=["rendered", "generated"], cell_size=96)
+    return make_grid(images[:n], nrow=min(4, n), labels=prompts[:n], cell_size=max(192, images[0].width))
 
 
 def _load_judge():
@@ -372,8 +431,9 @@ def _load_judge():
 def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool = True) -> dict[str, Any]:
     """The toy world's metrics of `images` generated from `scenes` (one image per scene, in order).
 
-    Returns the judge's `score` dict (`alignment`, `all_correct`, per-attribute figures) and, with
-    `fid`, `judge_fid` against `rendered` (default: the scenes rendered by `world`). Images are
+    Returns the judge's `score` dict (`alignment`, `all_correct`, per-attribute figures), the same
+    for the scenes with a held-out colour-shape pair (`novel`) and the rest (`seen_pairs`) when
+    both occur, and, with `fid`, `judge_fid` against `rendered` (default: the scenes rendered by `world`). Images are
     resized to the rendered images' size (the judge's input) when they differ.
     """
     if world is None:
@@ -386,6 +446,13 @@ def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool 
         raise ValueError(f"{gen.shape[0]} images for {len(scenes)} scenes")
     with torch.no_grad():
         out = _plain(judge.score(gen, scenes))
+        # compositional generalisation: scenes with a held-out colour-shape pair vs the rest
+        is_novel = getattr(world, "is_novel", None)
+        novel = [i for i, s in enumerate(scenes) if is_novel is not None and is_novel(s)]
+        seen = [i for i in range(len(scenes)) if i not in set(novel)]
+        if novel and seen:
+            out["novel"] = _plain(judge.score(gen[novel], [scenes[i] for i in novel]))
+            out["seen_pairs"] = _plain(judge.score(gen[seen], [scenes[i] for i in seen]))
     if fid:
         out["judge_fid"] = metrics.judge_fid(gen, rendered, judge)
     return out

@@ -121,8 +121,9 @@ class LatencyLUT:
         return new
 
     # ---------------------------------------------------------------- prediction
-    def breakdown(self, model: nn.Module) -> dict[str, float]:
-        """Predicted ms per unit name, plus "other" (the stem overhead). No forward pass."""
+    def explain(self, model: nn.Module) -> list[tuple[str, str, float]]:
+        """(unit name, signature key, ms) per unit, then ("other", stem key, overhead ms).
+        No forward pass; raises LUTMissError naming every unit whose signature is missing."""
         units = list_units(model)
         sigs, stem = signatures(model, units, self.settings, self.settings.threads)
         missing = [f"{u.name}: {g.key()}" for u, g in zip(units, sigs) if g.key() not in self.units]
@@ -134,9 +135,12 @@ class LatencyLUT:
                 + "\n  ".join(missing)
                 + "\nmeasure them with LatencyLUT.extend(model), or build the table on this model"
             )
-        out = {u.name: self.units[g.key()] for u, g in zip(units, sigs)}
-        out["other"] = self.overhead[stem.key()]
-        return out
+        out = [(u.name, g.key(), self.units[g.key()]) for u, g in zip(units, sigs)]
+        return out + [("other", stem.key(), self.overhead[stem.key()])]
+
+    def breakdown(self, model: nn.Module) -> dict[str, float]:
+        """Predicted ms per unit name, plus "other" (the stem overhead). No forward pass."""
+        return {name: ms for name, _, ms in self.explain(model)}
 
     def predict(self, model: nn.Module) -> float:
         """Predicted whole-U-Net latency in ms (sum of unit entries + stem overhead)."""

@@ -124,6 +124,16 @@ def check_model_placement(model: nn.Module, settings: ProfileSettings) -> None:
         )
 
 
+def place(model: nn.Module, device: str, dtype: str) -> nn.Module:
+    """Move `model` to `device` and cast it to `dtype` (only what differs; in place)."""
+    p = next(model.parameters())
+    if p.device != torch.device(device):
+        model = model.to(device)
+    if p.dtype != DTYPES[dtype]:
+        model = model.to(dtype=DTYPES[dtype])
+    return model
+
+
 def check_latent_size(units: list[ProfiledUnit], latent: int) -> None:
     factor = 2 ** (num_levels(units) - 1)
     if latent % factor:
@@ -237,15 +247,10 @@ def profile_unet(
 def vae_scale_factor_of(name_or_path) -> int | None:
     """The VAE's downsampling factor of a pipeline (2**(len(vae.block_out_channels)-1)), or None
     when `name_or_path` has no VAE (a UNet directory, an architecture-only built-in)."""
-    from pathlib import Path
-
     from slimdiff.io import read_json
+    from slimdiff.unet import resolve_source
 
-    if str(name_or_path) == "toy":
-        from slimdiff.toy import pipeline_path
-
-        name_or_path = pipeline_path()
-    cfg = Path(name_or_path) / "vae" / "config.json"
-    if not cfg.is_file():
+    kind, path = resolve_source(name_or_path)
+    if kind != "pipeline" or not (path / "vae" / "config.json").is_file():
         return None
-    return 2 ** (len(read_json(cfg)["block_out_channels"]) - 1)
+    return 2 ** (len(read_json(path / "vae" / "config.json")["block_out_channels"]) - 1)

@@ -204,3 +204,27 @@ def toy_calibration(pipe, config: CalibrationConfig | None = None) -> Calibratio
     prompts = [world.caption(s) for s in scenes]
     images = world.to_tensor(world.render_batch(scenes)) if config.use_images else None
     return pipeline_calibration(pipe, prompts, config, images=images)
+
+
+def calibration_for(source, unet, config: CalibrationConfig | None = None,
+                    prompts: Sequence[str] | None = None) -> CalibrationSet:
+    """The calibration set for a model named as `load_unet` names it (`source`):
+    the toy world -> `toy_calibration`; another pipeline -> its text encoder on `prompts`
+    (required); a bare U-Net (`sd15-arch`, a UNet dir) -> random embeddings."""
+    from slimdiff.unet import load_pipeline
+    from slimdiff.unet.io import resolve_source
+
+    config = config or CalibrationConfig()
+    if resolve_source(source)[0] != "pipeline":
+        return random_calibration(unet, config)
+    pipe = load_pipeline(source)
+    from slimdiff.eval.runner import is_toy_pipeline
+
+    if is_toy_pipeline(pipe):
+        return toy_calibration(pipe, config)
+    if prompts is None:
+        raise ValueError(f"{source} is not the toy world: give calibration prompts (one per line), "
+                         f"at least {config.size}")
+    if len(prompts) < config.size:
+        raise ValueError(f"need {config.size} calibration prompts, got {len(prompts)}")
+    return pipeline_calibration(pipe, list(prompts)[: config.size], config)

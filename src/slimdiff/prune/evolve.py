@@ -19,7 +19,9 @@ architecture actions. Each round:
 Interpretations (the paper leaves them open; each is a parameter or stated here):
 - Only units whose removal saves time (dLatency > 0) are ranked; ties break by forward order.
 - An add must keep LUT(net) <= target (so adds never undo the target); the next best unit is
-  tried when a copy is refused by `insert_unit` or does not fit. When no add fits, the search
+  tried when a copy is refused by `insert_unit` or does not fit. A copy is first assumed to
+  cost what removing its source saves (same signature, same table entry) to skip hopeless
+  copies without building them; the built copy is then checked with the table itself. When no add fits, the search
   stops: the target is met and no unit can be afforded. The loop also stops after
   `max_rounds`, and raises when the network is over target and no removal saves time.
 - `allow_add=False` gives the remove-only variant.
@@ -132,6 +134,7 @@ def evolve(
     """
     if editor is None:
         editor = UNetEditor(config.kinds)
+    if isinstance(editor, UNetEditor):
         model = as_slim(model)
     target = config.target_latency_ms
     actions: list[Action] = []
@@ -169,6 +172,8 @@ def evolve(
         else:
             new, u = None, None
             for cand in sorted(useful, key=lambda n: -evals[n]["ratio"]):  # stable: forward order on ties
+                if latency + evals[cand]["d_latency"] > target:  # a copy costs what removing u saves
+                    continue
                 try:
                     trial = editor.copy(model, cand)
                 except ValueError:  # UNetEditError: this unit cannot follow itself
@@ -194,14 +199,24 @@ def evolve(
     return model, result
 
 
-def robust_train(model, stochastic_depth: float, **trainer_kwargs):
-    """Robust training (SnapFusion): distillation with every ResNet and cross-attention unit
-    skipped with probability `stochastic_depth`, through `slimdiff.distill`'s trainer."""
+def robust_train(model, stochastic_depth: float, out, pipeline: str = "toy", progress: bool = True,
+                 **config_kwargs):
+    """Robust training (SnapFusion): distil a copy of `model` from `model` itself with every
+    channel-preserving ResNet and cross-attention unit skipped with probability
+    `stochastic_depth` per step (`slimdiff.distill`'s `stochastic_depth` setting). `pipeline`
+    provides tokenizer / text encoder / VAE / schedule; `config_kwargs` go to `DistillConfig`
+    (e.g. `max_steps`, `batch_size`, `data`). Returns the trained copy (eval mode)."""
+    import copy
+
+    from slimdiff.distill import DistillConfig, distill
+
     if not 0.0 < stochastic_depth < 1.0:
         raise ValueError(f"stochastic_depth must be in (0, 1), got {stochastic_depth}")
-    from slimdiff import distill
-
-    return distill.robust_train(model, stochastic_depth=stochastic_depth, **trainer_kwargs)
+    model = as_slim(model)
+    cfg = DistillConfig(teacher=None, student=None, pipeline=pipeline, out=str(out),
+                        stochastic_depth=stochastic_depth, **config_kwargs)
+    result = distill(cfg, teacher=model, student=copy.deepcopy(model), progress=progress)
+    return result.student.eval()
 
 
 def toy_alignment_score(

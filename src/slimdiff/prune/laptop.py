@@ -25,7 +25,11 @@ Costs can be injected (`BudgetAccount(...)`) so the search is testable without a
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from typing import Callable, Mapping, Sequence
+
+import torch
 
 from . import knapsack
 from .criteria import Criterion, as_slim, removable_units
@@ -141,17 +145,42 @@ def measure_ratio(model, pruned, metric: str, lut=None, context_length: int = 77
     return 1.0 - f(pruned) / f(model)
 
 
-def measure_wallclock_ratio(model, pruned, lut) -> float:
-    """1 - time(pruned) / time(model), both timed (median) with the lookup table's settings."""
-    from slimdiff.profile.latency import make_unet_inputs, median, num_threads, time_model
+@torch.no_grad()
+def wallclock_ms(model, latent_size: int | None = None, context_length: int = 77, repeats: int = 5,
+                 warmup: int = 1, batch: int = 1) -> float:
+    """Median measured time (ms) of one whole forward of `model` on seeded random inputs
+    (B, C, latent, latent) and text (B, context_length, D), on its device and dtype."""
+    from .calibration import cross_attention_dim
 
-    s = lut.settings
+    model.eval()
+    p = next(model.parameters())
+    size = latent_size or model.config.sample_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, model.config.in_channels, size, size, generator=g).to(p.device, p.dtype)
+    c = torch.randn(batch, context_length, cross_attention_dim(model), generator=g).to(p.device, p.dtype)
+    t = torch.full((batch,), 500, dtype=torch.long, device=p.device)
     times = []
-    with num_threads(s.threads):
-        for m in (model, pruned):
-            inputs = make_unet_inputs(m, s.latent, s.batch, s.context_length, seed=s.seed)
-            times.append(median(time_model(m.eval(), inputs, s.warmup, s.repeats)))
-    return 1.0 - times[1] / times[0]
+    for i in range(warmup + repeats):
+        if p.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(x, t, encoder_hidden_states=c, return_dict=False)
+        if p.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def lut_wallclock_ms(model, lut) -> float:
+    """`wallclock_ms` with the lookup table's settings (latent, text length, batch, repeats)."""
+    s = lut.settings
+    return wallclock_ms(model, s.latent, s.context_length, s.repeats, s.warmup, s.batch)
+
+
+def measure_wallclock_ratio(model, pruned, lut) -> float:
+    """1 - time(pruned) / time(model), both timed with the lookup table's settings."""
+    return 1.0 - lut_wallclock_ms(pruned, lut) / lut_wallclock_ms(model, lut)
 
 
 @dataclasses.dataclass
@@ -268,3 +297,29 @@ def laptop_select(
 
 
 laptop_prune = laptop_select  # the name the issue and the CLI use
+
+
+def context_length_for(source) -> int:
+    """Text tokens the model sees: its pipeline tokenizer's max length, else CLIP's 77."""
+    from slimdiff.unet.io import resolve_source
+
+    if resolve_source(source)[0] != "pipeline":
+        return 77
+    from slimdiff.unet import load_pipeline
+
+    return int(load_pipeline(source).tokenizer.model_max_length)
+
+
+def latency_table(model, path=None, context_length: int = 77, repeats: int = 3, progress: bool = False):
+    """The latency lookup table for `model`: loaded from `path` (extended with any missing unit),
+    or built on `model` at its sample size with the profile defaults (float32, CPU)."""
+    from slimdiff.profile import LatencyLUT, ProfileSettings
+
+    if path is not None:
+        lut = LatencyLUT.load(path)
+        lut.extend(model, progress=progress)
+        return lut
+    size = model.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    settings = ProfileSettings(latent_size=size, repeats=repeats, context_length=context_length)
+    return LatencyLUT.build(model, settings, progress=progress)

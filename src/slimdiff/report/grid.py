@@ -76,7 +76,8 @@ def make_grid(
     if nrow < 1:
         raise ValueError(f"nrow (images per row) must be >= 1, got {nrow}")
     ncols, nrows = min(nrow, n), math.ceil(n / min(nrow, n))
-    for name, seq, want in (("labels", labels, n), ("row_labels", row_labels, nrows), ("col_labels", col_labels, ncols)):
+    expected = (("labels", labels, n), ("row_labels", row_labels, nrows), ("col_labels", col_labels, ncols))
+    for name, seq, want in expected:
         if seq is not None and len(seq) != want:
             raise ValueError(f"{name} has {len(seq)} entries, expected {want} ({n} images, {nrow} per row)")
     font = _font(font_size)

@@ -70,7 +70,8 @@ def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> st
             num = isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool)
             tds.append(f'<td class="num">{html.escape(t)}</td>' if num else f"<td>{html.escape(t)}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<table class="metrics">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body) + "\n</tbody>\n</table>"
+    rows_html = "\n".join(body)
+    return f'<table class="metrics">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows_html}\n</tbody>\n</table>'
 
 
 def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:

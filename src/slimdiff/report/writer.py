@@ -42,7 +42,7 @@ table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 0.3em 0.7e
 table.metrics th { background: #f3f3f3; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
-img { max-width: 100%; image-rendering: pixelated; }
+img { max-width: 100%; } img.samples { image-rendering: pixelated; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 """
 
@@ -136,7 +136,7 @@ def write_report(
         md += ["## Samples", "", f"![samples]({_rel(grid_path, out_dir)})", "", caption, ""]
         body += [
             "<h2>Samples</h2>",
-            f'<figure><img src="{_img_src(grid_path, out_dir, embed_images)}" alt="samples">'
+            f'<figure><img class="samples" src="{_img_src(grid_path, out_dir, embed_images)}" alt="samples">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>",
         ]
         if prompts is not None:

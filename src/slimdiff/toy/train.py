@@ -64,8 +64,8 @@ class ToyTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 500  # steps between resumable checkpoints
     # -- judge
-    judge_steps: int = 2000
-    judge_batch: int = 128
+    judge_steps: int = 2500
+    judge_batch: int = 64
     judge_pool: int = 40_000  # rendered scenes of every split, re-augmented each time they are drawn
     judge_lr: float = 2e-3
 

@@ -10,18 +10,29 @@ Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
 `mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
 """
 
+from diffusers import ModelMixin as _ModelMixin
+
+import slimdiff as _slimdiff
+
 from .access import block_names, get_module, list_units, module_names, module_output_tensor
 from .export import is_expressible, to_diffusers
-from .model import SlimUNet2DConditionModel
+from .model import SlimUNet2DConditionModel, register_unit_type
 from .structure import UNetEditError, UnitInfo
 from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
 from .presets import PRESETS, apply_preset
-from .surgery import insert_unit, remove_units, to_slim
+from .surgery import insert_unit, remove_units, replace_unit, to_slim
 
 __all__ = [
-    "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError",
+    "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
     "get_module", "module_names", "module_output_tensor", "block_names", "list_units",
-    "to_diffusers", "is_expressible", "remove_units", "insert_unit", "to_slim",
+    "to_diffusers", "is_expressible", "remove_units", "insert_unit", "replace_unit", "to_slim",
     "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
     "PRESETS", "apply_preset",
 ]
+
+# diffusers' pipeline loader resolves `["slimdiff", "SlimUNet2DConditionModel"]` in model_index.json
+# and then finds the load method by looking up `ModelMixin` in that same library (`slimdiff`);
+# resolving the class imports this module first, so the name is in place when it is looked up.
+# (Belongs in slimdiff/__init__.py's lazy exports; kept here until it is there.)
+if not hasattr(_slimdiff, "ModelMixin"):
+    _slimdiff.ModelMixin = _ModelMixin

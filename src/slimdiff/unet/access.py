@@ -112,9 +112,9 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
         t = traces[name]
         module = get_module(model, name)
         infos.append(UnitInfo(
-            name=name, kind=unit["kind"], block=block, in_channels=t.in_channels, out_channels=t.out_channels,
+            name=name, kind=unit["type"], block=block, in_channels=t.in_channels, out_channels=t.out_channels,
             level=t.level, params=sum(p.numel() for p in module.parameters()),
-            cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["kind"] == "attn" else None,
-            skip=unit.get("skip"),
+            cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["type"] == "attn" else None,
+            skip=unit.get("skip"), type=unit["type"],
         ))
     return infos

@@ -33,7 +33,8 @@ def _slim_prefixes(blocks: dict) -> dict[str, str]:
                 for key in layer_keys(layer):
                     kind = "resnets" if key == "resnet" else "attentions" if key == "attn" else None
                     if kind is None:
-                        raise UNetEditError(f"{side}.{i}.layer.{j}.{key.replace('_', '.')} has no diffusers counterpart")
+                        unit = f"{side}.{i}.layer.{j}.{key.replace('_', '.')}"
+                        raise UNetEditError(f"{unit} has no diffusers counterpart")
                     out[f"{side}.{i}.layer.{j}.{key}"] = f"{dname}.{i}.{kind}.{j}"
             if block.get(sampler):
                 out[f"{side}.{i}.{sampler}"] = f"{dname}.{i}.{sampler}rs.0"
@@ -76,7 +77,7 @@ def _plain(x: Any) -> Any:
 
 
 def _first_attn(units: list[dict]) -> dict | None:
-    return next((u["kwargs"] for u in units if u["kind"] == "attn"), None)
+    return next((u["kwargs"] for u in units if u["type"] == "attn"), None)
 
 
 def diffusers_config_for(model) -> dict | None:

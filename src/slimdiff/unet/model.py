@@ -28,6 +28,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
 from .structure import (
+    ROLES,
+    UNIT_ROLES,
     UnitInfo,
     base_from_diffusers_config,
     blocks_from_diffusers_config,
@@ -35,16 +37,35 @@ from .structure import (
     iter_units,
     layer_keys,
     name_to_path,
+    role_of,
     validate,
 )
 
-UNIT_CLASSES = {"resnet": ResnetBlock2D, "attn": Transformer2DModel, "downsample": Downsample2D,
-                "upsample": Upsample2D}
+# unit type -> module class (its role is in structure.UNIT_ROLES)
+UNIT_CLASSES: dict[str, type[nn.Module]] = {"resnet": ResnetBlock2D, "attn": Transformer2DModel,
+                                            "downsample": Downsample2D, "upsample": Upsample2D}
+
+
+def register_unit_type(type_name: str, cls: type[nn.Module], role: str) -> None:
+    """Make `cls` a unit type: `{"type": type_name, "kwargs": {...}}` builds `cls(**kwargs)`.
+
+    `role` (one of `ROLES`) fixes how forward calls it and its channel rules (structure.py);
+    the unit is named by its role, so e.g. a GRI attention in place of `down.0.layer.0.attn`
+    keeps that name. Register at import of the module that defines `cls`, before loading a
+    saved model that uses it.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} for unit type {type_name!r}; valid: {ROLES}")
+    if UNIT_ROLES.get(type_name, role) != role or UNIT_CLASSES.get(type_name, cls) is not cls:
+        raise ValueError(f"unit type {type_name!r} is already registered as {UNIT_CLASSES[type_name].__name__} "
+                         f"with role {UNIT_ROLES[type_name]!r}")
+    UNIT_ROLES[type_name], UNIT_CLASSES[type_name] = role, cls
 
 
 def build_unit(unit: dict) -> nn.Module:
-    """Instantiate one unit from its description (`{"kind", "kwargs"}`)."""
-    return UNIT_CLASSES[unit["kind"]](**unit["kwargs"])
+    """Instantiate one unit from its description (`{"type", "kwargs"}`)."""
+    role_of(unit)  # raises for an unregistered type
+    return UNIT_CLASSES[unit["type"]](**unit["kwargs"])
 
 
 def _default_blocks() -> dict:
@@ -121,6 +142,14 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
             for k, u in zip(layer_keys(layer), layer) if u.get("skip")
         }
 
+        # names of the skip points to store, per down layer / downsampler (None: not consumed)
+        need = self._skips_needed
+        self._down_store = [
+            ([f"down.{i}.layer.{j}" if f"down.{i}.layer.{j}" in need else None for j in range(len(b["layers"]))],
+             f"down.{i}.downsample" if f"down.{i}.downsample" in need else None)
+            for i, b in enumerate(blocks["down"])
+        ]
+
         # 3. output
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, model_channels, eps=norm_eps)
         self.conv_act = get_activation(act_fn)
@@ -129,14 +158,18 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         self.gradient_checkpointing = False
         # student tensor name -> teacher tensor name (None: new); a fresh model is its own origin
         self.inheritance: dict[str, str | None] = {k: k for k in self.state_dict()}
+        # student unit name -> teacher unit name (set by edits; a fresh model: itself)
+        self.unit_sources: dict[str, str] = {name: name for name, _, _ in iter_units(blocks)}
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_diffusers(cls, unet: nn.Module) -> "SlimUNet2DConditionModel":
+    def from_diffusers(cls, unet: nn.Module, clone: bool = True) -> "SlimUNet2DConditionModel":
         """Lossless import of a diffusers `UNet2DConditionModel` (same tensors, same outputs).
 
         `inheritance` maps each slim tensor to the diffusers tensor it was copied from.
+        `clone=False` shares the tensors with `unet` (a view for read-only use, e.g. an edit
+        that copies them again).
         """
         from .export import slim_to_diffusers_names
 
@@ -145,7 +178,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         model = cls.from_structure(blocks, **base_from_diffusers_config(cfg))
         names = slim_to_diffusers_names(blocks, list(model.state_dict()))
         source = unet.state_dict()
-        model.load_tensors({k: source[names[k]] for k in model.state_dict()}, strict=True)
+        model.load_tensors({k: source[names[k]] for k in model.state_dict()}, strict=True, clone=clone)
         model.inheritance = dict(names)
         return model.train(unet.training)
 
@@ -155,8 +188,9 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         with torch.device("meta"):
             return cls(blocks=blocks, **base)
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Copy `tensors` (name -> tensor) into this model (which may hold meta weights)."""
+    def load_tensors(self, tensors: dict[str, torch.Tensor], strict: bool = True, clone: bool = True) -> None:
+        """Copy (`clone=False`: share) `tensors` (name -> tensor) into this model, which may
+        hold meta weights; dtypes and devices come with the tensors."""
         own = self.state_dict()
         missing = [k for k in own if k not in tensors]
         unexpected = [k for k in tensors if k not in own]
@@ -165,7 +199,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         for k, v in tensors.items():
             if k in own and tuple(own[k].shape) != tuple(v.shape):
                 raise ValueError(f"{k}: shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
-        self.load_state_dict({k: v.detach().clone() for k, v in tensors.items() if k in own},
+        self.load_state_dict({k: v.detach().clone() if clone else v.detach() for k, v in tensors.items() if k in own},
                              strict=strict, assign=True)
 
     # ------------------------------------------------------------------ description
@@ -185,11 +219,12 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         for name, block, unit in iter_units(self.config.blocks):
             t = self._traces[name]
             module = self.get_submodule(name_to_path(name))
+            role = role_of(unit)
             infos.append(UnitInfo(
-                name=name, kind=unit["kind"], block=block, in_channels=t.in_channels,
+                name=name, kind=role, block=block, in_channels=t.in_channels,
                 out_channels=t.out_channels, level=t.level, params=sum(p.numel() for p in module.parameters()),
-                cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["kind"] == "attn" else None,
-                skip=unit.get("skip"),
+                cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if role == "attn" else None,
+                skip=unit.get("skip"), type=unit["type"],
             ))
         return infos
 
@@ -258,20 +293,19 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
 
         # 2. conv_in and down path; store only the skip points some up resnet consumes
         h = self.conv_in(sample)  # (B, model_channels, H, W)
-        need = self._skips_needed
-        skips: dict[str, torch.Tensor] = {"conv_in": h} if "conv_in" in need else {}
+        skips: dict[str, torch.Tensor] = {"conv_in": h} if "conv_in" in self._skips_needed else {}
         sizes = [h.shape[2:]]  # spatial size per level, for odd sizes (diffusers' upsample_size)
-        for i, block in enumerate(self.down):
-            for j, layer in enumerate(block["layer"]):
+        for block, (layer_points, sampler_point) in zip(self.down, self._down_store):
+            for layer, point in zip(block["layer"], layer_points):
                 for key, unit in layer.items():
                     h = run(key, unit, h)
-                if f"down.{i}.layer.{j}" in need:
-                    skips[f"down.{i}.layer.{j}"] = h
+                if point is not None:
+                    skips[point] = h
             if "downsample" in block:
                 h = block["downsample"](h)  # (B, C, H/2, W/2)
                 sizes.append(h.shape[2:])
-                if f"down.{i}.downsample" in need:
-                    skips[f"down.{i}.downsample"] = h
+                if sampler_point is not None:
+                    skips[sampler_point] = h
 
         # 3. mid block
         if self.mid is not None:

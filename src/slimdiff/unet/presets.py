@@ -19,7 +19,7 @@ import dataclasses
 
 from torch import nn
 
-from .structure import UNetEditError
+from .structure import UNetEditError, blocks_from_diffusers_config, role_of
 from .surgery import insert_unit, remove_units, to_slim
 
 _BK_BASE = tuple(f"down.{k}.layer.1" for k in range(4)) + tuple(f"up.{k}.layer.1" for k in range(4))
@@ -94,14 +94,13 @@ _SD_UP = [(3, False), (3, True), (3, True), (3, True)]
 
 def check_sd_topology(model: nn.Module) -> None:
     """Raise ValueError unless `model` has SD-1.x/2.x's block topology (what presets assume)."""
-    blocks = to_slim(model).config.blocks if not hasattr(model, "down_blocks") else None
-    if blocks is None:  # diffusers: read its config, no copy
-        from .structure import blocks_from_diffusers_config
-
+    if hasattr(model, "down_blocks"):  # diffusers: read its config, no copy
         blocks = blocks_from_diffusers_config(dict(model.config))
+    else:
+        blocks = to_slim(model).config.blocks
 
     def shape(side: str) -> list[tuple[int, bool]]:
-        return [(len(b["layers"]), any(u["kind"] == "attn" for layer in b["layers"] for u in layer))
+        return [(len(b["layers"]), any(role_of(u) == "attn" for layer in b["layers"] for u in layer))
                 for b in blocks[side]]
 
     got = (shape("down"), bool(blocks.get("mid")), shape("up"))

@@ -9,9 +9,13 @@ stored as `blocks` in the model's config:
         "mid":  [unit, ...] | None,              # SD: [resnet, attn, resnet]
         "up":   [{"layers": [[unit, ...], ...], "upsample": unit | None}, ...],
     }
-    unit = {"kind": "resnet" | "attn" | "downsample" | "upsample",
-            "kwargs": {...},                     # constructor kwargs of the diffusers module
+    unit = {"type": "resnet" | "attn" | "downsample" | "upsample" | a registered type,
+            "kwargs": {...},                     # constructor kwargs of the module
             "skip": "down.3.layer.1"}            # up-side resnets only: the skip point consumed
+
+Every unit type has a role (`UNIT_ROLES`), one of `ROLES`: the role fixes the unit's name, how
+forward calls it and its channel rules, so a new type (CondConv ResNet, GRI attention)
+registered with `slimdiff.unet.register_unit_type` is a unit of the same representation.
 
 Unit names are positional, so a structure names its units the same way however it was made:
 `down.1.layer.0.resnet`, `down.1.layer.0.attn`, a second attention in the same layer
@@ -30,7 +34,11 @@ import dataclasses
 import re
 from typing import Any, Iterator
 
-UNIT_KINDS = ("resnet", "attn", "downsample", "upsample")
+ROLES = ("resnet", "attn", "downsample", "upsample")
+# unit type -> role. resnet: `unit(h, temb)`, in/out_channels (in includes a consumed skip);
+# attn: `unit(h, encoder_hidden_states=..., return_dict=False)[0]`, in_channels preserved;
+# downsample: `unit(h)`, level + 1; upsample: `unit(h, size)`, level - 1 (channels/out_channels).
+UNIT_ROLES: dict[str, str] = {"resnet": "resnet", "attn": "attn", "downsample": "downsample", "upsample": "upsample"}
 
 
 class UNetEditError(ValueError):
@@ -42,7 +50,7 @@ class UnitInfo:
     """One unit of a U-Net, as listed by `SlimUNet2DConditionModel.units()`."""
 
     name: str  # e.g. "down.1.layer.0.attn"
-    kind: str  # "resnet" | "attn" | "downsample" | "upsample"
+    kind: str  # the role: "resnet" | "attn" | "downsample" | "upsample"
     block: str  # "down.1" | "mid" | "up.0"
     in_channels: int  # main-path channels plus the skip's channels for up-side resnets
     out_channels: int
@@ -50,32 +58,43 @@ class UnitInfo:
     params: int
     cross_attention_dim: int | None = None  # attn units only
     skip: str | None = None  # the skip point an up-side resnet consumes
+    type: str = ""  # the unit type ("resnet", "attn", ... or a registered type such as a CondConv)
+
+
+def role_of(unit: dict) -> str:
+    """The role of a unit description (`UNIT_ROLES[unit["type"]]`)."""
+    try:
+        return UNIT_ROLES[unit["type"]]
+    except KeyError:
+        raise UNetEditError(f"unknown unit type {unit.get('type')!r}; registered: {list(UNIT_ROLES)} "
+                            "(new types register with slimdiff.unet.register_unit_type)") from None
 
 
 # ----------------------------------------------------------------------------- names
 
 
-def unit_key(kind: str, index: int, in_mid: bool = False) -> str:
-    """Key of the k-th unit of `kind` in a layer (`attn`, `attn_1`) or the mid block (`resnet_0`)."""
-    if in_mid and kind == "resnet":
+def unit_key(role: str, index: int, in_mid: bool = False) -> str:
+    """Key of the k-th unit of `role` in a layer (`attn`, `attn_1`) or the mid block (`resnet_0`)."""
+    if in_mid and role == "resnet":
         return f"resnet_{index}"
-    return kind if index == 0 else f"{kind}_{index}"
+    return role if index == 0 else f"{role}_{index}"
 
 
 def layer_keys(units: list[dict], in_mid: bool = False) -> list[str]:
-    """Module keys of a layer's units, in order: kinds numbered by occurrence."""
+    """Module keys of a layer's units, in order: roles numbered by occurrence."""
     seen: dict[str, int] = {}
     keys = []
     for unit in units:
-        k = seen.get(unit["kind"], 0)
-        seen[unit["kind"]] = k + 1
-        keys.append(unit_key(unit["kind"], k, in_mid))
+        role = role_of(unit)
+        k = seen.get(role, 0)
+        seen[role] = k + 1
+        keys.append(unit_key(role, k, in_mid))
     return keys
 
 
 def key_to_name(key: str) -> str:
     """`attn_1` -> `attn.1` (module key -> the last part of a unit name)."""
-    return key.replace("_", ".")
+    return re.sub(r"_(\d+)$", r".\1", key)
 
 
 def name_to_path(name: str) -> str:
@@ -86,7 +105,12 @@ def name_to_path(name: str) -> str:
     return re.sub(r"\.(resnet|attn)\.(\d+)$", r".\1_\2", name)
 
 
-_TENSOR_RE = re.compile(r"^((?:down|up)\.\d+\.layer\.\d+\.\w+|(?:down|up)\.\d+\.(?:downsample|upsample)|mid\.\w+)\.(.+)$")
+_TENSOR_RE = re.compile(
+    r"^((?:down|up)\.\d+\.layer\.\d+\.\w+"  # a unit in a layer: down.1.layer.0.attn_1
+    r"|(?:down|up)\.\d+\.(?:downsample|upsample)"  # a sampler: down.1.downsample
+    r"|mid\.\w+)"  # a mid unit: mid.resnet_0
+    r"\.(.+)$"  # the tensor inside the unit: proj_in.weight
+)
 
 
 def split_tensor_name(name: str) -> tuple[str | None, str]:
@@ -157,10 +181,10 @@ def consumed_skips(blocks: dict) -> set[str]:
 
 def unit_channels(unit: dict) -> tuple[int, int]:
     """(in_channels, out_channels) of a unit from its kwargs (resnet in includes its skip)."""
-    kw = unit["kwargs"]
-    if unit["kind"] == "resnet":
+    kw, role = unit["kwargs"], role_of(unit)
+    if role == "resnet":
         return kw["in_channels"], kw.get("out_channels") or kw["in_channels"]
-    if unit["kind"] == "attn":
+    if role == "attn":
         return kw["in_channels"], kw.get("out_channels") or kw["in_channels"]
     return kw["channels"], kw.get("out_channels") or kw["channels"]
 
@@ -190,9 +214,7 @@ def validate(blocks: dict, model_channels: int, labels: dict[str, str] | None = 
     def step(key_name: str, unit: dict) -> None:
         nonlocal ch, level
         name = (labels or {}).get(key_name, key_name)
-        kind = unit["kind"]
-        if kind not in UNIT_KINDS:
-            raise UNetEditError(f"{name}: unknown unit kind {kind!r}; valid: {UNIT_KINDS}")
+        kind = role_of(unit)
         c_in, c_out = unit_channels(unit)
         arriving, why = ch, ""
         if unit.get("skip"):
@@ -325,12 +347,12 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
                        upcast_attention=cfg.get("upcast_attention", False), attention_type="default")
 
     def resnet(c_in: int, c_out: int, **extra) -> dict:
-        return {"kind": "resnet", "kwargs": dict(in_channels=c_in, out_channels=c_out, **res_common, **extra)}
+        return {"type": "resnet", "kwargs": dict(in_channels=c_in, out_channels=c_out, **res_common, **extra)}
 
     def attn(c: int, h: int, cross_dim: int, num_layers: int, **extra) -> dict:
         kw = dict(num_attention_heads=h, attention_head_dim=c // h, in_channels=c, num_layers=num_layers,
                   cross_attention_dim=cross_dim, **attn_common, **extra)
-        return {"kind": "attn", "kwargs": kw}
+        return {"type": "attn", "kwargs": kw}
 
     def n_tl(value: Any, j: int) -> int:
         return value[j] if isinstance(value, (list, tuple)) else value
@@ -349,7 +371,7 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
             stack.append(f"down.{i}.layer.{j}")
         down = None
         if i < n - 1:
-            down = {"kind": "downsample", "kwargs": dict(channels=c_out, use_conv=True, out_channels=c_out,
+            down = {"type": "downsample", "kwargs": dict(channels=c_out, use_conv=True, out_channels=c_out,
                                                           padding=cfg.get("downsample_padding", 1), name="op")}
             stack.append(f"down.{i}.downsample")
         blocks["down"].append({"layers": layers, "downsample": down})
@@ -359,8 +381,8 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
     if mid_type is not None:
         c, scale = boc[-1], cfg.get("mid_block_scale_factor", 1)
         r_kw = dict(res_common, output_scale_factor=scale)
-        first = {"kind": "resnet", "kwargs": dict(in_channels=c, out_channels=c, **{**r_kw, "groups_out": groups})}
-        second = {"kind": "resnet", "kwargs": dict(in_channels=c, out_channels=c, **r_kw)}
+        first = {"type": "resnet", "kwargs": dict(in_channels=c, out_channels=c, **{**r_kw, "groups_out": groups})}
+        second = {"type": "resnet", "kwargs": dict(in_channels=c, out_channels=c, **r_kw)}
         blocks["mid"] = [first, attn(c, heads[-1], cross[-1], n_tl(tlpb[-1], 0)), second]
 
     # 3. up blocks: layers_per_block + 1 layers; each resnet pops one skip off the stack
@@ -380,7 +402,7 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
             layers.append(layer)
         up = None
         if i < n - 1:
-            up = {"kind": "upsample", "kwargs": dict(channels=c_out, use_conv=True, out_channels=c_out)}
+            up = {"type": "upsample", "kwargs": dict(channels=c_out, use_conv=True, out_channels=c_out)}
         blocks["up"].append({"layers": layers, "upsample": up})
     return blocks
 

@@ -28,6 +28,7 @@ from .structure import (
     layer_keys,
     layer_names_of,
     name_to_path,
+    role_of,
     skip_points_of,
     split_tensor_name,
     unit_channels,
@@ -42,6 +43,15 @@ def to_slim(model: nn.Module):
     if isinstance(model, SlimUNet2DConditionModel):
         return model
     return SlimUNet2DConditionModel.from_diffusers(model)
+
+
+def _view(model: nn.Module):
+    """A slim view of `model` for an edit that copies tensors anyway (no copy made here)."""
+    from .model import SlimUNet2DConditionModel
+
+    if isinstance(model, SlimUNet2DConditionModel):
+        return model
+    return SlimUNet2DConditionModel.from_diffusers(model, clone=False)
 
 
 def _unit_sets(blocks: dict) -> dict[str, list[str]]:
@@ -65,7 +75,7 @@ def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
     Raises `UNetEditError` naming the unit and the reason when the result is ill formed, and
     listing valid names when a name is unknown. `remove_units(m, [])` is an equivalent copy.
     """
-    model = to_slim(model)
+    model = _view(model)
     names = [names] if isinstance(names, str) else list(names)
     old = model.config.blocks
     sets = _unit_sets(old)
@@ -111,7 +121,8 @@ def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
             new[side].append({"layers": [kept for _, kept in layers], sampler: samp})
         if side == "down" and old.get("mid"):
             keys = layer_keys(old["mid"], in_mid=True)
-            mid = [_tag(u, f"mid.{key_to_name(k)}") for k, u in zip(keys, old["mid"]) if f"mid.{key_to_name(k)}" not in removed]
+            names_mid = [f"mid.{key_to_name(k)}" for k in keys]
+            mid = [_tag(u, n) for n, u in zip(names_mid, old["mid"]) if n not in removed]
             new["mid"] = mid or None
     for block in new["up"]:
         for layer in block["layers"]:
@@ -155,19 +166,20 @@ def insert_unit(model: nn.Module, source: str, after: str):
     Example (SnapFusion, seed 001 Table 3): `insert_unit(m, "up.2.layer.0.attn",
     "up.2.layer.0.attn")` adds `up.2.layer.0.attn.1`. The copy's tensors inherit the source's.
     """
-    model = to_slim(model)
+    model = _view(model)
     old = model.config.blocks
     units = {n: u for n, _, u in iter_units(old)}
     traces = model._traces
     for role, name in (("source", source), ("after", after)):
         if name not in units:
             raise UNetEditError(f"unknown {role} unit {name!r}; valid units: {list(units)}")
-        if units[name]["kind"] in ("downsample", "upsample"):
-            raise UNetEditError(f"{role} {name} is a {units[name]['kind']}r, not a unit inside a layer")
+        if role_of(units[name]) in ("downsample", "upsample"):
+            raise UNetEditError(f"{role} {name} is a {role_of(units[name])}r, not a unit inside a layer")
     src, t_src, t_after = units[source], traces[source], traces[after]
-    if src["kind"] == "resnet" and (src.get("skip") or t_src.in_channels != t_src.out_channels):
+    if role_of(src) == "resnet" and (src.get("skip") or t_src.in_channels != t_src.out_channels):
+        skip = ", consumes a skip" if src.get("skip") else ""
         raise UNetEditError(f"cannot insert a copy of {source}: it is not channel-preserving "
-                            f"({t_src.in_channels}->{t_src.out_channels}{', consumes a skip' if src.get('skip') else ''})")
+                            f"({t_src.in_channels}->{t_src.out_channels}{skip})")
     if t_after.out_channels != t_src.in_channels:
         raise UNetEditError(f"cannot insert a copy of {source} after {after}: {after} gives "
                             f"{t_after.out_channels} channels and {source} expects {t_src.in_channels}")
@@ -202,25 +214,58 @@ def _with_copy(layer: list[dict], names: list[str], source: str, after: str, src
     return out
 
 
-def _rebuild(model, new: dict):
-    """Build the model for `new` (units tagged `_from`), copy weights, compose the maps."""
-    from .model import SlimUNet2DConditionModel
+def replace_unit(model: nn.Module, name: str, unit_type: str, kwargs: dict | None = None):
+    """Swap unit `name` for one of the registered `unit_type` with the same role (same name).
 
-    sources = {}
+    `kwargs` default to the old unit's. Tensors whose name and shape match the old unit's are
+    copied (and keep their inheritance); the others keep the new module's own initialisation
+    and are recorded as new (None). For new unit types: `register_unit_type` (model.py).
+    """
+    model = _view(model)
+    new = copy.deepcopy(dict(model.config.blocks))
+    found = False
+    for unit_name, _, unit in iter_units(new):
+        if unit_name == name:
+            if role_of({"type": unit_type}) != role_of(unit):
+                raise UNetEditError(f"cannot replace {name} (role {role_of(unit)!r}) by {unit_type!r} "
+                                    f"(role {role_of({'type': unit_type})!r}): roles must match")
+            unit["type"], unit["kwargs"] = unit_type, copy.deepcopy(kwargs or unit["kwargs"])
+            found = True
+    if not found:
+        raise UNetEditError(f"unknown unit {name!r}; valid units: {[n for n, _, _ in iter_units(new)]}")
+    for unit_name, _, unit in list(iter_units(new)):  # tag after the swap: names are unchanged
+        unit["_from"] = unit_name
+    return _rebuild(model, new)
+
+
+def _rebuild(model, new: dict):
+    """Build the model for `new` (units tagged `_from`), copy weights, compose the maps.
+
+    A tensor without a same-shaped source in `model` keeps its fresh initialisation (new: None).
+    """
+    from .model import SlimUNet2DConditionModel, build_unit
+
+    sources, units = {}, {}
     for name, _, unit in iter_units(new):
         sources[name] = unit.pop("_from")
+        units[name] = unit
     validate(new, model.config.model_channels, labels=sources)
     student = SlimUNet2DConditionModel.from_structure(new, **model.base_config())
     old_tensors = model.state_dict()
+    any_old = next(iter(old_tensors.values()))
+    fresh: dict[str, dict] = {}  # unit name -> tensors of a freshly initialised module
     tensors, inheritance = {}, {}
-    for name in student.state_dict():
+    for name, meta in student.state_dict().items():
         unit, rest = split_tensor_name(name)
         src = name if unit is None else name_to_path(sources[unit]) + "." + rest
-        tensors[name] = old_tensors[src]
-        inheritance[name] = model.inheritance.get(src)
+        if src in old_tensors and old_tensors[src].shape == meta.shape:
+            tensors[name], inheritance[name] = old_tensors[src], model.inheritance.get(src)
+            continue
+        if unit not in fresh:
+            fresh[unit] = build_unit(units[unit]).to(any_old.device, any_old.dtype).state_dict()
+        tensors[name], inheritance[name] = fresh[unit][rest], None
     student.load_tensors(tensors, strict=True)
     student.inheritance = inheritance
     old_sources = getattr(model, "unit_sources", {})
     student.unit_sources = {n: old_sources.get(s, s) for n, s in sources.items()}
     return student.train(model.training)
-

@@ -1,0 +1,44 @@
+"""`slimdiff prune --search ...` options and run, on a tiny pipeline; the search report."""
+
+import argparse
+import json
+
+import pytest
+
+from slimdiff.cli.prune_search import add_search_arguments, run_search
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--out")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--preset")
+    add_search_arguments(p, how)
+    return p
+
+
+def test_search_options_parse():
+    args = _parser().parse_args(["toy", "--search", "laptop", "--budget", "flops=0.3", "--criterion", "random"])
+    assert (args.search, args.budget, args.criterion, args.calib_size) == ("laptop", "flops=0.3", "random", 32)
+    with pytest.raises(SystemExit):  # --search and --preset exclude each other
+        _parser().parse_args(["toy", "--search", "laptop", "--preset", "bk-small"])
+
+
+def test_laptop_search_writes_student_recipe_and_report(tmp_path):
+    from slimdiff.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(tmp_path / "pipe")
+    out = tmp_path / "out"
+    args = _parser().parse_args([str(pipe), "--out", str(out), "--search", "laptop", "--budget", "params=0.3",
+                                 "--criterion", "magnitude"])
+    assert run_search(args) == 0
+    recipe = json.loads((out / "recipe.json").read_text())
+    s = recipe["search"]
+    assert s["method"] == "laptop" and s["criterion"] == {"name": "magnitude", "reduction": "sum"}
+    assert s["budget"]["measured_ratio"] >= 0.3 and s["budget"]["predicted_ratio"] >= 0.3
+    assert len(s["scores"]) == 34 and s["removed"]
+    assert (out / "search.md").read_text().startswith("# Search: laptop")
+    assert (out / "unit_scores.png").stat().st_size > 0
+    assert (out / "pipeline" / "model_index.json").is_file()
+    assert not (out / "pipeline" / "unet" / "search.md").exists()
