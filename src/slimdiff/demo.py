@@ -1,0 +1,255 @@
+"""`slimdiff demo`: the whole flow on the toy world, in one command, with a report.
+
+    from slimdiff.demo import DemoConfig, run_demo
+    summary = run_demo(DemoConfig(out="runs/demo", preset="bk-small"))
+
+Steps (each writes its result under `out/` and is skipped when a rerun finds it finished, so a
+killed demo resumes where it stopped; the distillation resumes from its last checkpoint):
+  1. profile the teacher U-Net per block (params, FLOPs, latency)      -> profile.json, latency plot
+  2. prune it with a preset (BK-SDM `bk-small` by default)              -> pruned/ (student + recipe)
+  3. distill the pruned student from the teacher                        -> distill/ (student, log, curve)
+  4. evaluate teacher, pruned and distilled on the same test prompts and seeds:
+     alignment, all-correct, judge-FID, params, GFLOPs, U-Net and end-to-end latency -> eval/*.json
+  5. write the report (HTML + markdown) and `report.json`
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from slimdiff.io import read_json, write_json
+
+MODELS = ("teacher", "pruned", "distilled")
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # output directory (report.html, report.md, report.json, stages)
+    model: str = "toy"  # the teacher pipeline: `toy` or a local pipeline directory of the same kind
+    preset: str = "bk-small"  # a slimdiff.unet.presets name
+    quick: bool = False  # smaller everything: finishes in ~3 minutes on 2 CPU cores
+    distill_steps: int | None = None  # optimiser steps; None: 1200 (quick: 150)
+    batch_size: int = 64  # distillation batch (toy latents are 8x8: cheap)
+    learning_rate: float = 1e-3  # AdamW; toy-scale (BK-SDM uses 5e-5 at batch 256 on SD)
+    feat_loss: str = "normalized"  # LAPTOP-Diff normalized feature KD; "plain" for BK-SDM's
+    num_images: int | None = None  # test prompts per model; None: 128 (quick: 32)
+    steps: int | None = None  # sampler steps; None: the toy pipeline's default
+    guidance: float | None = None  # classifier-free guidance; None: the toy pipeline's default
+    latency_repeats: int | None = None  # timed U-Net forwards per model; None: 20 (quick: 5)
+    seed: int = 0  # one seed for pruning-free steps: data order, noise, evaluation prompts and noise
+    grid_rows: int = 8  # prompts shown in the report's side-by-side grid
+
+    def __post_init__(self):
+        from slimdiff.unet.presets import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"DemoConfig.preset={self.preset!r} is not a preset; valid: {list(PRESETS)}")
+        for name in ("distill_steps", "num_images", "steps", "latency_repeats"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"DemoConfig.{name}={v!r} is invalid: None or an integer >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"DemoConfig.batch_size={self.batch_size!r} is invalid: an integer >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"DemoConfig.learning_rate={self.learning_rate!r} is invalid: a positive number")
+        if self.feat_loss not in ("plain", "normalized"):
+            raise ValueError(f"DemoConfig.feat_loss={self.feat_loss!r} is invalid: 'plain' or 'normalized'")
+
+    def resolved(self) -> dict[str, Any]:
+        """The settings with every None replaced by the value used."""
+        from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+        d = dataclasses.asdict(self)
+        d["distill_steps"] = self.distill_steps or (150 if self.quick else 1200)
+        d["num_images"] = self.num_images or (32 if self.quick else 128)
+        d["steps"] = self.steps or DEFAULT_STEPS
+        d["guidance"] = self.guidance if self.guidance is not None else DEFAULT_GUIDANCE
+        d["latency_repeats"] = self.latency_repeats or (5 if self.quick else 20)
+        return d
+
+
+def _say(msg: str, log: Callable[[str], None] | None) -> None:
+    if log is not None:
+        log(msg)
+
+
+def _num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gflops(unet, latent: int, context_length: int) -> float:
+    """GFLOPs (2 x MACs, attention matmuls included) of one U-Net forward at batch 1."""
+    from slimdiff.profile import ProfileSettings, profile_unet
+
+    settings = ProfileSettings(latent_size=latent, context_length=context_length, measure_latency=False)
+    return profile_unet(unet, settings).total.flops / 1e9
+
+
+def _interleaved_unet_latency(unets: dict, latent: int, context_length: int, repeats: int) -> dict[str, float]:
+    """Median ms of one CFG U-Net call (batch 2) per model, timed round-robin in one loop so
+    that the machine's load affects every model alike."""
+    import statistics
+
+    from slimdiff.profile import make_unet_inputs
+
+    first = next(iter(unets.values()))
+    x = make_unet_inputs(first, latent, first.config.cross_attention_dim, batch=2, context_length=context_length)
+    times: dict[str, list[float]] = {k: [] for k in unets}
+    with torch.inference_mode():
+        for unet in unets.values():  # warm-up
+            x(unet)
+        for _ in range(repeats):
+            for name, unet in unets.items():
+                t0 = time.perf_counter()
+                x(unet)
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
+    """Run the demo; return the `report.json` content. See the module docstring."""
+    from slimdiff.distill import DistillConfig, distill
+    from slimdiff.eval.latency import pipeline_latency
+    from slimdiff.eval.runner import evaluate
+    from slimdiff.profile import ProfileSettings, profile_unet
+    from slimdiff.report import plot_bars, plot_loss_curves, write_report
+    from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
+
+    s = config.resolved()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "demo_config.json", s)
+    t_start = time.perf_counter()
+
+    # 1. the teacher pipeline and its U-Net profile (per block: params, FLOPs, latency)
+    pipe = load_pipeline(config.model)
+    pipe.set_progress_bar_config(disable=True)
+    teacher = pipe.unet.eval()
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    latent = teacher.config.sample_size
+    context = pipe.tokenizer.model_max_length
+    profile_json = out / "profile.json"
+    if not profile_json.is_file():
+        _say("[1/5] profiling the teacher U-Net", log)
+        settings = ProfileSettings(latent_size=latent, vae_scale_factor=vae_factor, context_length=context,
+                                   batch=2, repeats=3 if config.quick else 10, seed=config.seed)
+        profile_unet(teacher, settings, name=config.model).save_json(profile_json)
+    profile = read_json(profile_json)
+    plot_bars({b["name"]: b["latency_ms"] for b in profile["blocks"]}, "ms (CFG batch 2)",
+              out / "teacher_block_latency.png", title="Teacher U-Net latency per block")
+
+    # 2. prune with the preset (weights inherited from the teacher, recipe written)
+    pruned_dir = out / "pruned"
+    if not (pruned_dir / "recipe.json").is_file():
+        _say(f"[2/5] pruning with preset {config.preset}", log)
+        student, info = apply_preset(teacher, config.preset)
+        save_student(student, pruned_dir, config.model, {"preset": config.preset, **info})
+    pruned = load_unet(pruned_dir).eval()
+
+    # 3. distill (resumes from the last checkpoint when the demo is rerun)
+    distill_dir = out / "distill"
+    dcfg = DistillConfig(
+        teacher=config.model, student=str(pruned_dir), data="toy", out=str(distill_dir),
+        max_steps=s["distill_steps"], batch_size=config.batch_size, learning_rate=config.learning_rate,
+        lr_scheduler="cosine", lr_warmup_steps=min(50, s["distill_steps"] // 10),
+        feat_loss=config.feat_loss, seed=config.seed, checkpoint_every=max(50, s["distill_steps"] // 4),
+        resume="latest" if (distill_dir / "checkpoints").is_dir() else None, cpu=True,
+    )
+    if not (distill_dir / "recipe.json").is_file():
+        _say(f"[3/5] distilling for {s['distill_steps']} steps", log)
+        distill(dcfg, teacher=teacher, student=copy.deepcopy(pruned).train(), pipeline=pipe, progress=progress)
+    distilled = load_unet(distill_dir).eval()
+    train_log = [json.loads(line) for line in open(distill_dir / "train_log.jsonl", encoding="utf-8") if line.strip()]
+    distill_recipe = read_json(distill_dir / "recipe.json")
+
+    # 4. evaluate the three models on the same prompts and seeds
+    unets = {"teacher": teacher, "pruned": pruned, "distilled": distilled}
+    results, images = {}, {}
+    for name, unet in unets.items():
+        path = out / "eval" / f"{name}.json"
+        pipe.unet = unet
+        if path.is_file() and not (out / "eval" / f"{name}_images").is_dir():
+            path.unlink()  # an evaluation without its images is redone
+        if path.is_file():
+            results[name] = read_json(path)
+            from PIL import Image
+
+            images[name] = [Image.open(p).copy() for p in sorted((out / "eval" / f"{name}_images").glob("*.png"))]
+            continue
+        _say(f"[4/5] evaluating {name}", log)
+        res, imgs = evaluate(pipe, split="test", num_images=s["num_images"], steps=s["steps"],
+                             guidance=s["guidance"], seed=config.seed, progress=progress, return_images=True)
+        images[name] = imgs[: config.grid_rows]
+        for i, im in enumerate(images[name]):
+            (out / "eval" / f"{name}_images").mkdir(parents=True, exist_ok=True)
+            im.save(out / "eval" / f"{name}_images" / f"{i:03d}.png")
+        write_json(path, res)
+        results[name] = res
+    prompts = results["teacher"].get("prompts", [])[: config.grid_rows]
+
+    _say("[5/5] measuring latency and writing the report", log)
+    unet_ms = _interleaved_unet_latency(unets, latent, context, s["latency_repeats"])
+    e2e_ms = {}
+    for name, unet in unets.items():
+        pipe.unet = unet
+        e2e_ms[name] = pipeline_latency(pipe, steps=s["steps"], guidance=s["guidance"],
+                                        repeats=3 if config.quick else 5)
+    pipe.unet = teacher
+
+    # 5. report
+    per_model = {}
+    for name, unet in unets.items():
+        per_model[name] = {
+            "alignment": results[name]["alignment"],
+            "all_correct": results[name]["all_correct"],
+            "judge_fid": results[name]["judge_fid"],
+            "params": _num_params(unet),
+            "gflops": _gflops(unet, latent, context),
+            "unet_latency_ms": unet_ms[name],
+            "pipeline_latency_ms": e2e_ms[name],
+        }
+    t = per_model["teacher"]
+    for name, m in per_model.items():
+        m["params_ratio"] = m["params"] / t["params"]
+        m["unet_speedup"] = t["unet_latency_ms"] / m["unet_latency_ms"]
+        m["alignment_recovered"] = m["alignment"] / t["alignment"] if t["alignment"] else None
+    summary = {
+        **per_model,
+        "settings": s,
+        "distill": {"steps": distill_recipe.get("distill", {}).get("steps", s["distill_steps"]),
+                    "steps_per_sec": distill_recipe.get("distill", {}).get("steps_per_sec")},
+        "threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    rows = [{"model": name, **{k: v for k, v in m.items() if k != "all_correct"}} for name, m in per_model.items()]
+    plots = {
+        "U-Net latency per model (ms, one CFG step)": plot_bars(unet_ms, "ms", out / "unet_latency.png"),
+        "Teacher U-Net latency per block": out / "teacher_block_latency.png",
+    }
+    loss_png = distill_dir / "loss_curves.png"
+    plots["Distillation loss curves"] = plot_loss_curves(train_log, out / "loss_curves.png") if train_log else loss_png
+    write_json(out / "report.json", summary)
+    html_path, md_path = write_report(
+        out, f"slimdiff demo: {config.preset} on the {config.model} world", rows,
+        images=images, prompts=prompts, plots=plots,
+        extra_sections={
+            "Settings": json.dumps(s, indent=2),
+            "Teacher profile per block": [{k: b[k] for k in ("name", "params", "flops", "latency_ms",
+                                                             "latency_share")} for b in profile["blocks"]],
+        },
+        intro=(f"Teacher `{config.model}`, student pruned with `{config.preset}` and distilled for "
+               f"{s['distill_steps']} steps; {s['num_images']} test prompts per model, {s['steps']} sampler "
+               f"steps, guidance {s['guidance']}, seed {config.seed}. Latency: median over repeats on "
+               f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run."),
+    )
+    summary["report_html"], summary["report_md"] = str(html_path), str(md_path)
+    write_json(out / "report.json", summary)
+    _say(f"report: {html_path}", log)
+    return summary
