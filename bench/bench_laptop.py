@@ -162,21 +162,23 @@ def render_md(r: dict) -> str:
         f"## LAPTOP vs bk-small at bk-small's parameter ratio ({m['bk_small_ratio']:.3f})", "",
         f"Distillation: {a['distill_steps']} steps, batch {a['distill_batch']}, the trainer's defaults "
         "(BK-SDM losses), identical for both students.", "",
-        "| model | params | L(S) | alignment before | judge-FID before | alignment after | judge-FID after | latency ms |",
+        "| model | params | L(S) | alignment before | judge-FID before | alignment after | judge-FID after "
+        "| latency ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in r["versus_bk_small"].items():
         b, af = row["before"], row.get("after", {})
         lines.append(f"| {name} | {b['params']:,} | {_f(row.get('L(S)'), '.4g')} | {_f(b.get('alignment'))} | "
-                     f"{_f(b.get('judge_fid'), '.2f')} | {_f(af.get('alignment'))} | {_f(af.get('judge_fid'), '.2f')} | "
-                     f"{_f(b['latency_ms'], '.2f')} |")
+                     f"{_f(b.get('judge_fid'), '.2f')} | {_f(af.get('alignment'))} | "
+                     f"{_f(af.get('judge_fid'), '.2f')} | {_f(b['latency_ms'], '.2f')} |")
     lines += ["", f"LAPTOP removed: {', '.join(r['versus_bk_small']['laptop']['removed'])}", "",
               "## Criteria at pruning ratios of parameters (no retraining)", "",
-              "| ratio | criterion | params removed | L(S) | alignment | judge-FID | latency ms |", "|---|---|---|---|---|---|---|"]
+              "| ratio | criterion | params removed | L(S) | alignment | judge-FID | latency ms |",
+              "|---|---|---|---|---|---|---|"]
     for key, row in r["ratios"].items():
         ratio, crit = key.split("/")
-        lines.append(f"| {ratio} | {crit} | {row['measured_ratio']:.3f} | {row['L(S)']:.4g} | {_f(row.get('alignment'))} | "
-                     f"{_f(row.get('judge_fid'), '.2f')} | {row['latency_ms']:.2f} |")
+        lines.append(f"| {ratio} | {crit} | {row['measured_ratio']:.3f} | {row['L(S)']:.4g} | "
+                     f"{_f(row.get('alignment'))} | {_f(row.get('judge_fid'), '.2f')} | {row['latency_ms']:.2f} |")
     ad = r["additivity"]
     lines += ["", "## Additivity of the output loss: L(S) vs sum L({u})", "",
               f"Pooled over {len(ad['rows'])} random sets: Pearson {ad['pearson']:.3f}, Spearman {ad['spearman']:.3f} "

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from slimdiff.cli.prune_search import add_search_arguments, run_search
+from slimdiff.cli.prune_search import add_search_arguments
 
 
 def _parser():
@@ -25,14 +25,23 @@ def test_search_options_parse():
         _parser().parse_args(["toy", "--search", "laptop", "--preset", "bk-small"])
 
 
-def test_laptop_search_writes_student_recipe_and_report(tmp_path):
+def test_slimdiff_prune_search_parses_through_the_prune_command():
+    from slimdiff.cli import build_parser
+
+    args = build_parser().parse_args(["prune", "toy", "--search", "evolve", "--target-latency", "5", "--out", "x"])
+    assert (args.search, args.target_latency, args.func.__module__) == ("evolve", 5.0, "slimdiff.cli.prune")
+
+
+def test_laptop_search_writes_student_recipe_and_report(tmp_path, capsys):
+    from slimdiff.cli import main
     from slimdiff.testing import tiny_pipeline
 
     pipe = tiny_pipeline(tmp_path / "pipe")
     out = tmp_path / "out"
-    args = _parser().parse_args([str(pipe), "--out", str(out), "--search", "laptop", "--budget", "params=0.3",
-                                 "--criterion", "magnitude"])
-    assert run_search(args) == 0
+    argv = ["prune", str(pipe), "--out", str(out), "--search", "laptop", "--budget", "params=0.3",
+            "--criterion", "magnitude"]
+    assert main(argv) == 0
+    assert "laptop (magnitude, params=0.3): removed" in capsys.readouterr().out
     recipe = json.loads((out / "recipe.json").read_text())
     s = recipe["search"]
     assert s["method"] == "laptop" and s["criterion"] == {"name": "magnitude", "reduction": "sum"}

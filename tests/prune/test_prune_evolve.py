@@ -50,6 +50,19 @@ def test_evolve_action_sequence():
     assert res.rounds[0]["B"] == {"d_score": 1.0, "d_latency": 2.0, "ratio": 0.5}
 
 
+def test_evolve_trains_between_actions_and_stops_at_max_rounds():
+    trained = []
+
+    def train_fn(net):
+        trained.append(net)
+        return net
+
+    cfg = EvolveConfig(6.0, max_rounds=1)
+    net, res = evolve(("A", "B", "C", "D"), fake_score, FakeLUT(), cfg, editor=FakeEditor(), train_fn=train_fn)
+    assert trained == [("A", "C", "D")] and net == ("A", "C", "D")
+    assert res.stop_reason == "max_rounds (1) reached; target not met (8.000 ms > 6.000 ms)"
+
+
 def test_evolve_remove_only():
     cfg = EvolveConfig(6.0, allow_add=False)
     net, res = evolve(("A", "B", "C", "D"), fake_score, FakeLUT(), cfg, editor=FakeEditor())

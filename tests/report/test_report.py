@@ -76,6 +76,7 @@ def test_plots(tmp_path):
             assert im.format == "PNG" and im.width > 200
     assert loss_keys(records) == ["loss", "loss_task"]
     assert loss_keys([{"step": 1, "task": 1.0, "kd_out": 2.0, "lr": 0.1}]) == ["task", "kd_out"]
+    assert loss_keys([{"step": 1, "loss": 1.0, "loss_sas": 0.0}, {"step": 2, "loss": 0.5, "loss_sas": 0.0}]) == ["loss"]
     with pytest.raises(ValueError, match="'nope' is not in the log"):
         plot_loss_curves(records, tmp_path / "x.png", keys=["nope"])
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporaries
@@ -89,7 +90,8 @@ def test_write_report(tmp_path):
     html_path, md_path = write_report(
         out, "Demo <report>", ROWS, images=images, prompts=["a red circle", "a blue square"],
         plots={"Latency": outside, "Inside": inside},
-        extra_sections={"Settings": "25 steps\n\nseed 0", "Profile": [{"unit": "down.0", "params": 10}]},
+        extra_sections={"Settings": "25 steps\n\nseed 0", "Profile": [{"unit": "down.0", "params": 10}],
+                        "JSON": json.dumps({"steps": 25, "a": [1]}, indent=2)},
     )
     md, page = md_path.read_text(), html_path.read_text()
     assert markdown_table(ROWS) in md
@@ -97,6 +99,7 @@ def test_write_report(tmp_path):
     assert "![Latency](plots/00_latency.png)" in md and "![Inside](inside.png)" in md
     assert (out / "samples.png").is_file() and (out / "plots" / "00_latency.png").is_file()
     assert "<title>Demo &lt;report&gt;</title>" in page
+    assert "```\n{\n  \"steps\": 25," in md and "<pre>{\n  &quot;steps&quot;: 25," in page
     assert '<td class="num">0.9312</td>' in page and 'src="samples.png"' in page and "<p>seed 0</p>" in page
     embedded = write_report(tmp_path / "embedded", "t", ROWS, images=images, embed_images=True)[0].read_text()
     assert 'src="data:image/png;base64,' in embedded

@@ -1,25 +1,8 @@
-"""Tiny seeded U-Nets for the slimdiff.unet tests (SD-1.5 block topology, tiny widths)."""
+"""Fixtures for the slimdiff.unet tests."""
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
-
-# SD-1.5 topology at widths (8, 16, 32, 32): like SD's (320, 640, 1280, 1280) the last two
-# levels share a width, so every preset (bk-tiny included) fits.
-TINY = dict(
-    sample_size=16,
-    block_out_channels=(8, 16, 32, 32),
-    norm_num_groups=4,
-    cross_attention_dim=12,
-    attention_head_dim=2,
-    layers_per_block=2,
-)
-
-
-def make_unet(seed: int = 0, **overrides) -> UNet2DConditionModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet2DConditionModel(**{**TINY, **overrides}).eval()
+from unet_tiny import make_unet
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +14,7 @@ def _one_thread():
 
 
 @pytest.fixture
-def unet() -> UNet2DConditionModel:
+def unet():
     return make_unet()
 
 
@@ -39,8 +22,3 @@ def unet() -> UNet2DConditionModel:
 def inputs():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 500]), torch.randn(2, 5, 12, generator=g)
-
-
-def run(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(*inputs).sample

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run
+from unet_tiny import run
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from slimdiff.cli import main

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_unet, run
+from unet_tiny import make_unet, run
 from diffusers.models.attention_processor import AttnProcessor
 
 from slimdiff.unet import (

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run
+from unet_tiny import TINY, run
 from diffusers import UNet2DConditionModel
 
 from slimdiff.unet import PRESETS, apply_preset, get_module, load_unet, save_unet, to_diffusers

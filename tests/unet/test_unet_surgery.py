@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import run
+from unet_tiny import run
 
 from diffusers.models.resnet import ResnetBlock2D
 

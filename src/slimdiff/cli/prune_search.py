@@ -61,9 +61,9 @@ def _laptop(args, teacher):
     lut = latency_table(teacher, args.lut, ctx) if budget.metric == "latency" else None
     student, result = laptop_select(teacher, _criterion(args, teacher), budget, lut=lut, context_length=ctx,
                                     wallclock=lut is not None)
-    b = result
-    print(f"laptop ({b.criterion['name']}, {b.budget}): removed {len(b.removed)} of {len(b.candidates)} units; "
-          f"{Budget.parse(b.budget).metric} removed: predicted {b.predicted_ratio:.3f}, measured {b.measured_ratio:.3f}")
+    r = result
+    print(f"laptop ({r.criterion['name']}, {r.budget}): removed {len(r.removed)} of {len(r.candidates)} units; "
+          f"{budget.metric} removed: predicted {r.predicted_ratio:.3f}, measured {r.measured_ratio:.3f}")
     return student, result.to_recipe()
 
 
@@ -91,8 +91,8 @@ def _evolve(args, teacher):
     print(f"evolve: {result.initial_latency:.3f} -> {result.final_latency:.3f} ms predicted "
           f"({result.measured_latency_ms:.3f} measured; target {config.target_latency_ms}); "
           f"{len(result.actions)} actions; {result.stop_reason}")
-    return student, {**result.to_recipe(), "robust_training": {"stochastic_depth": args.stochastic_depth,
-                                                               "steps": args.robust_steps if args.stochastic_depth else 0}}
+    robust = {"stochastic_depth": args.stochastic_depth, "steps": args.robust_steps if args.stochastic_depth else 0}
+    return student, {**result.to_recipe(), "robust_training": robust}
 
 
 def run_search(args: argparse.Namespace) -> int:

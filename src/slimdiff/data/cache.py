@@ -36,7 +36,8 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha1()
     config = getattr(module, "config", None)
     if config is not None:
-        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config) if isinstance(config, dict) \
+            else vars(config)
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, t in module.state_dict().items():

@@ -430,7 +430,7 @@ class Trainer:
             from slimdiff.unet import save_unet
 
             save_unet(student, self.out, recipe=self._recipe(losses, steps_per_sec))
-            plot_path = _plot(log_path, self.out / "loss_curves.png")
+            plot_path = _plot(log_path, self.out / "loss_curves.png", sorted(losses))
             pipeline_dir = self._save_pipeline(student)
         acc.wait_for_everyone()
         acc.free_memory()
@@ -528,10 +528,10 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="distill")
 
 
-def _plot(log_path: Path, png: Path) -> Path | None:
-    """Loss curves from the JSONL log (slimdiff.report's plot; None if the log is empty)."""
+def _plot(log_path: Path, png: Path, keys: list[str]) -> Path | None:
+    """Loss curves of every logged term from the JSONL log (None when no step was logged)."""
     from slimdiff.report.plots import plot_loss_curves
 
-    if not log_path.is_file() or not log_path.read_text().strip():
+    if not keys or not log_path.is_file() or not log_path.read_text().strip():
         return None
-    return plot_loss_curves(log_path, png, title="distillation losses")
+    return plot_loss_curves(log_path, png, keys=keys, title="distillation losses")

@@ -13,6 +13,7 @@ rendered images as the reference set of judge-FID.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -422,7 +423,9 @@ def _grid(images, prompts, rows: int, rendered=None):
     return make_grid(images[:n], nrow=min(4, n), labels=prompts[:n], cell_size=max(192, images[0].width))
 
 
+@functools.lru_cache(maxsize=1)
 def _load_judge():
+    """The shipped judge, loaded once per process (searches call evaluate many times)."""
     from slimdiff.toy.judge import load_judge
 
     return load_judge()

@@ -2,8 +2,9 @@
 
 Method (SnapFusion "do profiling"): run the U-Net once with forward pre-hooks that keep
 every unit's positional and keyword inputs, then call each unit alone on exactly those
-inputs: `warmup` untimed calls, then `repeats` timed calls; report the median. Everything
-runs under `torch.inference_mode()`; on CUDA each call is bracketed by a synchronisation.
+inputs, in rounds together with the whole forward (`time_rounds`): `warmup` untimed rounds,
+then `repeats` timed ones; report medians. Everything runs under `torch.inference_mode()`;
+on CUDA each call is bracketed by a synchronisation.
 
 Timing a unit alone measures its kernels and its Python dispatch; the glue between units
 (skip concatenation, time embedding, conv_in/conv_out, block bookkeeping) is what remains
@@ -106,25 +107,42 @@ def capture_inputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, tuple[tu
             h.remove()
 
 
-def time_units(
-    modules: dict[str, nn.Module],
-    captured: dict[str, tuple[tuple, dict]],
+def unit_calls(modules: dict[str, nn.Module], captured: dict[str, tuple[tuple, dict]]) -> dict[str, Callable[[], object]]:
+    """name -> a call of that module alone on its captured inputs."""
+    missing = [n for n in modules if n not in captured]
+    if missing:
+        raise ValueError(f"units never ran in the capture forward, cannot time them: {missing}")
+    return {name: (lambda m=mod, a=captured[name]: m(*a[0], **a[1])) for name, mod in modules.items()}
+
+
+def time_rounds(
+    calls: dict[str, Callable[[], object]],
     warmup: int,
     repeats: int,
     device: torch.device,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Time each named module alone on its captured inputs -> {name: [ms per repeat]}."""
-    missing = [n for n in modules if n not in captured]
-    if missing:
-        raise ValueError(f"units never ran in the capture forward, cannot time them: {missing}")
-    out = {}
-    for name, mod in modules.items():
-        args, kwargs = captured[name]
-        out[name] = time_call(lambda: mod(*args, **kwargs), warmup, repeats, device)
-        if progress is not None:
-            progress(name)
-    return out
+    """Time every call once per round, `warmup` untimed rounds then `repeats` timed ones.
+
+    Round-robin rather than one call's repeats after another: the whole forward and the units
+    then see the same machine load, so `whole - sum(units)` is not skewed by load that
+    changed between two measuring phases (this machine is shared). -> {name: [ms per round]}
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            for name, fn in calls.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                if r >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            if progress is not None:
+                progress(f"round {r + 1}/{warmup + repeats}")
+    return times
 
 
 def time_model(model: nn.Module, inputs: UNetInputs, warmup: int, repeats: int) -> list[float]:
@@ -149,6 +167,8 @@ def num_threads(threads: int | None) -> Iterator[int]:
 class progress_bar:
     """A rich progress bar on stderr (or nothing); yields `advance(description)`."""
 
+    # used as: with progress_bar(enabled, total_steps) as advance: ...; advance("step done")
+
     def __init__(self, enabled: bool, total: int):
         self.enabled, self.total, self._bar = enabled, total, None
 
@@ -160,8 +180,8 @@ class progress_bar:
 
         self._bar = Progress(console=Console(stderr=True), transient=True)
         self._bar.__enter__()
-        task = self._bar.add_task("timing units", total=self.total)
-        return lambda name: self._bar.update(task, advance=1, description=f"timed {name}")
+        task = self._bar.add_task("timing", total=self.total)
+        return lambda what: self._bar.update(task, advance=1, description=f"timing: {what}")
 
     def __exit__(self, *exc):
         if self._bar is not None:

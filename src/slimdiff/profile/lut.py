@@ -26,8 +26,8 @@ from torch import nn
 
 from slimdiff.io import read_json, write_json
 
-from .latency import capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_model, time_units
-from .profiler import ProfileResult, ProfileSettings, check_latent_size, check_model_placement, signatures
+from .latency import capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
+from .profiler import WHOLE, ProfileResult, ProfileSettings, check_latent_size, check_model_placement, signatures
 from .units import list_units, text_width
 
 FORMAT = "slimdiff-latency-lut/1"
@@ -103,21 +103,23 @@ class LatencyLUT:
         modules = {u.name: u.module for u in units if u.name in todo}
         with capture_inputs(modules) as captured, torch.inference_mode():
             inputs(model)
-        with progress_bar(progress, len(todo) + int(need_stem)) as advance:
-            times = time_units(modules, captured, s.warmup, s.repeats, inputs.sample.device, advance)
-            del captured
-            new = []
-            for name, (key, sig) in todo.items():
-                self.units[key] = median(times[name])
-                self.meta[key] = {"signature": sig.to_dict(), "source": name, "samples_ms": times[name]}
-                new.append(key)
-            # 2. stem overhead = whole forward - sum of this model's unit entries
-            if need_stem:
-                whole = time_model(model, inputs, s.warmup, s.repeats)
-                advance("whole U-Net")
-                self.overhead[stem.key()] = median(whole) - sum(self.units[g.key()] for g in sigs)
-                self.meta[stem.key()] = {"signature": stem.to_dict(), "whole_ms": whole}
-                new.append(stem.key())
+        calls = unit_calls(modules, captured)
+        if need_stem:
+            calls[WHOLE] = lambda: inputs(model)
+        with progress_bar(progress, s.warmup + s.repeats) as advance:
+            times = time_rounds(calls, s.warmup, s.repeats, inputs.sample.device, advance)
+        del captured, calls
+        new = []
+        for name, (key, sig) in todo.items():
+            self.units[key] = median(times[name])
+            self.meta[key] = {"signature": sig.to_dict(), "source": name, "samples_ms": times[name]}
+            new.append(key)
+        # 2. stem overhead = whole forward - sum of this model's unit entries
+        if need_stem:
+            whole = times[WHOLE]
+            self.overhead[stem.key()] = median(whole) - sum(self.units[g.key()] for g in sigs)
+            self.meta[stem.key()] = {"signature": stem.to_dict(), "whole_ms": whole}
+            new.append(stem.key())
         return new
 
     # ---------------------------------------------------------------- prediction

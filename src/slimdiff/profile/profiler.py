@@ -20,9 +20,12 @@ from torch import nn
 from slimdiff.io import write_json
 
 from .flops import UnitFlopCounter
-from .latency import DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_model, time_units
+from .latency import DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .signature import device_label, stem_signature, unit_signature
 from .units import ProfiledUnit, block_order, list_units, num_levels, num_params, text_width
+
+
+WHOLE = "__whole__"  # key of the whole-U-Net forward among the timed calls
 
 
 @dataclass
@@ -178,15 +181,16 @@ def profile_unet(
             if (h, w) != (settings.latent >> u.level,) * 2:
                 raise RuntimeError(f"unit {u.name} saw a {h}x{w} input, its level {u.level} implies {settings.latent >> u.level}")
 
-        # 2. latency: each unit alone on its captured inputs, then the whole forward
+        # 2. latency: the whole forward and each unit alone on its captured inputs, in rounds
         unit_ms: dict[str, list[float]] = {}
         whole_ms: list[float] = []
         if settings.measure_latency:
-            with progress_bar(progress, len(units) + 1) as advance:
-                unit_ms = time_units(modules, captured, settings.warmup, settings.repeats, inputs.sample.device, advance)
-                del captured
-                whole_ms = time_model(model, inputs, settings.warmup, settings.repeats)
-                advance("whole U-Net")
+            calls = {WHOLE: lambda: inputs(model)} | unit_calls(modules, captured)
+            with progress_bar(progress, settings.warmup + settings.repeats) as advance:
+                unit_ms = time_rounds(calls, settings.warmup, settings.repeats, inputs.sample.device, advance)
+            whole_ms = unit_ms.pop(WHOLE)
+            del calls
+        del captured
 
     # 3. rows: units, blocks, other, total
     unit_sigs, stem_sig = signatures(model, units, settings, threads)

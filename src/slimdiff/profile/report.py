@@ -51,6 +51,11 @@ def make_table(result: ProfileResult, by: str = "block"):
             _pct(r.latency_share),
         ]
         table.add_row(*cells, end_section=r is rows[-1])
+    if result.other.latency_ms is not None and result.other.latency_ms < 0:
+        table.caption = (
+            "other < 0: the units timed alone sum to more than the whole forward; timing noise "
+            "(a loaded machine, too few --repeats) or a unit that runs faster inside the network"
+        )
     return table
 
 

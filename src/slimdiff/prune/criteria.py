@@ -94,7 +94,7 @@ class OutputLossCriterion(Criterion):
         self.calibration = calibration
         self.batch_size = batch_size or calibration.config.batch_size
         self.progress = progress
-        self._ref_key: int | None = None
+        self._ref_model = None  # the model the cached reference outputs belong to (held, so ids stay unique)
         self._ref: list[torch.Tensor] = []
 
     def describe(self) -> dict:
@@ -112,11 +112,15 @@ class OutputLossCriterion(Criterion):
             outs.append(out.float())
         return outs
 
+    def reset(self) -> None:
+        """Forget the cached reference outputs (after editing the last model's weights in place)."""
+        self._ref_model, self._ref = None, []
+
     def reference(self, model) -> list[torch.Tensor]:
-        """eps_full on the calibration set (cached for the last model seen)."""
-        if self._ref_key != id(model):
+        """eps_full on the calibration set (cached for the last model object seen)."""
+        if self._ref_model is not model:
             self._ref = self._outputs(model)
-            self._ref_key = id(model)
+            self._ref_model = model
         return self._ref
 
     def loss_of_model(self, full, pruned) -> float:

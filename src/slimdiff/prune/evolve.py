@@ -20,10 +20,14 @@ Interpretations (the paper leaves them open; each is a parameter or stated here)
 - Only units whose removal saves time (dLatency > 0) are ranked; ties break by forward order.
 - An add must keep LUT(net) <= target (so adds never undo the target); the next best unit is
   tried when a copy is refused by `insert_unit` or does not fit. A copy is first assumed to
-  cost what removing its source saves (same signature, same table entry) to skip hopeless
-  copies without building them; the built copy is then checked with the table itself. When no add fits, the search
-  stops: the target is met and no unit can be afforded. The loop also stops after
-  `max_rounds`, and raises when the network is over target and no removal saves time.
+  cost what removing its source saves (same signature, same table entry), which skips hopeless
+  copies without building them; a built copy is then checked with the table itself. When no
+  add fits, the search stops: the target is met and no unit can be afforded. The loop also
+  stops after `max_rounds`, and raises when the network is over target and no removal saves time.
+- Robust training happens before the search (`robust_train`) or between rounds (`train_fn`);
+  the paper interleaves it with every evolving iteration, which `train_fn` reproduces.
+- Unit names are positional (an edit can renumber a layer's units), so each action also
+  records the teacher unit it concerns (`unit_sources` of the edited network).
 - `allow_add=False` gives the remove-only variant.
 
 The network edits go through an `Editor` (default: `slimdiff.unet`'s `remove_units` and
@@ -195,6 +199,9 @@ def evolve(
         if progress is not None:
             progress(act)
         model, latency, score = new, new_latency, new_score
+    else:
+        if latency > target:
+            stop += f"; target not met ({latency:.3f} ms > {target:.3f} ms)"
     result = EvolveResult(target, actions, rounds, initial_latency, latency, initial_score, score, stop)
     return model, result
 

@@ -10,15 +10,19 @@
    `remove_units`;
 5. remove it, and measure the budget actually removed.
 
-Budget accounting. A budget is a pruning ratio of one metric of the WHOLE U-Net:
+Budget accounting. A budget is a pruning ratio of one metric of the WHOLE U-Net (stem and
+samplers included, so a ratio the candidates cannot reach raises `BudgetError`):
 - `params`: parameter count. cost(u) = parameters of unit u.
-- `flops`: FLOPs of one forward pass at the model's sample size (attention matmuls included),
-  from `slimdiff.profile`. cost(u) = F(model) - F(model - u).
+- `flops`: FLOPs (2 x MACs, attention matmuls included) of one forward at the model's sample
+  size and `context_length` text tokens, counted by `slimdiff.profile.profile_unet`.
+  cost(u) = the FLOPs counted inside unit u.
 - `latency`: milliseconds predicted by the latency lookup table (`slimdiff.profile.LatencyLUT`).
-  cost(u) = LUT(model) - LUT(model - u).
+  cost(u) = the table's entry for unit u (`lut.breakdown`); the total includes the stem overhead.
 predicted ratio = sum_{u in S} cost(u) / total (what the knapsack assumed: additive costs);
-measured ratio  = 1 - metric(model - S) / metric(model) (the metric of the edited network).
-They differ when removals interact (e.g. a skip that is no longer stored). Both go in the recipe.
+measured ratio  = 1 - metric(model - S) / metric(model), the metric recomputed on the edited
+network (for latency: the table's prediction for it; with `wallclock=True` the timed ratio is
+added as `measured_other["latency_wallclock"]`). They differ when removals interact (a unit
+whose input changes, a skip no longer stored). Both go in the recipe.
 Costs can be injected (`BudgetAccount(...)`) so the search is testable without a profiler.
 """
 
@@ -118,7 +122,8 @@ class BudgetAccount:
         return sum(self.unit_costs[u] for u in removed) / self.total
 
     @classmethod
-    def build(cls, model, metric: str, candidates: Sequence[str], lut=None, context_length: int = 77) -> "BudgetAccount":
+    def build(cls, model, metric: str, candidates: Sequence[str], lut=None,
+              context_length: int = 77) -> "BudgetAccount":
         """Per-unit costs of `candidates` in `metric` (module docstring)."""
         model = as_slim(model)
         if metric == "params":

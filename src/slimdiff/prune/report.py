@@ -100,19 +100,21 @@ def plot_unit_scores(
         norm = Normalize(vals.min() if len(vals) else 0, vals.max() if len(vals) else 1)
 
     fig, ax = plt.subplots(figsize=(1.1 * len(blocks) + 2.5, 0.5 * len(rows) + 1.8))
-    ax.imshow(np.where(present & np.isnan(grid), 0.0, np.nan), cmap="Greys", vmin=0, vmax=4, aspect="auto")
+    # grey: a unit that exists but has no score (not a candidate); white: no unit there
+    ax.imshow(np.where(present & np.isnan(grid), 1.0, np.nan), cmap="Greys", vmin=0, vmax=4, aspect="auto")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", norm=norm, aspect="auto")
     for n in removed:
         b, r = split_name(n)
         if b in blocks and r in rows:
-            ax.text(blocks.index(b), rows.index(r), "x", ha="center", va="center", color="red", fontsize=16, weight="bold")
+            ax.text(blocks.index(b), rows.index(r), "x", ha="center", va="center", color="red", fontsize=16,
+                    weight="bold")
     for (i, j), v in np.ndenumerate(grid):
         if not math.isnan(v):
             ax.text(j, i + 0.32, f"{v:.2g}", ha="center", va="center", color="white", fontsize=6)
     ax.set_xticks(range(len(blocks)), blocks)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("block (forward order)")
-    ax.set_title(title + ("   (x = removed)" if removed else ""))
+    ax.set_title(title + ("   (x = removed; grey = not scored)" if removed else "   (grey = not scored)"))
     fig.colorbar(im, ax=ax, label="score (lower = removed first)")
     fig.tight_layout()
     path = Path(path)

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from slimdiff.io import atomic_path
 
 # keys of a training log that are bookkeeping, not loss terms
-NON_LOSS_KEYS = {"step", "epoch", "lr", "learning_rate", "time", "elapsed", "steps_per_s", "samples_per_s",
-                 "grad_norm", "tokens", "images"}
+NON_LOSS_KEYS = {"step", "epoch", "lr", "learning_rate", "time", "time_s", "elapsed", "steps_per_s",
+                 "samples_per_s", "grad_norm", "tokens", "images"}
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -67,11 +67,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def loss_keys(records: Sequence[dict]) -> list[str]:
     """The loss terms of a log: numeric keys with 'loss' in their name, else every numeric
-    key that is not bookkeeping (NON_LOSS_KEYS); in order of first appearance."""
+    key that is not bookkeeping (NON_LOSS_KEYS); in order of first appearance. Terms that are
+    zero throughout (a loss switched off with weight 0) are left out."""
     numeric = [k for r in records for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     numeric = list(dict.fromkeys(numeric))
     with_loss = [k for k in numeric if "loss" in k.lower()]
-    return with_loss or [k for k in numeric if k not in NON_LOSS_KEYS]
+    keys = with_loss or [k for k in numeric if k not in NON_LOSS_KEYS]
+    return [k for k in keys if any(r.get(k) not in (None, 0, 0.0) for r in records)]
 
 
 def plot_loss_curves(

@@ -78,16 +78,27 @@ def _sections(extra: Mapping[str, Section] | Sequence[tuple[str, Section]] | Non
     return list(extra.items()) if isinstance(extra, Mapping) else [tuple(s) for s in extra]
 
 
-def _text_html(text: str) -> str:
-    """Plain text -> HTML paragraphs; a paragraph whose lines are all indented becomes <pre>."""
-    parts = []
-    for para in str(text).strip().split("\n\n"):
+def _paragraphs(text: str) -> list[tuple[bool, str]]:
+    """Split text on blank lines; (preformatted, paragraph): a paragraph with an indented line
+    (code, JSON, an aligned table) keeps its layout."""
+    out = []
+    for para in str(text).strip("\n").split("\n\n"):
         lines = para.split("\n")
-        if all(line.startswith("    ") for line in lines):
-            parts.append("<pre>" + html.escape("\n".join(line[4:] for line in lines)) + "</pre>")
-        else:
-            parts.append("<p>" + html.escape(para).replace("\n", "<br>\n") + "</p>")
-    return "\n".join(parts)
+        out.append((any(line[:1] in (" ", "\t") for line in lines), para))
+    return out
+
+
+def _text_html(text: str) -> str:
+    """Plain text -> HTML: <pre> for preformatted paragraphs, else <p> with line breaks."""
+    return "\n".join(
+        f"<pre>{html.escape(para)}</pre>" if pre else "<p>" + html.escape(para).replace("\n", "<br>\n") + "</p>"
+        for pre, para in _paragraphs(text)
+    )
+
+
+def _text_md(text: str) -> str:
+    """Plain text -> markdown: preformatted paragraphs fenced as code, the rest as is."""
+    return "\n\n".join(f"```\n{para}\n```" if pre else para for pre, para in _paragraphs(text))
 
 
 def write_report(
@@ -110,7 +121,8 @@ def write_report(
     `images`: model name -> its images, every list for the same `prompts` and seeds, drawn
     side by side in `samples.png` (at most `max_grid_rows` prompts).
     `plots`: caption -> PNG path (e.g. from `plot_bars` / `plot_loss_curves`).
-    `extra_sections`: title -> text (paragraphs; indented lines as code) or a list of row dicts
+    `extra_sections`: title -> text (paragraphs split by blank lines; a paragraph with indented
+    lines, such as `json.dumps(settings, indent=2)`, is kept preformatted) or a list of row dicts
     (drawn as a table); given as a dict or a list of (title, body) pairs, in order.
     """
     out_dir = Path(out_dir)
@@ -119,7 +131,7 @@ def write_report(
     md: list[str] = [f"# {title}", ""]
     body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
     if intro:
-        md += [intro.strip(), ""]
+        md += [_text_md(intro), ""]
         body.append(_text_html(intro))
 
     # 1. the metrics table
@@ -161,7 +173,7 @@ def write_report(
         md += [f"## {name}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         if isinstance(content, str):
-            md += [content.strip(), ""]
+            md += [_text_md(content), ""]
             body.append(_text_html(content))
         else:
             md += [markdown_table(list(content)), ""]
