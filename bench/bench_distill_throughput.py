@@ -94,6 +94,7 @@ def main(argv=None) -> int:
                 checkpoint_every=0, seed=0, threads=args.threads)
 
     # 2. the three runs
+    load_before = os.getloadavg()[0]
     rows = {}
     print(f"distillation throughput on the {world}: {args.steps} steps, batch {args.batch_size}")
     rows["no cache"] = child({**base, "out": str(work / "plain"), "max_steps": args.steps})
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         f"feature KD); global batch {args.batch_size}; {args.toy_size} toy training scenes.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"threads {args.threads or torch.get_num_threads()}, load average before the runs "
-        f"{os.getloadavg()[0]:.1f} (the cores are shared; absolute numbers vary with other jobs).",
+        f"{load_before:.1f} (the cores are shared; absolute numbers vary with other jobs).",
         "",
         "| run | steps | steps/s (after step 1) | wall s (incl. set-up) | peak RSS MiB |",
         "|---|---:|---:|---:|---:|",

@@ -26,7 +26,7 @@ def weights(out):
 
 def test_identical_teacher_and_student_give_zero_kd_losses(make_config, tiny_pipe, tmp_path):
     cfg = make_config(tmp_path / "o", student=str(tiny_pipe), max_steps=1, lambda_task=0.0, lambda_mid=1.0,
-                      checkpoint_every=0)
+                      gradient_checkpointing=True)
     record = read_log(distill(cfg, progress=False).log_path)[0]
     assert record["loss_out"] == 0.0 and record["loss_feat"] == 0.0 and record["loss_mid"] == 0.0
 
@@ -110,3 +110,28 @@ def test_bad_input_stops_before_training(make_config, tiny_pipe, tmp_path):
             Trainer(make_config(out, **overrides), progress=False)
         assert not (out / "train_log.jsonl").exists()
     shutil.rmtree(mismatch)
+
+
+def test_in_memory_api_with_a_preset_student(tiny_pipe, tmp_path):
+    """What `slimdiff demo` does: models in memory, bk-small (no mid block), bf16, checkpointing."""
+    from diffusers import StableDiffusionPipeline
+
+    from slimdiff.distill import DistillConfig
+    from slimdiff.unet import apply_preset, load_pipeline
+
+    pipe = load_pipeline(tiny_pipe)
+    student, _ = apply_preset(pipe.unet, "bk-small")
+    cfg = DistillConfig(teacher="in-memory tiny", student=None, toy_size=8, out=str(tmp_path / "o"), batch_size=2,
+                        max_steps=2, checkpoint_every=0, mixed_precision="bf16", gradient_checkpointing=True,
+                        stochastic_depth=0.5, ema_decay=0.99)
+    result = distill(cfg, teacher=pipe.unet, student=student, pipeline=pipe, progress=False)
+    assert result.student is student and not student.training
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float32  # the caller's stay float32
+    assert set(result.feature_map) == {f"down.{k}" for k in range(4)} | {f"up.{k}" for k in range(4)}
+    saved = StableDiffusionPipeline.from_pretrained(result.pipeline_dir)
+    assert saved.unet.config.mid_block_type is None and saved.vae.dtype == torch.float32
+    recipe = json.loads((result.out / "recipe.json").read_text())
+    assert recipe["distill"]["block_map_source"] == "inheritance" and "inheritance" in recipe
+    with pytest.raises(ValueError, match="no mid block"):
+        Trainer(DistillConfig(teacher="x", student=None, toy_size=8, out=str(tmp_path / "m"), lambda_mid=1.0),
+                teacher=pipe.unet, student=student, pipeline=pipe, progress=False)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from unet_tiny import run
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from slimdiff.cli import main
@@ -25,7 +24,7 @@ def pipe_dir(tmp_path_factory):
     return tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipe")
 
 
-def test_save_load_round_trips(unet, inputs, tmp_path):
+def test_save_load_round_trips(unet, inputs, tmp_path, run):
     plain = remove_units(unet, ["mid"])  # expressible: mid_block_type=None
     odd = insert_unit(unet, "mid.attn", "mid.attn")  # not expressible
     for student, cls in ((plain, UNet2DConditionModel), (odd, SlimUNet2DConditionModel)):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from unet_tiny import make_unet, run
 from diffusers.models.attention_processor import AttnProcessor
 
 from slimdiff.unet import (
@@ -16,7 +15,7 @@ from slimdiff.unet import (
 )
 
 
-def test_import_is_lossless(unet, inputs):
+def test_import_is_lossless(unet, inputs, run):
     slim = SlimUNet2DConditionModel.from_diffusers(unet)
     assert sum(p.numel() for p in slim.parameters()) == sum(p.numel() for p in unet.parameters())
     assert (run(slim, inputs) - run(unet, inputs)).abs().max() <= 1e-5
@@ -26,7 +25,7 @@ def test_import_is_lossless(unet, inputs):
         assert torch.equal(tensor, teacher[slim.inheritance[name]])
 
 
-def test_import_odd_sizes_and_options(inputs):
+def test_import_odd_sizes_and_options(inputs, run, make_unet):
     # odd latent sizes (upsample_size path), SD-2 style linear projections and per-block heads
     unet = make_unet(seed=3, use_linear_projection=True, attention_head_dim=(1, 2, 4, 4))
     slim = to_slim(unet)
@@ -37,7 +36,7 @@ def test_import_odd_sizes_and_options(inputs):
     assert isinstance(out, tuple) and out[0].shape == x.shape
 
 
-def test_import_then_export_is_identity(unet, inputs):
+def test_import_then_export_is_identity(unet, inputs, run):
     back = to_diffusers(to_slim(unet))
     for key in ("block_out_channels", "down_block_types", "up_block_types"):
         assert list(back.config[key]) == list(unet.config[key])
@@ -102,7 +101,7 @@ def test_module_output_tensor():
     assert module_output_tensor(type("O", (), {"sample": t})()) is t
 
 
-def test_gradient_checkpointing_and_attn_processor(unet, inputs):
+def test_gradient_checkpointing_and_attn_processor(unet, inputs, run):
     slim = to_slim(unet).train()
     x, t, c = inputs
     slim(x, t, c).sample.square().mean().backward()

@@ -4,18 +4,18 @@ import json
 
 import pytest
 import torch
-from unet_tiny import TINY, run
 from diffusers import UNet2DConditionModel
 
 from slimdiff.unet import PRESETS, apply_preset, get_module, load_unet, save_unet, to_diffusers
 from slimdiff.unet.builtins import SD15_CONFIG, SD21_BASE_CONFIG
 
 CA, DOWN, CA_UP, UP = "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"
-# BK-SDM's released diffusers configs, written independently of slimdiff's export code
-BK_CONFIGS = {
-    "bk-base": dict(TINY, layers_per_block=1),
-    "bk-small": dict(TINY, layers_per_block=1, mid_block_type=None),
-    "bk-tiny": dict(TINY, layers_per_block=1, mid_block_type=None, block_out_channels=(8, 16, 32),
+# BK-SDM's released diffusers configs (as changes to the teacher's), written independently of
+# slimdiff's export code
+BK_CHANGES = {
+    "bk-base": dict(layers_per_block=1),
+    "bk-small": dict(layers_per_block=1, mid_block_type=None),
+    "bk-tiny": dict(layers_per_block=1, mid_block_type=None, block_out_channels=(8, 16, 32),
                     down_block_types=(CA, CA, CA), up_block_types=(CA_UP, CA_UP, CA_UP)),
 }
 
@@ -31,11 +31,11 @@ def bk_source(name: str, preset: str) -> str:
     return ".".join(parts)
 
 
-@pytest.mark.parametrize("preset", list(BK_CONFIGS))
-def test_bk_presets_equal_bk_sdm(unet, inputs, preset, tmp_path):
+@pytest.mark.parametrize("preset", list(BK_CHANGES))
+def test_bk_presets_equal_bk_sdm(unet, inputs, preset, tmp_path, run, tiny_config):
     student, info = apply_preset(unet, preset)
     teacher = unet.state_dict()
-    ref = UNet2DConditionModel(**BK_CONFIGS[preset]).eval()
+    ref = UNet2DConditionModel(**{**tiny_config, **BK_CHANGES[preset]}).eval()
     ref.load_state_dict({n: teacher[bk_source(n, preset)] for n in ref.state_dict()})
     expected = run(ref, inputs)
     assert (run(student, inputs) - expected).abs().max() <= 1e-5
@@ -50,7 +50,7 @@ def test_bk_presets_equal_bk_sdm(unet, inputs, preset, tmp_path):
     assert recipe["inheritance"] == {n: bk_source(n, preset) for n in ref.state_dict()}  # in diffusers names
 
 
-def test_snapfusion_topology(unet, inputs, tmp_path):
+def test_snapfusion_topology(unet, inputs, tmp_path, run):
     student, info = apply_preset(unet, "snapfusion")
     units = student.units()
     count = lambda kind, pred: sum(u.kind == kind and pred(u) for u in units)  # noqa: E731

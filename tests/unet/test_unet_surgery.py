@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from unet_tiny import run
-
 from diffusers.models.resnet import ResnetBlock2D
 
 from slimdiff.unet import (
@@ -17,13 +15,13 @@ from slimdiff.unet import (
 )
 
 
-def test_removing_nothing_is_identity(unet, inputs):
+def test_removing_nothing_is_identity(unet, inputs, run):
     student = remove_units(unet, [])
     assert torch.equal(run(student, inputs), run(unet, inputs))
     assert student is not to_slim(unet)
 
 
-def test_removal_is_structural(unet, inputs):
+def test_removal_is_structural(unet, inputs, run):
     slim = to_slim(unet)
     student = remove_units(slim, ["down.1.layer.1.attn", "mid"])
     names = [u.name for u in student.units()]
@@ -86,7 +84,7 @@ def test_inheritance_composes_back_to_the_teacher(unet):
         assert torch.equal(tensor, teacher[inh[name]])
 
 
-def test_insert_unit(unet, inputs):
+def test_insert_unit(unet, inputs, run):
     student = insert_unit(unet, "up.1.layer.0.attn", "up.1.layer.0.attn")
     source = get_module(unet, "up.1.layer.0.attn")
     assert student.num_parameters() - unet.num_parameters() == source.num_parameters()
@@ -123,7 +121,7 @@ class WideShortcutResnet(ResnetBlock2D):
         super().__init__(conv_shortcut=False, use_in_shortcut=True, **kwargs)
 
 
-def test_replace_unit_with_a_registered_type(unet, inputs, tmp_path):
+def test_replace_unit_with_a_registered_type(unet, inputs, tmp_path, run):
     register_unit_type("wide_shortcut_resnet", WideShortcutResnet, role="resnet")
     student = replace_unit(unet, "down.1.layer.1.resnet", "wide_shortcut_resnet")
     info = {u.name: u for u in student.units()}["down.1.layer.1.resnet"]

@@ -130,12 +130,15 @@ def resolve_block_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[st
     for key in ("block_map", "feat_map"):
         if isinstance(recipe.get(key), dict) and recipe[key]:
             return {s: t for s, t in recipe[key].items() if s in s_blocks and t in t_blocks}, f"recipe.json {key}"
-    inheritance = getattr(student, "inheritance", None) or recipe.get("inheritance")
-    if isinstance(inheritance, dict) and inheritance:
-        found = block_map_from_inheritance(inheritance)
-        found = {s: t for s, t in found.items() if s in s_blocks and t in t_blocks}
-        if found:
-            return found, "inheritance"
+    # a slim model's own `inheritance` is the identity unless it was made by an edit (then it is
+    # the real record); an identity mapping says nothing, so it falls through to the next source
+    for source, inheritance in (("inheritance", getattr(student, "inheritance", None)),
+                                ("recipe.json inheritance", recipe.get("inheritance"))):
+        if isinstance(inheritance, dict) and any(k != v for k, v in inheritance.items()):
+            found = block_map_from_inheritance(inheritance)
+            found = {s: t for s, t in found.items() if s in s_blocks and t in t_blocks}
+            if found:
+                return found, source
     return structural_block_map(s_blocks, t_blocks), "structure"
 
 

@@ -18,6 +18,7 @@ batch b see what 1 process with batch N*b sees (the losses are batch means, DDP 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -167,6 +168,9 @@ class Trainer:
         # 3. models and pipeline parts (checks: paths, teacher/student compatibility)
         self.parts: Parts = load_parts(cfg, teacher, student, pipeline)
         p = self.parts
+        if self.dtype != torch.float32 and (teacher is not None or pipeline is not None):
+            # the frozen parts are cast below; copy the caller's own modules so theirs stay float32
+            p.teacher, p.vae, p.text_encoder = (copy.deepcopy(m) for m in (p.teacher, p.vae, p.text_encoder))
         self.teacher, self.student = p.teacher, p.student
         self.noise_scheduler = _noise_scheduler(p.scheduler_config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
@@ -187,7 +191,8 @@ class Trainer:
         # 5. feature maps (checks: every name exists in its model)
         self.block_map, self.block_map_source = resolve_block_map(self.student, self.teacher, p.input_recipe)
         if cfg.lambda_feat > 0:
-            self.feat_map = dict(cfg.feat_map) if cfg.feat_map else default_feature_map(self.block_map, self.student, self.teacher)
+            self.feat_map = dict(cfg.feat_map) if cfg.feat_map else \
+                default_feature_map(self.block_map, self.student, self.teacher)
             if not self.feat_map:
                 raise ValueError(f"no student block has a teacher counterpart (block map from "
                                  f"{self.block_map_source}: {self.block_map}); give --feat-map STUDENT=TEACHER ...")
@@ -307,7 +312,10 @@ class Trainer:
         x_t = self.noise_scheduler.add_noise(latents, noise, t)  # sqrt(ab) x0 + sqrt(1 - ab) eps
         if self.stochastic is not None:
             self.stochastic.set_skipped(self.stochastic.sample(random_generator(cfg.seed, position, _DEPTH)))
-        # 3. student (wrapped) and teacher (plain, no grad)
+        # 3. student (wrapped) and teacher (plain, no grad); hooks fill the recorders
+        for rec in (self.s_rec, self.t_rec):
+            if rec is not None:
+                rec.pop()  # drop what gradient-checkpointing recomputation may have left
         pred_s = self.model(x_t, t, encoder_hidden_states=text).sample  # (b, C, h, w)
         s_feats = self.s_rec.pop() if self.s_rec else {}
         terms: dict[str, torch.Tensor] = {}

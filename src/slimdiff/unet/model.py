@@ -75,7 +75,7 @@ def _default_blocks() -> dict:
 
 
 class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
-    """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted and renamed freely.
+    """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted or replaced.
 
     Config: the diffusers-like top-level settings (`in_channels`, `out_channels`, `sample_size`,
     `time_cond_proj_dim`, ...; `model_channels` = conv_in's output width = diffusers'
