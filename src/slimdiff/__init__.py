@@ -13,4 +13,10 @@ def __getattr__(name):
         from . import unet
 
         return getattr(unet, name)
+    if name == "ModelMixin":
+        # diffusers' pipeline loader resolves ["slimdiff", "SlimUNet2DConditionModel"] in
+        # model_index.json, then looks up its loadable base classes (ModelMixin) in this module.
+        from diffusers import ModelMixin
+
+        return ModelMixin
     raise AttributeError(f"module 'slimdiff' has no attribute {name!r}")

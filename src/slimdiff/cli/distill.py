@@ -1,7 +1,11 @@
 """`slimdiff distill`: train a pruned student to imitate its teacher (BK-SDM, LAPTOP-Diff, A-SDM).
 
     slimdiff distill --teacher toy --student runs/bk-small --data toy --out runs/kd --max-steps 2000
-    accelerate launch --num_processes 2 -m slimdiff distill ...        # DDP (FSDP: accelerate config)
+    accelerate launch --multi_gpu --num_processes 2 -m slimdiff distill ...   # DDP (FSDP: accelerate config)
+    accelerate launch --multi_gpu --num_processes 2 -m slimdiff distill --cpu ...   # 2 CPU processes (gloo)
+
+(`accelerate launch --cpu --num_processes 2` starts a single process unless mpirun is set up; the
+`--cpu` of `slimdiff distill` after the module name is what puts torchrun's workers on the CPU.)
 """
 
 from __future__ import annotations

@@ -260,6 +260,9 @@ class Trainer:
         # stepped once per optimiser step by us (not prepared: accelerate would step it per process)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_steps)
+        if cfg.ema_decay and acc.distributed_type.value == "FSDP":
+            raise ValueError("ema_decay with FSDP is not supported (the EMA keeps unsharded copies); "
+                             "use DDP or drop --ema-decay")
         self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
         self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
         acc.register_for_checkpointing(self.lr_scheduler, *([self.ema] if self.ema else []))

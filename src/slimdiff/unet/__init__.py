@@ -10,10 +10,6 @@ Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
 `mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
 """
 
-from diffusers import ModelMixin as _ModelMixin
-
-import slimdiff as _slimdiff
-
 from .access import block_names, get_module, list_units, module_names, module_output_tensor
 from .export import is_expressible, to_diffusers
 from .model import SlimUNet2DConditionModel, register_unit_type
@@ -29,10 +25,3 @@ __all__ = [
     "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
     "PRESETS", "apply_preset",
 ]
-
-# diffusers' pipeline loader resolves `["slimdiff", "SlimUNet2DConditionModel"]` in model_index.json
-# and then finds the load method by looking up `ModelMixin` in that same library (`slimdiff`);
-# resolving the class imports this module first, so the name is in place when it is looked up.
-# (Belongs in slimdiff/__init__.py's lazy exports; kept here until it is there.)
-if not hasattr(_slimdiff, "ModelMixin"):
-    _slimdiff.ModelMixin = _ModelMixin
