@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from slimdiff.distill import distill

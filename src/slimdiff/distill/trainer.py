@@ -41,7 +41,7 @@ from slimdiff.distill.features import FeatureRecorder, check_shapes, default_fea
 from slimdiff.distill.loading import Parts, load_parts
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
-from slimdiff.io import atomic_write, write_json
+from slimdiff.io import atomic_write
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams

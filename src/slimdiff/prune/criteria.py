@@ -41,10 +41,10 @@ def removable_units(model, kinds: Sequence[str] = CANDIDATE_KINDS) -> list[str]:
     """Names of the units of `kinds` whose removal alone keeps the network well formed
     (`remove_units` accepts it), in forward order. Refused units are not candidates.
 
-    Removability depends on the structure only, so the answer is cached per structure
-    (each check builds a network: ~0.1 s for a tiny U-Net, seconds for SD-1.5).
+    Removability depends on the structure only (`check_removal` validates without building),
+    and the answer is cached per structure.
     """
-    from slimdiff.unet import UNetEditError, remove_units
+    from slimdiff.unet import UNetEditError, check_removal
 
     model = as_slim(model)
     key = json.dumps([model.config.blocks, model.base_config(), list(kinds)], sort_keys=True, default=str)
@@ -54,7 +54,7 @@ def removable_units(model, kinds: Sequence[str] = CANDIDATE_KINDS) -> list[str]:
             if info.kind not in kinds:
                 continue
             try:
-                remove_units(model, [info.name])
+                check_removal(model, [info.name])
             except UNetEditError:
                 continue
             out.append(info.name)

@@ -16,12 +16,12 @@ from .model import SlimUNet2DConditionModel, register_unit_type
 from .structure import UNetEditError, UnitInfo
 from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
 from .presets import PRESETS, apply_preset
-from .surgery import insert_unit, remove_units, replace_unit, to_slim
+from .surgery import check_removal, insert_unit, remove_units, replace_unit, to_slim
 
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
     "get_module", "module_names", "module_output_tensor", "block_names", "list_units",
-    "to_diffusers", "is_expressible", "remove_units", "insert_unit", "replace_unit", "to_slim",
+    "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
     "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
     "PRESETS", "apply_preset",
 ]

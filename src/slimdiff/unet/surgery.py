@@ -65,6 +65,14 @@ def _unit_sets(blocks: dict) -> dict[str, list[str]]:
     return out
 
 
+def _untagged(blocks: dict) -> dict:
+    """A copy of a tagged structure without the `_from` tags (for validation only)."""
+    blocks = copy.deepcopy(blocks)
+    for _, _, unit in iter_units(blocks):
+        unit.pop("_from", None)
+    return blocks
+
+
 def _tag(unit: dict, name: str) -> dict:
     return {**copy.deepcopy(unit), "_from": name}
 
@@ -75,7 +83,16 @@ def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
     Raises `UNetEditError` naming the unit and the reason when the result is ill formed, and
     listing valid names when a name is unknown. `remove_units(m, [])` is an equivalent copy.
     """
-    model = _view(model)
+    return _remove(_view(model), names, build=True)
+
+
+def check_removal(model: nn.Module, names: list[str] | tuple[str, ...] | str) -> None:
+    """Raise `UNetEditError` exactly when `remove_units(model, names)` would, without building
+    anything (a structural check: milliseconds even for SD-1.5). Used by searches to list candidates."""
+    _remove(_view(model), names, build=False)
+
+
+def _remove(model, names, build: bool):
     names = [names] if isinstance(names, str) else list(names)
     old = model.config.blocks
     sets = _unit_sets(old)
@@ -132,6 +149,9 @@ def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
 
     # 3. validate and build; a misfit names the removed unit that changes channels, if any
     try:
+        if not build:
+            labels = {name: unit["_from"] for name, _, unit in iter_units(new)}
+            return validate(_untagged(new), model.config.model_channels, labels=labels)
         return _rebuild(model, new)
     except UNetEditError as e:
         changers = []
