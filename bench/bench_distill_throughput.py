@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     lines += ["", f"Cache hit vs no cache: **{speedup:.2f}x** steps/s. The fill run pays the encoders once per item "
               "plus the disk writes; later epochs skip image rendering, the VAE encoder and the text encoder. "
               "The latent is still sampled every step from the cached distribution (mean, log-variance), so "
-              "cached and uncached runs are the same computation (tests/distill/test_trainer.py).", ""]
+              "cached and uncached runs are the same computation (tests/distill/test_distill_trainer.py).", ""]
     out = Path(args.out)
     from slimdiff.io import atomic_write
 

@@ -113,6 +113,8 @@ def main() -> None:
         r["flops_ratio"] = base["flops"] / r["flops"]
         r["params_ratio"] = base["params"] / r["params"]
         r["lut_error"] = r["predicted_ms"] / r["latency_ms"] - 1
+        r["predicted_speedup"] = base["predicted_ms"] / r["predicted_ms"]
+        r["speedup_error"] = r["predicted_speedup"] / r["speedup"] - 1
     meta = {
         "teacher": args.teacher,
         "settings": {**asdict(settings), "threads": threads, "latent_size": settings.latent,
@@ -141,15 +143,15 @@ def render_md(meta: dict, rows: dict) -> str:
         f"included. Run {meta['date']}, {meta['wall_s']} s.",
         "",
         "| model | params (M) | GFLOPs | FLOPs ratio | latency (ms) | speedup | speedup (min) | LUT predicted (ms) "
-        "| LUT error | LUT entries added |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| LUT error | LUT speedup | LUT speedup error | LUT entries added |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
         added = f"{r['lut_entries_added']} ({100 * r['lut_added_share']:.0f}% of pred.)" if r["lut_entries_added"] else "0"
         lines.append(
             f"| {name} | {r['params'] / 1e6:.1f} | {r['flops'] / 1e9:.1f} | {r['flops_ratio']:.2f}x | "
             f"{r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['speedup_of_min']:.2f}x | {r['predicted_ms']:.0f} | "
-            f"{100 * r['lut_error']:+.1f}% | {added} |"
+            f"{100 * r['lut_error']:+.1f}% | {r['predicted_speedup']:.2f}x | {100 * r['speedup_error']:+.1f}% | {added} |"
         )
     lines += [
         "",
@@ -158,7 +160,10 @@ def render_md(meta: dict, rows: dict) -> str:
         "model FLOPs.",
         f"- LUT: built from {meta['teacher']} alone ({meta['lut_unit_entries_from_teacher']} unit signatures + stem "
         "overhead), before the round-robin timings; a preset unit whose signature the teacher lacks is measured "
-        "into the table first (`LatencyLUT.extend`, last column). Error = predicted / measured median - 1.",
+        "into the table first (`LatencyLUT.extend`, last column). LUT error = predicted / measured median - 1: "
+        "it includes any change of machine load between the table's timings and the round-robin ones (the "
+        "teacher's own row shows that drift). LUT speedup = predicted(teacher) / predicted(model); its error "
+        "against the measured speedup is free of that drift, and is what a search comparing candidates uses.",
         f"- Machine: {'; '.join(meta['machine_load'])}. A load above the core count means other jobs shared "
         "the cores: absolute numbers are noisy; compare ratios within this run.",
         "",

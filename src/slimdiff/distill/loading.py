@@ -116,14 +116,14 @@ def load_parts(config: DistillConfig, teacher: nn.Module | None = None, student:
         teacher = pipeline.unet if source is not None and source == config.teacher else \
             _load("--teacher", config.teacher, load_unet)
     # 3. the student and the recipe it was made with
-    recipe: dict = {}
     if student is None:
         if config.student is None:
             raise ValueError("no student: set DistillConfig.student (e.g. a `slimdiff prune` output) or pass student=")
         student = _load("--student", config.student, load_unet)
-        recipe_path = Path(config.student) / "recipe.json"
-        if recipe_path.is_file():
-            recipe = read_json(recipe_path)
+    # the recipe of the directory the student came from (also when the caller passes it loaded)
+    recipe: dict = {}
+    if config.student is not None and (Path(config.student) / "recipe.json").is_file():
+        recipe = read_json(Path(config.student) / "recipe.json")
     if student is teacher:
         raise ValueError("teacher and student are the same object; load or copy the student separately")
     # 4. checks

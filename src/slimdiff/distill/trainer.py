@@ -151,6 +151,9 @@ class Trainer:
         # 2. resume: find the checkpoint first, so a mismatched config fails before loading anything
         self.resume_dir = ckpt.resolve_resume(cfg.resume, self.out)
         self.start_step = 0
+        if cfg.resume is None and ckpt.list_checkpoints(self.out / "checkpoints"):
+            raise ValueError(f"{self.out} holds checkpoints of an earlier run; continue it with --resume latest, "
+                             f"or choose another --out (or delete {self.out / 'checkpoints'})")
         if self.resume_dir is not None:
             state = ckpt.read_train_state(self.resume_dir)
             problems = cfg.resume_mismatches(state["config"])
@@ -370,9 +373,11 @@ class Trainer:
         batches = iter(loader)
         bar = _progress_bar(cfg.max_steps, self.start_step, enabled=self.progress and main)
         if self.progress and main:
-            bar.write(f"distill: {self.trainable_params:,} trainable parameters, {self.world} process(es), "
-                      f"global batch {cfg.batch_size * self.world * cfg.grad_accum}, feature map from "
-                      f"{self.block_map_source}" + (f", resuming at step {self.start_step}" if self.resume_dir else ""))
+            start = f"resuming at step {self.start_step}" if self.resume_dir else \
+                "no checkpoint yet: starting at step 0" if cfg.resume else "starting at step 0"
+            bar.write(f"distill: {self.trainable_params:,} trainable parameters, {self.world} process(es), global "
+                      f"batch {cfg.batch_size * self.world * cfg.grad_accum}, feature map from "
+                      f"{self.block_map_source}; {start}")
         record: dict = {}
         t0 = time.perf_counter()
         for step in range(self.start_step, cfg.max_steps):

@@ -67,6 +67,8 @@ def test_resume_continues_a_killed_run_exactly(make_config, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         distill(cfg, progress=False)
     monkeypatch.undo()
+    with pytest.raises(ValueError, match="--resume latest"):  # a fresh start would mix two runs' checkpoints
+        Trainer(make_config(tmp_path / "b", max_steps=6, checkpoint_every=3), progress=False)
     assert [r["step"] for r in read_log(tmp_path / "b" / "train_log.jsonl")] == [1, 2, 3, 4, 5]
     resumed = distill(make_config(tmp_path / "b", max_steps=6, checkpoint_every=3, resume="latest"), progress=False)
     assert losses_of(read_log(resumed.log_path)) == losses_of(read_log(straight.log_path))
