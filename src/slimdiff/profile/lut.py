@@ -77,7 +77,7 @@ class LatencyLUT:
             groups.setdefault(r.signature, []).append(r)
         for key, rows in groups.items():
             lut.units[key] = median([r.latency_ms for r in rows])
-            lut.meta[key] = {"source": rows[0].name, "samples_ms": [r.latency_ms for r in rows]}
+            lut.meta[key] = {"source": rows[0].name, "unit_medians_ms": [r.latency_ms for r in rows]}
         # stem overhead = whole - sum of the table's entries, so predict(profiled model) == whole
         whole = result.total.latency_ms
         lut.overhead[result.overhead_signature] = whole - sum(lut.units[r.signature] for r in result.units)

@@ -24,7 +24,6 @@ from .latency import DTYPES, capture_inputs, make_unet_inputs, median, num_threa
 from .signature import device_label, stem_signature, unit_signature
 from .units import ProfiledUnit, block_order, list_units, num_levels, num_params, text_width
 
-
 WHOLE = "__whole__"  # key of the whole-U-Net forward among the timed calls
 
 
@@ -37,8 +36,8 @@ class ProfileSettings:
     dtype: str = "float32"  # one of DTYPES; the safe default
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads; None keeps torch.get_num_threads()
-    warmup: int = 1  # untimed calls before timing (each unit and the whole forward)
-    repeats: int = 3  # timed calls; the median is reported
+    warmup: int = 1  # untimed rounds before timing (a round calls the whole forward and each unit once)
+    repeats: int = 3  # timed rounds; medians are reported
     context_length: int = 77  # text tokens (CLIP tokenizer max length)
     measure_latency: bool = True  # False: parameters and FLOPs only (one forward)
     seed: int = 0  # inputs are seeded random tensors
