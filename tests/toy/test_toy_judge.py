@@ -45,3 +45,19 @@ def test_score_counts_attributes_per_caption():
     assert set(HEADS) >= set(two.attributes())
     with pytest.raises(ValueError, match="2 images but 1 scenes"):
         judge.score(torch.zeros(2, 3, 32, 32), [one])
+
+
+@needs_judge
+def test_evaluate_toy_is_deterministic_and_batch_independent(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from slimdiff.testing import tiny_pipeline
+    from slimdiff.toy.evaluate import evaluate_toy
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline(tmp_path / "pipe"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(split="test", n=6, steps=2, guidance=3.0, seed=5, progress=False)
+    a = evaluate_toy(pipe, batch_size=6, **kw)
+    b = evaluate_toy(pipe, batch_size=4, **kw)
+    assert a == b
+    assert 0.0 <= a["alignment"] <= 1.0 and a["settings"]["n"] == 6

@@ -8,8 +8,10 @@ from slimdiff.unet.surgery import _unit_sets, to_slim
 
 def test_check_removal_agrees_with_remove_units(unet):
     slim = to_slim(unet)
-    names = list(_unit_sets(slim.config.blocks))
-    assert len(names) > 20
+    every = list(_unit_sets(slim.config.blocks))
+    assert len(every) > 20
+    # units, layers and blocks from both sides, accepted and refused ones (building is the slow part)
+    names = every[::4] + ["down.1.layer.0.resnet", "up.2.layer.0.resnet", "mid", "down.3"]
     refused = 0
     for name in names:
         try:
