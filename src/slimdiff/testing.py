@@ -1,7 +1,7 @@
 """Tiny seeded fixtures for tests: a U-Net with SD-1.5's block topology and a whole pipeline.
 
     from slimdiff.testing import tiny_unet, tiny_pipeline
-    unet = tiny_unet(seed=0)                      # diffusers UNet2DConditionModel, ~50K params
+    unet = tiny_unet(seed=0)                      # diffusers UNet2DConditionModel, ~350K params
     path = tiny_pipeline(tmp_path / "pipe")       # StableDiffusionPipeline.from_pretrained(path)
 
 Everything is random-weighted and builds in well under a second on a CPU.

@@ -4,17 +4,8 @@ fewer steps and images), and its resume behaviour."""
 import json
 
 import pytest
-import torch
 
 from slimdiff.demo import DemoConfig, run_demo
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_quick_end_to_end_and_resume(tmp_path):

@@ -8,15 +8,6 @@ import torch
 from slimdiff.distill import DistillConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def tiny_pipe(tmp_path_factory) -> Path:
     from slimdiff.testing import tiny_pipeline

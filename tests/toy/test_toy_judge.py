@@ -61,3 +61,17 @@ def test_evaluate_toy_is_deterministic_and_batch_independent(tmp_path):
     b = evaluate_toy(pipe, batch_size=4, **kw)
     assert a == b
     assert 0.0 <= a["alignment"] <= 1.0 and a["settings"]["n"] == 6
+
+
+@needs_judge
+def test_cli_toy_eval_writes_json(tmp_path):
+    import json
+
+    from slimdiff.cli import main
+    from slimdiff.testing import tiny_pipeline
+
+    path = tiny_pipeline(tmp_path / "pipe")
+    out = tmp_path / "result.json"
+    assert main(["toy", "eval", str(path), "-n", "3", "--steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) >= {"alignment", "all_correct", "per_attribute", "settings"}

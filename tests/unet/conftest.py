@@ -30,14 +30,6 @@ def _run(model, inputs) -> torch.Tensor:
         return model(*inputs).sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny_config() -> dict:
     return dict(TINY)

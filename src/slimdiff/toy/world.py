@@ -10,8 +10,8 @@ scene also has a position word; a two-object scene has a relation between its ob
 The first object named is always the left (or upper) one, so every caption has exactly one
 image layout and the judge can read attributes back per slot (slot 0 = first named object).
 
-Splits (`SPLITS`). Scenes are split by their *structure* (the caption with positions left out
-of the jitter: counts, layout and every object's attributes), hashed deterministically:
+Splits (`SPLITS`). Scenes are split by their *structure* (what the caption states: the layout
+and every object's size, colour and shape; not the exact pixel positions), hashed with SHA-256:
 - `train`: ~80% of structures, never containing a held-out colour-shape pair.
 - `validation`: ~10% of structures, also without held-out pairs.
 - `test`: the remaining ~10% of structures (compositions never seen whole in training) and,
