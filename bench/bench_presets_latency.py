@@ -10,7 +10,12 @@ count its parameters and FLOPs (one forward under the FLOP counter, which also s
 warm-up), then read the table's prediction (a unit signature the teacher lacks is measured
 into the table with `LatencyLUT.extend` first, and reported); (4) time the whole U-Net forward
 of all models round-robin (round r runs each model once) so that all see the same machine
-load; medians. Results: OUT.md and OUT.json.
+load; medians.
+
+Clock: by default one thread and process CPU time (`--clock cpu`): this machine is shared, and
+CPU time leaves out the time other jobs hold the core, so it estimates the latency of an
+unloaded core; elapsed (wall-clock) times of the same forwards are recorded beside it.
+Results: OUT.md, OUT.json and the table OUT_lut.json.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile import LatencyLUT, ProfileSettings, make_unet_inputs, profile_unet
-from slimdiff.profile.latency import median, num_threads, time_rounds
+from slimdiff.profile.latency import CLOCKS, median, num_threads
 from slimdiff.profile.units import list_units, text_width
 from slimdiff.unet import PRESETS, apply_preset, load_unet
 
@@ -44,9 +49,14 @@ def parse_args() -> argparse.Namespace:
         help="torch threads (default 1: on a shared machine one thread gives stable ratios; two threads "
         "wait on each other whenever another job holds a core. Pass 2 on an idle 2-core machine)",
     )
+    p.add_argument(
+        "--clock", choices=["cpu", "wall"], default="cpu",
+        help="clock of the LUT and of the main columns (default cpu: process CPU time, needs --threads 1; on a "
+        "shared machine it leaves out the time other jobs hold the core). Both clocks are recorded.",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the LUT's unit timings")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of the LUT's unit timings")
-    p.add_argument("--model-repeats", type=int, default=3, help="timed rounds of the whole-U-Net forwards")
+    p.add_argument("--model-repeats", type=int, default=5, help="timed rounds of the whole-U-Net forwards")
     p.add_argument("--out", default="docs/bench/presets_latency", help="writes OUT.md and OUT.json")
     return p.parse_args()
 
@@ -67,7 +77,7 @@ def main() -> None:
         teacher = teacher.to(dtype=getattr(torch, args.dtype))
     settings = ProfileSettings(
         resolution=args.resolution, latent_size=args.latent_size, batch=args.batch, dtype=args.dtype,
-        threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+        threads=args.threads, warmup=args.warmup, repeats=args.repeats, clock=args.clock,
     )
 
     # 2. the latency table, from the teacher alone (distinct unit signatures + stem overhead)
@@ -97,19 +107,30 @@ def main() -> None:
         }
         print(f"{name}: {prof.total.flops / 1e9:.1f} GFLOPs, LUT {predicted:.0f} ms")
 
-    # 4. measured whole forwards, round-robin over the models so that all see the same load
-    calls = {name: (lambda m=model, x=inputs[name]: x(m)) for name, model in models.items()}
-    with num_threads(settings.threads) as threads:
-        times = time_rounds(calls, 0, args.model_repeats, inputs[args.teacher].sample.device, print)
+    # 4. measured whole forwards, round-robin over the models so that all see the same load;
+    #    both clocks at once (the LUT's clock gives the main columns)
+    times = {c: {name: [] for name in models} for c in CLOCKS}
+    with num_threads(settings.threads) as threads, torch.inference_mode():
+        for r in range(args.model_repeats):
+            for name, model in models.items():
+                t0 = {c: now() for c, now in CLOCKS.items()}
+                inputs[name](model)
+                for c, now in CLOCKS.items():
+                    times[c][name].append((now() - t0[c]) * 1e3)
+            print(f"round {r + 1}/{args.model_repeats}")
     notes.append(f"end: {load_note()}")
+    lut.save(args.out + "_lut.json")
 
     # 5. ratios and report
+    main_times = times[settings.clock]
     base = rows[args.teacher]
-    base_ms, base_min = median(times[args.teacher]), min(times[args.teacher])
+    base_ms = median(main_times[args.teacher])
     for name, r in rows.items():
-        r.update(latency_ms=median(times[name]), latency_min_ms=min(times[name]), latency_samples_ms=times[name])
+        r["latency_ms"] = median(main_times[name])
+        r["latency_samples_ms"] = {c: times[c][name] for c in CLOCKS}
+        r["latency_median_ms"] = {c: median(times[c][name]) for c in CLOCKS}
         r["speedup"] = base_ms / r["latency_ms"]
-        r["speedup_of_min"] = base_min / r["latency_min_ms"]
+        r["speedup_by_clock"] = {c: median(times[c][args.teacher]) / median(times[c][name]) for c in CLOCKS}
         r["flops_ratio"] = base["flops"] / r["flops"]
         r["params_ratio"] = base["params"] / r["params"]
         r["lut_error"] = r["predicted_ms"] / r["latency_ms"] - 1
@@ -120,6 +141,7 @@ def main() -> None:
         "settings": {**asdict(settings), "threads": threads, "latent_size": settings.latent,
                      "model_repeats": args.model_repeats},
         "lut_unit_entries_from_teacher": teacher_entries,
+        "lut_overhead_ms": list(lut.overhead.values()),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -131,18 +153,22 @@ def main() -> None:
     print(render_md(meta, rows))
 
 
+CLOCK_NOTE = {"cpu": " (process CPU time with one thread: the latency of an unloaded core; other jobs' time on the core "
+                     "is left out)"}
+
+
 def render_md(meta: dict, rows: dict) -> str:
     s = meta["settings"]
     lines = [
         "# U-Net latency of the presets (`bench/bench_presets_latency.py`)",
         "",
         f"{meta['teacher']} and its presets at {s['resolution']}px (latent {s['latent_size']}x{s['latent_size']}), "
-        f"batch {s['batch']}, {s['dtype']}, CPU ({meta['cpu']}), {s['threads']} thread(s), torch {meta['torch']}. "
-        f"Whole U-Net forward: median of {s['model_repeats']} rounds (round-robin over the models, after one "
-        f"warm-up forward each). LUT unit entries: median of {s['repeats']}. FLOPs = 2 x MACs, attention matmuls "
-        f"included. Run {meta['date']}, {meta['wall_s']} s.",
+        f"batch {s['batch']}, {s['dtype']}, CPU ({meta['cpu']}), {s['threads']} thread(s), torch {meta['torch']}, "
+        f"clock: {s['clock']}{CLOCK_NOTE.get(s['clock'], '')}. Whole U-Net forward: median of {s['model_repeats']} "
+        f"rounds (round-robin over the models, after one warm-up forward each). LUT unit entries: median of "
+        f"{s['repeats']}. FLOPs = 2 x MACs, attention matmuls included. Run {meta['date']}, {meta['wall_s']} s.",
         "",
-        "| model | params (M) | GFLOPs | FLOPs ratio | latency (ms) | speedup | speedup (min) | LUT predicted (ms) "
+        "| model | params (M) | GFLOPs | FLOPs ratio | latency (ms) | speedup | wall-clock speedup | LUT predicted (ms) "
         "| LUT error | LUT speedup | LUT speedup error | LUT entries added |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -150,17 +176,17 @@ def render_md(meta: dict, rows: dict) -> str:
         added = f"{r['lut_entries_added']} ({100 * r['lut_added_share']:.0f}% of pred.)" if r["lut_entries_added"] else "0"
         lines.append(
             f"| {name} | {r['params'] / 1e6:.1f} | {r['flops'] / 1e9:.1f} | {r['flops_ratio']:.2f}x | "
-            f"{r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['speedup_of_min']:.2f}x | {r['predicted_ms']:.0f} | "
+            f"{r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['speedup_by_clock']['wall']:.2f}x | {r['predicted_ms']:.0f} | "
             f"{100 * r['lut_error']:+.1f}% | {r['predicted_speedup']:.2f}x | {100 * r['speedup_error']:+.1f}% | {added} |"
         )
     lines += [
         "",
-        "- speedup = teacher median / model median; speedup (min) = the same with each model's fastest round "
-        "(load only ever slows a run down, so the minimum is the least disturbed); FLOPs ratio = teacher FLOPs / "
-        "model FLOPs.",
+        "- speedup = teacher median / model median (main clock); wall-clock speedup = the same from elapsed "
+        "times of the same forwards; FLOPs ratio = teacher FLOPs / model FLOPs.",
         f"- LUT: built from {meta['teacher']} alone ({meta['lut_unit_entries_from_teacher']} unit signatures + stem "
         "overhead), before the round-robin timings; a preset unit whose signature the teacher lacks is measured "
-        "into the table first (`LatencyLUT.extend`, last column). LUT error = predicted / measured median - 1: "
+        f"into the table first (`LatencyLUT.extend`, last column). The table is saved next to this file "
+        f"(`_lut.json`); its stem overhead (whole - sum of units) is {meta['lut_overhead_ms'][0]:.0f} ms. LUT error = predicted / measured median - 1: "
         "it includes any change of machine load between the table's timings and the round-robin ones (the "
         "teacher's own row shows that drift). LUT speedup = predicted(teacher) / predicted(model); its error "
         "against the measured speedup is free of that drift, and is what a search comparing candidates uses.",

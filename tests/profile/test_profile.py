@@ -25,7 +25,7 @@ def test_flops_blocks_plus_other_equal_total(profile):
 
 
 @pytest.mark.parametrize("what", ["params", "flops", "latency"])
-@pytest.mark.parametrize("by", ["units", "blocks"])
+@pytest.mark.parametrize("by", ["units", "blocks", "kinds"])
 def test_shares_sum_to_one(profile, what, by):
     rows = getattr(profile, by) + [profile.other]
     assert sum(getattr(r, f"{what}_share") for r in rows) == pytest.approx(1.0, abs=1e-9)
@@ -71,6 +71,8 @@ def test_table_and_plot(profile, tmp_path):
         (dict(dtype="float64"), "dtype 'float64' is not supported"),
         (dict(resolution=500), "not a multiple of vae_scale_factor"),
         (dict(repeats=0), "repeats must be >= 1"),
+        (dict(clock="cpu"), "clock 'cpu' measures process CPU time"),
+        (dict(clock="gpu"), "clock 'gpu' is not one of"),
     ],
 )
 def test_settings_are_validated(kwargs, match):
@@ -84,3 +86,9 @@ def test_model_placement_and_latent_size_are_checked(unet):
     with pytest.raises(ValueError, match="latent size 12 is not a multiple of 8"):
         profile_unet(unet, ProfileSettings(latent_size=12, measure_latency=False))
     assert torch.get_num_threads() >= 1
+
+
+def test_cpu_clock_profile(unet, fast):
+    result = profile_unet(unet, ProfileSettings(**fast, clock="cpu"))
+    assert result.settings["clock"] == "cpu"
+    assert all(r.latency_ms > 0 for r in result.units) and result.total.latency_ms > 0

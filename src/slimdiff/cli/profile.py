@@ -32,6 +32,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported (default 3)")
+    p.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall: elapsed time (default); cpu: process CPU time, needs --threads 1: on a shared machine "
+        "it leaves out the time other jobs hold the core",
+    )
     p.add_argument("--context-length", type=int, default=77, help="text tokens (default 77)")
     p.add_argument("--no-latency", action="store_true", help="parameters and FLOPs only (one forward)")
     p.add_argument("--by", choices=["block", "unit"], default="block", help="table and plot rows")
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         context_length=args.context_length,
+        clock=args.clock,
         measure_latency=not args.no_latency,
     )
     model = place(load_unet(args.model), args.device, args.dtype)

@@ -24,6 +24,12 @@ from torch import nn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# clock name -> seconds. "wall": elapsed time (the latency). "cpu": CPU time of this process;
+# with one thread on a CPU it is the wall time the call would take on an idle machine, as it
+# leaves out the time the process waits while other jobs hold the core (what it shares with
+# them, caches and memory bandwidth, still shows). For shared machines.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 @dataclass
 class UNetInputs:
@@ -62,21 +68,11 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def time_call(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> list[float]:
+def time_call(
+    fn: Callable[[], object], warmup: int, repeats: int, device: torch.device, clock: str = "wall"
+) -> list[float]:
     """Call `fn` `warmup` times untimed, then `repeats` times; return each timed call in ms."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return time_rounds({"fn": fn}, warmup, repeats, device, clock=clock)["fn"]
 
 
 def median(xs: list[float]) -> float:
@@ -121,33 +117,38 @@ def time_rounds(
     repeats: int,
     device: torch.device,
     progress: Callable[[str], None] | None = None,
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Time every call once per round, `warmup` untimed rounds then `repeats` timed ones.
 
     Round-robin rather than one call's repeats after another: the whole forward and the units
     then see the same machine load, so `whole - sum(units)` is not skewed by load that
     changed between two measuring phases (this machine is shared). -> {name: [ms per round]}
+    `clock`: a key of CLOCKS.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock {clock!r} is not one of {list(CLOCKS)}")
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
         for r in range(warmup + repeats):
             for name, fn in calls.items():
                 _sync(device)
-                t0 = time.perf_counter()
+                t0 = now()
                 fn()
                 _sync(device)
                 if r >= warmup:
-                    times[name].append((time.perf_counter() - t0) * 1e3)
+                    times[name].append((now() - t0) * 1e3)
             if progress is not None:
                 progress(f"round {r + 1}/{warmup + repeats}")
     return times
 
 
-def time_model(model: nn.Module, inputs: UNetInputs, warmup: int, repeats: int) -> list[float]:
+def time_model(model: nn.Module, inputs: UNetInputs, warmup: int, repeats: int, clock: str = "wall") -> list[float]:
     """Whole U-Net forward times in ms."""
-    return time_call(lambda: inputs(model), warmup, repeats, inputs.sample.device)
+    return time_call(lambda: inputs(model), warmup, repeats, inputs.sample.device, clock)
 
 
 @contextlib.contextmanager

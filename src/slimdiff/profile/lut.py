@@ -107,7 +107,7 @@ class LatencyLUT:
         if need_stem:
             calls[WHOLE] = lambda: inputs(model)
         with progress_bar(progress, s.warmup + s.repeats) as advance:
-            times = time_rounds(calls, s.warmup, s.repeats, inputs.sample.device, advance)
+            times = time_rounds(calls, s.warmup, s.repeats, inputs.sample.device, advance, s.clock)
         del captured, calls
         new = []
         for name, (key, sig) in todo.items():

@@ -20,7 +20,7 @@ from torch import nn
 from slimdiff.io import write_json
 
 from .flops import UnitFlopCounter
-from .latency import DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
+from .latency import CLOCKS, DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .signature import device_label, stem_signature, unit_signature
 from .units import ProfiledUnit, block_order, list_units, num_levels, num_params, text_width
 
@@ -34,11 +34,12 @@ class ProfileSettings:
     vae_scale_factor: int = 8  # SD's VAE downsamples 8x (2**(len(vae.block_out_channels)-1))
     batch: int = 1  # images per forward (classifier-free guidance runs 2)
     dtype: str = "float32"  # one of DTYPES; the safe default
-    device: str = "cpu"
+    device: str = "cpu"  # "meta" counts params and FLOPs of SD-scale models in a second, no weights needed
     threads: int | None = None  # torch intra-op threads; None keeps torch.get_num_threads()
     warmup: int = 1  # untimed rounds before timing (a round calls the whole forward and each unit once)
     repeats: int = 3  # timed rounds; medians are reported
     context_length: int = 77  # text tokens (CLIP tokenizer max length)
+    clock: str = "wall"  # "wall" (latency) | "cpu" (process CPU time: 1 thread on a CPU, for shared machines)
     measure_latency: bool = True  # False: parameters and FLOPs only (one forward)
     seed: int = 0  # inputs are seeded random tensors
 
@@ -55,9 +56,18 @@ class ProfileSettings:
                 f"resolution {self.resolution} is not a multiple of vae_scale_factor {self.vae_scale_factor}; "
                 "pick another resolution or give latent_size"
             )
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock {self.clock!r} is not one of {list(CLOCKS)}")
+        if self.clock == "cpu" and (self.threads != 1 or torch.device(self.device).type != "cpu"):
+            raise ValueError(
+                f"clock 'cpu' measures process CPU time, which is a latency only with threads=1 on a CPU; "
+                f"got threads={self.threads}, device={self.device!r}"
+            )
         if self.latent_size is not None and self.latent_size < 1:
             raise ValueError(f"latent_size must be >= 1, got {self.latent_size}")
-        torch.device(self.device)  # raises on an unknown device string
+        if torch.device(self.device).type == "meta" and self.measure_latency:  # also rejects unknown devices
+            raise ValueError("device 'meta' has shapes but no data: it counts parameters and FLOPs only; "
+                             "set measure_latency=False (CLI: --no-latency)")
 
     @property
     def latent(self) -> int:
@@ -94,6 +104,7 @@ class ProfileResult:
     other: Row
     total: Row
     overhead_signature: str | None = None  # LatencyLUT key of "other"
+    kinds: list[Row] = field(default_factory=list)  # per unit kind (resnet, attn, ...): sums over units
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +123,7 @@ class ProfileResult:
             other=Row(**d["other"]),
             total=Row(**d["total"]),
             overhead_signature=d.get("overhead_signature"),
+            kinds=rows(d.get("kinds", [])),
         )
 
 
@@ -186,7 +198,7 @@ def profile_unet(
         if settings.measure_latency:
             calls = {WHOLE: lambda: inputs(model)} | unit_calls(modules, captured)
             with progress_bar(progress, settings.warmup + settings.repeats) as advance:
-                unit_ms = time_rounds(calls, settings.warmup, settings.repeats, inputs.sample.device, advance)
+                unit_ms = time_rounds(calls, s.warmup, s.repeats, inputs.sample.device, advance, s.clock)
             whole_ms = unit_ms.pop(WHOLE)
             del calls
         del captured
@@ -212,17 +224,8 @@ def profile_unet(
                 signature=sig.key(),
             )
         )
-    blocks = []
-    for b in block_order(units):
-        members = [r for r in rows if r.block == b]
-        blocks.append(
-            Row(
-                name=b,
-                params=sum(r.params for r in members),
-                flops=sum(r.flops for r in members),
-                latency_ms=sum(r.latency_ms for r in members) if unit_ms else None,
-            )
-        )
+    blocks = [_sum_rows(b, [r for r in rows if r.block == b]) for b in block_order(units)]
+    kinds = [_sum_rows(k, [r for r in rows if r.kind == k]) for k in dict.fromkeys(r.kind for r in rows)]
     total = Row(name="total", params=total_params, flops=fc.total, latency_ms=total_lat, latency_samples_ms=whole_ms)
     other = Row(
         name="other",
@@ -230,7 +233,7 @@ def profile_unet(
         flops=fc.total - sum(r.flops for r in rows),
         latency_ms=total_lat - sum(r.latency_ms for r in rows) if unit_ms else None,
     )
-    for r in rows + blocks + [other, total]:
+    for r in rows + blocks + kinds + [other, total]:
         r.params_share = r.params / total_params
         r.flops_share = r.flops / fc.total if fc.total else 0.0
         r.latency_share = r.latency_ms / total_lat if total_lat else None
@@ -244,7 +247,18 @@ def profile_unet(
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
-    return ProfileResult(name, resolved, rows, blocks, other, total, stem_sig.key() if unit_ms else None)
+    return ProfileResult(name, resolved, rows, blocks, other, total, stem_sig.key() if unit_ms else None, kinds)
+
+
+def _sum_rows(name: str, members: list[Row]) -> Row:
+    """A block or kind row: sums over its unit rows (latency None when not measured)."""
+    measured = all(r.latency_ms is not None for r in members)
+    return Row(
+        name=name,
+        params=sum(r.params for r in members),
+        flops=sum(r.flops for r in members),
+        latency_ms=sum(r.latency_ms for r in members) if measured else None,
+    )
 
 
 def vae_scale_factor_of(name_or_path) -> int | None:

@@ -23,7 +23,9 @@ def settings_line(result: ProfileResult) -> str:
     size = f"{s['resolution']}px ({size})" if s.get("latent_from") == "resolution" else size
     return (
         f"{result.model}: {size}, batch {s['batch']}, {s['dtype']}, {s['device_name']}, "
-        f"{s['threads']} threads, warmup {s['warmup']}, median of {s['repeats']}; FLOPs = 2 x MACs"
+        f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}, warmup {s['warmup']}, median of {s['repeats']}"
+        + (", CPU-time clock" if s.get("clock") == "cpu" else "")
+        + "; FLOPs = 2 x MACs"
     )
 
 
@@ -67,10 +69,18 @@ def print_table(result: ProfileResult, by: str = "block", console=None) -> None:
         if not console.is_terminal:  # files and pipes: wide enough for the unit table
             console = Console(width=max(console.width, 110))
     console.print(make_table(result, by))
+    if result.kinds:
+        console.print("by unit kind (params / FLOPs / latency shares): " + "; ".join(
+            f"{k.name} {_pct(k.params_share)} / {_pct(k.flops_share)} / {_pct(k.latency_share)}" for k in result.kinds
+        ))
+
+
+KIND_COLORS = {"resnet": "tab:blue", "attn": "tab:orange", "downsample": "tab:green", "upsample": "tab:green", "other": "tab:gray"}
 
 
 def plot(result: ProfileResult, path, by: str = "block") -> None:
-    """Horizontal bars of latency (or GFLOPs when latency was not measured) and parameters."""
+    """Horizontal bars of latency (GFLOPs when latency was not measured) and parameters per
+    block or unit, coloured by unit kind (per block: stacked by kind)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,33 +89,48 @@ def plot(result: ProfileResult, path, by: str = "block") -> None:
     from slimdiff.io import atomic_path
 
     rows = _rows(result, by) + [result.other]
-    names = [r.name for r in rows]
     has_latency = result.total.latency_ms is not None
+
+    def left_value(r: Row) -> float:  # "other" latency can be slightly negative (noise): drawn as 0
+        return max(r.latency_ms, 0.0) if has_latency else r.flops / 1e9
+
+    # 1. bar segments: row -> {kind: (left value, params M)}
+    segments = []
+    for r in rows:
+        members = [u for u in result.units if u.block == r.name] if by == "block" and r is not result.other else [r]
+        kinds: dict[str, list[float]] = {}
+        for u in members:
+            acc = kinds.setdefault(u.kind or "other", [0.0, 0.0])
+            acc[0] += left_value(u)
+            acc[1] += u.params / 1e6
+        segments.append(kinds)
+
+    # 2. two panels sharing the row axis, stacked by kind
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(3.0, 0.28 * len(rows) + 1.5)), sharey=True)
+    y = list(range(len(rows)))
+    for panel, ax in enumerate(axes):
+        start = [0.0] * len(rows)
+        for kind, color in KIND_COLORS.items():
+            width = [seg.get(kind, [0.0, 0.0])[panel] for seg in segments]
+            if any(width):
+                label = "down/upsample" if kind == "downsample" else None if kind == "upsample" else kind
+                ax.barh(y, width, left=start, color=color, label=label)
+                start = [a + b for a, b in zip(start, width)]
+        ax.set_xlim(0, 1.05 * max(start + [1e-9]))
     if has_latency:
-        left = [max(r.latency_ms, 0.0) for r in rows]  # "other" can be slightly negative (noise)
-        left_label = f"latency (ms), total {result.total.latency_ms:.1f} ms"
+        axes[0].set_xlabel(f"latency (ms), total {result.total.latency_ms:.1f} ms")
     else:
-        left = [r.flops / 1e9 for r in rows]
-        left_label = f"GFLOPs, total {result.total.flops / 1e9:.1f}"
-    params = [r.params / 1e6 for r in rows]
-    height = max(3.0, 0.28 * len(rows) + 1.5)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, height), sharey=True)
-    y = range(len(rows))
-    colors = [_color(r) for r in rows]
-    ax1.barh(y, left, color=colors)
-    ax1.set_xlabel(left_label)
-    ax2.barh(y, params, color=colors)
-    ax2.set_xlabel(f"parameters (M), total {result.total.params / 1e6:.1f} M")
-    ax1.set_yticks(list(y), names, fontsize=8 if by == "unit" else 10)
-    ax1.invert_yaxis()
-    fig.suptitle(settings_line(result), fontsize=9)
-    fig.tight_layout()
+        axes[0].set_xlabel(f"GFLOPs, total {result.total.flops / 1e9:.1f}")
+    axes[1].set_xlabel(f"parameters (M), total {result.total.params / 1e6:.1f} M")
+    axes[0].set_yticks(y, [r.name for r in rows], fontsize=8 if by == "unit" else 10)
+    axes[0].invert_yaxis()
+    legend = {}
+    for ax in axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))  # label -> handle
+    labels, handles = list(legend), list(legend.values())
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.985), ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(settings_line(result), fontsize=9, y=0.999)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-
-
-def _color(r: Row) -> str:
-    return {"attn": "tab:orange", "resnet": "tab:blue", "downsample": "tab:green", "upsample": "tab:green"}.get(
-        r.kind or "", "tab:gray" if r.name == "other" else "tab:purple"
-    )
