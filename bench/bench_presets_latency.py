@@ -4,10 +4,10 @@ and the latency lookup table's prediction and its error (this is also the LUT-er
     python bench/bench_presets_latency.py                                   # 512px, batch 1, fp32
     python bench/bench_presets_latency.py --latent-size 16 --out /tmp/b     # quick smoke run
 
-Steps: (1) build the teacher; (2) a latency lookup table from the teacher alone (each distinct
-unit signature timed on its real inputs, plus the stem overhead); (3) build every preset and
-count its parameters and FLOPs (one forward under the FLOP counter, which also serves as the
-warm-up), then read the table's prediction (a unit signature the teacher lacks is measured
+Steps: (1) build the teacher; (2) build every preset and count parameters and FLOPs (one
+forward under the FLOP counter, which also serves as the warm-up); (3) a latency lookup table
+from the teacher alone (each distinct unit signature timed on its real inputs, plus the stem
+overhead) and its prediction for every model (a unit signature the teacher lacks is measured
 into the table with `LatencyLUT.extend` first, and reported); (4) time the whole U-Net forward
 of all models round-robin (round r runs each model once) so that all see the same machine
 load; medians.
@@ -80,32 +80,33 @@ def main() -> None:
         threads=args.threads, warmup=args.warmup, repeats=args.repeats, clock=args.clock,
     )
 
-    # 2. the latency table, from the teacher alone (distinct unit signatures + stem overhead)
-    t0 = time.time()
-    lut = LatencyLUT.build(teacher, settings, progress=True)
-    teacher_entries = len(lut)
-    print(f"LUT: {teacher_entries} unit signatures from {args.teacher} in {time.time() - t0:.0f}s")
-
-    # 3. every model in memory; params, FLOPs (one counted forward each, also the warm-up)
-    #    and the LUT prediction (signatures the teacher lacks are measured in first)
+    # 2. every model in memory; params and FLOPs (one counted forward each, also the warm-up)
     models = {args.teacher: teacher} | {name: apply_preset(teacher, name)[0] for name in args.presets}
     rows, inputs = {}, {}
     for name, model in models.items():
         prof = profile_unet(model, replace(settings, measure_latency=False))
+        units = list_units(model)
+        inputs[name] = make_unet_inputs(model, settings.latent, text_width(model, units), settings.batch)
+        rows[name] = {"params": prof.total.params, "flops": prof.total.flops, "units": len(units)}
+        print(f"{name}: {prof.total.params / 1e6:.1f} M params, {prof.total.flops / 1e9:.1f} GFLOPs")
+
+    # 3. the latency table, from the teacher alone (distinct unit signatures + stem overhead),
+    #    timed after the models are built: CPU forwards speed up once the allocator has
+    #    served a few large tensors, so table and round-robin run in the same process state
+    t0 = time.time()
+    lut = LatencyLUT.build(teacher, settings, progress=True)
+    teacher_entries = len(lut)
+    print(f"LUT: {teacher_entries} unit signatures from {args.teacher} in {time.time() - t0:.0f}s")
+    for name, model in models.items():  # predictions (signatures the teacher lacks measured in first)
         added = set(lut.extend(model))
         parts = lut.explain(model)  # [(unit name, signature key, ms), ..., ("other", stem key, ms)]
         predicted = sum(ms for _, _, ms in parts)
-        units = list_units(model)
-        inputs[name] = make_unet_inputs(model, settings.latent, text_width(model, units), settings.batch)
-        rows[name] = {
-            "params": prof.total.params,
-            "flops": prof.total.flops,
-            "units": len(units),
-            "predicted_ms": predicted,
-            "lut_entries_added": len([k for k in added if not k.startswith("stem")]),
-            "lut_added_share": sum(ms for n, k, ms in parts if k in added and n != "other") / predicted,
-        }
-        print(f"{name}: {prof.total.flops / 1e9:.1f} GFLOPs, LUT {predicted:.0f} ms")
+        rows[name].update(
+            predicted_ms=predicted,
+            lut_entries_added=len([k for k in added if not k.startswith("stem")]),
+            lut_added_share=sum(ms for n, k, ms in parts if k in added and n != "other") / predicted,
+        )
+        print(f"{name}: LUT {predicted:.0f} ms")
 
     # 4. measured whole forwards, round-robin over the models so that all see the same load;
     #    both clocks at once (the LUT's clock gives the main columns)
@@ -184,7 +185,7 @@ def render_md(meta: dict, rows: dict) -> str:
         "- speedup = teacher median / model median (main clock); wall-clock speedup = the same from elapsed "
         "times of the same forwards; FLOPs ratio = teacher FLOPs / model FLOPs.",
         f"- LUT: built from {meta['teacher']} alone ({meta['lut_unit_entries_from_teacher']} unit signatures + stem "
-        "overhead), before the round-robin timings; a preset unit whose signature the teacher lacks is measured "
+        "overhead), just before the round-robin timings; a preset unit whose signature the teacher lacks is measured "
         f"into the table first (`LatencyLUT.extend`, last column). The table is saved next to this file "
         f"(`_lut.json`); its stem overhead (whole - sum of units) is {meta['lut_overhead_ms'][0]:.0f} ms. LUT error = predicted / measured median - 1: "
         "it includes any change of machine load between the table's timings and the round-robin ones (the "

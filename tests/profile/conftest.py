@@ -13,8 +13,9 @@ FAST = dict(latent_size=8, threads=1, warmup=2, repeats=5)
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Every test here runs torch on one thread: on a loaded 2-core machine, two OpenMP threads
-    make a tiny forward 100x slower (they wait on each other while other jobs hold a core)."""
+    """One torch thread for this folder's module-scoped fixtures too (they build and time models
+    before tests/conftest.py's function-scoped one-thread fixture applies): on a loaded 2-core
+    machine two OpenMP threads make a tiny forward up to 100x slower."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
