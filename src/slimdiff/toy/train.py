@@ -39,7 +39,7 @@ class ToyTrainConfig:
     threads: int = 1  # torch.set_num_threads; 1 beats 2 on 2 cores shared with other jobs
     # -- VAE: 32x32x3 images <-> 8x8x4 latents (3 widths = 2 halvings)
     vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 1200  # ~5 min on 2 cores
+    vae_steps: int = 1200  # ~3 min alone on one core (11 min on shared cores); PSNR 30.6 dB
     vae_batch: int = 32
     vae_lr: float = 1e-3  # AdamW, cosine-decayed to 10%
     vae_kl_weight: float = 1e-6  # SD's KL-f8 uses ~1e-6: a nearly deterministic latent
@@ -52,7 +52,7 @@ class ToyTrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 96, 96)
     unet_heads: int = 4  # diffusers' `attention_head_dim` (heads per attention)
     unet_groups: int = 16  # GroupNorm groups
-    unet_steps: int = 8000  # ~60 min at ~0.45 s/step on one core
+    unet_steps: int = 8000  # 55 min at ~2.4 it/s on one core; alignment 0.94 at 3000, 1.00 at 8000
     unet_batch: int = 64
     unet_lr: float = 3e-4  # AdamW; linear warm-up, then constant (the EMA does the averaging),
     # so a run stopped at step K equals a run with unet_steps=K
@@ -64,7 +64,7 @@ class ToyTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 500  # steps between resumable checkpoints
     # -- judge
-    judge_steps: int = 2500
+    judge_steps: int = 2500  # ~10 min on one shared core; 99.99% on rendered test images
     judge_batch: int = 64
     judge_pool: int = 40_000  # rendered scenes of every split, re-augmented each time they are drawn
     judge_lr: float = 2e-3
