@@ -43,8 +43,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="pruning ratios of params")
     p.add_argument("--eval-images", type=int, default=64, help="test-split images per evaluation")
     p.add_argument("--eval-steps", type=int, default=20, help="sampler steps per image")
-    p.add_argument("--distill-steps", type=int, default=500, help="same for both students; 0: no distillation")
-    p.add_argument("--distill-batch", type=int, default=8)
+    p.add_argument("--distill-steps", type=int, default=600, help="same for both students; 0: no distillation")
+    # the distillation settings of `slimdiff demo` (slimdiff.demo.DemoConfig), so the figures compare
+    p.add_argument("--distill-batch", type=int, default=64)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
+    p.add_argument("--feat-loss", choices=["plain", "normalized"], default="normalized")
     p.add_argument("--additivity-sizes", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--sets-per-size", type=int, default=8)
     p.add_argument("--latency-repeats", type=int, default=5)
@@ -71,6 +74,8 @@ def distill_student(args, teacher, student, name: str):
     out = os.path.join(tempfile.mkdtemp(prefix="bench_laptop_"), name)
     cfg = DistillConfig(teacher=None, student=None, pipeline=args.teacher, data="toy", out=out,
                         max_steps=args.distill_steps, batch_size=args.distill_batch, seed=args.seed,
+                        learning_rate=args.distill_lr, lr_scheduler="cosine",
+                        lr_warmup_steps=min(50, args.distill_steps // 10), feat_loss=args.feat_loss,
                         checkpoint_every=0)
     return distill(cfg, teacher=copy.deepcopy(teacher), student=copy.deepcopy(student), progress=True).student.eval()
 
