@@ -93,3 +93,14 @@ def test_tokenizer_covers_every_caption():
         assert len(ids) == tok.model_max_length
         assert tok.unk_token_id not in ids
         assert ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+
+
+def test_same_caption_keeps_the_caption_and_moves_the_objects():
+    from slimdiff.toy import world
+
+    for scene in world.sample_scenes("test", 20, seed=3):
+        other = world.same_caption(scene, seed=1)
+        assert world.caption(other) == world.caption(scene)
+        assert world.split_of(other) == world.split_of(scene)
+        assert [(o.x, o.y) for o in other.objects] != [(o.x, o.y) for o in scene.objects]
+        assert other == world.same_caption(scene, seed=1)  # seeded

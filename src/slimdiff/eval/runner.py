@@ -298,7 +298,8 @@ def evaluate(
     `sample_scenes(split, num_images, seed)`; keys `alignment`, `all_correct`, the judge's
     per-attribute scores, `novel` / `seen_pairs` (scenes with / without a held-out colour-shape
     pair), `judge_fid` against the rendered images of the same scenes. `reference=True` adds the
-    same figures for rendered images (the ceiling; judge-FID between two independent draws).
+    same figures for rendered images (the ceiling; its judge-FID: the same captions rendered
+    with the objects placed anew, `world.same_caption`).
     Any model: `fid` (needs `ref_images`, a folder, and `inception_weights`; `fid_dims`: the
     Inception layer, 2048 standard, 64/192/768 as pytorch-fid's --dims), `is` and `is_std`
     (needs `inception_weights`), `clip_score` (needs `clip_dir`); these are accumulated batch by
@@ -383,7 +384,9 @@ def evaluate(
         rendered = to_tensor([world.render(s) for s in scenes])
         result.update(toy_scores(kept, scenes, judge=judge, world=world, rendered=rendered))
         if reference:
-            other = world.sample_scenes(split, num_images, seed + 1)
+            # the ceiling: rendered images of the same captions, objects placed anew (what a
+            # generator that follows every caption perfectly may draw) against the reference
+            other = [world.same_caption(s, seed + 1 + i) for i, s in enumerate(scenes)]
             ref_scores = toy_scores(rendered, scenes, judge=judge, world=world, rendered=rendered, fid=False)
             ref_scores["judge_fid"] = metrics.judge_fid(to_tensor([world.render(s) for s in other]), rendered, judge)
             result["reference"] = ref_scores

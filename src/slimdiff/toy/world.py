@@ -165,26 +165,41 @@ def _random_object(rng: np.random.Generator, x: float, y: float) -> Obj:
     )
 
 
-def random_scene(rng: np.random.Generator) -> Scene:
-    """One scene from the whole world (any split): 1 object with p=1/3, else 2."""
-    if rng.random() < 1 / 3:
-        layout = list(POSITIONS)[rng.integers(len(POSITIONS))]
+def _centres(layout: str, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Object centres (x, y) in pixels for `layout`, drawn from its ranges."""
+    if layout in POSITIONS:
         # centre ranges per position; large objects (half-extent 7) stay inside the 32 px frame
         lo, hi, mid = (7.0, 11.0), (21.0, 25.0), (12.0, 20.0)
         centre = {"left": (lo, mid), "right": (hi, mid), "top": (mid, lo), "bottom": (mid, hi), "middle": ((14.0, 18.0), (14.0, 18.0))}
         (x0, x1), (y0, y1) = centre[layout]
-        return Scene((_random_object(rng, rng.uniform(x0, x1), rng.uniform(y0, y1)),), layout)
-    layout = list(RELATIONS)[rng.integers(len(RELATIONS))]
+        return [(rng.uniform(x0, x1), rng.uniform(y0, y1))]
     # the first object in one half, the second in the other: centres 7..9 and 23..25 on the
     # relation axis (so two large objects can touch but not overlap), 8..24 on the other
     near, far, free = (7.0, 9.0), (23.0, 25.0), (8.0, 24.0)
     a, b = rng.uniform(*near), rng.uniform(*far)
     u, v = rng.uniform(*free), rng.uniform(*free)
-    if layout == "left_of":
-        objs = (_random_object(rng, a, u), _random_object(rng, b, v))
+    return [(a, u), (b, v)] if layout == "left_of" else [(u, a), (v, b)]
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    """One scene from the whole world (any split): 1 object with p=1/3, else 2."""
+    if rng.random() < 1 / 3:
+        layout = list(POSITIONS)[rng.integers(len(POSITIONS))]
     else:
-        objs = (_random_object(rng, u, a), _random_object(rng, v, b))
-    return Scene(objs, layout)
+        layout = list(RELATIONS)[rng.integers(len(RELATIONS))]
+    centres = _centres(layout, rng)  # drawn before the objects' words (the order fixes the splits)
+    return Scene(tuple(_random_object(rng, x, y) for x, y in centres), layout)
+
+
+def same_caption(scene: Scene, seed: int) -> Scene:
+    """Another scene with `scene`'s caption: the same objects and layout, centres redrawn.
+
+    What a generator that follows the caption perfectly may draw; rendered, these give the
+    judge-FID ceiling (rendered vs rendered, same captions, different placements).
+    """
+    centres = _centres(scene.layout, np.random.default_rng([seed, 104729]))
+    objs = tuple(dataclasses.replace(o, x=x, y=y) for o, (x, y) in zip(scene.objects, centres))
+    return Scene(objs, scene.layout)
 
 
 def sample_scenes(split: str, n: int, seed: int = 0) -> list[Scene]:
