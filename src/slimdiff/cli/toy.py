@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("toy", help="the embedded toy world: train its pipeline and judge, render, evaluate")
+    p = subparsers.add_parser("toy", help="the embedded toy world: train its pipeline and judge, render scenes (evaluate: `slimdiff evaluate toy`)")
     sub = p.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train the toy pipeline (vae, unet + text encoder) and the judge")
@@ -31,16 +30,6 @@ def add_parser(subparsers) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="PNG grid to write; captions are printed")
     r.set_defaults(func=run_render)
-
-    e = sub.add_parser("eval", help="judge alignment of a pipeline's generations on a split")
-    e.add_argument("pipeline", nargs="?", default=None, help="pipeline directory (default: the shipped toy)")
-    e.add_argument("--split", default="test")
-    e.add_argument("-n", type=int, default=128)
-    e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=5.0)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", default=None, help="also write the result as JSON here")
-    e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -63,16 +52,4 @@ def run_render(args: argparse.Namespace) -> int:
     save_grid(world.to_tensor(world.render_batch(scenes)), args.out)
     for i, s in enumerate(scenes):
         print(f"{i:3d}  {world.caption(s)}")
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from slimdiff.io import write_json
-    from slimdiff.toy.evaluate import evaluate_toy, load_toy_pipeline
-
-    pipe = load_toy_pipeline(args.pipeline)
-    result = evaluate_toy(pipe, split=args.split, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        write_json(args.json, result)
     return 0

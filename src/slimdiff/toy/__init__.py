@@ -7,7 +7,8 @@
     image = pipe(world.caption(scene), num_inference_steps=20, guidance_scale=5.0).images[0]
 
 Modules: `world` (renderer, captions, splits), `judge` (the attribute reader and its scores),
-`evaluate` (`evaluate_toy`), `train` (the recipe that made the shipped assets).
+`evaluate` (sampling defaults), `train` (the recipe that made the shipped assets).
+Evaluation: `slimdiff.eval.runner.evaluate("toy")` or `slimdiff evaluate toy`.
 """
 
 from __future__ import annotations
