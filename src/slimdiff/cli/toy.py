@@ -1,8 +1,9 @@
-"""`slimdiff toy ...`: train the toy world's pipeline and judge, render scenes, evaluate.
+"""`slimdiff toy ...`: train the toy world's pipeline and judge, render scenes.
 
     slimdiff toy train --out runs/toy-train [--stage vae|unet|judge|all] [--steps N] [--seed S] [--resume]
     slimdiff toy render --split test -n 16 --out grid.png
-    slimdiff toy eval [PIPELINE_DIR] --split test -n 128 --steps 20 --guidance 5 --seed 0
+
+Evaluation is `slimdiff evaluate toy --split test --num-images 128 --seed 0 --reference`.
 """
 
 from __future__ import annotations
