@@ -82,12 +82,9 @@ def test_evaluate_cli_missing_weights_message(tiny_pipe_dir, tmp_path, capsys):
 
 def test_evaluate_with_the_shipped_judge(tiny_pipe, tmp_path):
     """The real judge on the tiny pipeline's (meaningless) images: runs, and is deterministic."""
-    try:
-        from slimdiff.toy.judge import load_judge
+    from slimdiff.toy.judge import load_judge
 
-        judge = load_judge()
-    except (ImportError, FileNotFoundError) as e:
-        pytest.skip(f"the toy judge is not shipped yet: {e}")
+    judge = load_judge()  # shipped with the package
     kwargs = dict(num_images=3, steps=2, seed=0, batch_size=3, toy=True, judge=judge, progress=False)
     a, b = runner.evaluate(tiny_pipe, **kwargs), runner.evaluate(tiny_pipe, **kwargs)
     assert 0 <= a["alignment"] <= 1 and 0 <= a["all_correct"] <= 1

@@ -3,14 +3,11 @@
 import pytest
 import torch
 
-from slimdiff.toy import ASSETS, world
+from slimdiff.toy import world
 from slimdiff.toy.judge import HEADS, Judge
 
-needs_judge = pytest.mark.skipif(not (ASSETS / "judge" / "model.safetensors").is_file(),
-                                 reason="toy judge not installed yet (slimdiff toy train --stage judge)")
 
 
-@needs_judge
 def test_judge_reads_rendered_test_scenes():
     from slimdiff.toy.judge import load_judge
 
