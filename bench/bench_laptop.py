@@ -31,7 +31,8 @@ from slimdiff.io import atomic_write, write_json
 from slimdiff.prune.additivity import additivity_study, plot_additivity
 from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
 from slimdiff.prune.criteria import MagnitudeCriterion, OutputLossCriterion, RandomCriterion, removable_units
-from slimdiff.prune.laptop import Budget, count_params, laptop_select, wallclock_ms
+from slimdiff.prune.laptop import Budget, count_params, laptop_select
+from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
 from slimdiff.unet import apply_preset, load_pipeline, load_unet, to_slim
 
@@ -57,8 +58,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def evaluate_unet(args, unet, ctx: int) -> dict:
-    out = {"params": count_params(unet), "latency_ms": wallclock_ms(unet, None, ctx, args.latency_repeats)}
+def evaluate_unet(args, unet, ctx: int, timed: dict, key: str) -> dict:
+    """Params and generation metrics now; the model joins `timed` for the round-robin latency
+    measurement at the end (all models under the same machine load)."""
+    timed[key] = unet
+    out = {"params": count_params(unet)}
     if args.no_eval:
         return out
     from slimdiff.eval import evaluate
@@ -107,11 +111,13 @@ def main() -> None:
     bk, _ = apply_preset(teacher, "bk-small")
     bk_ratio = 1 - count_params(bk) / count_params(teacher)
     lap, lap_res = laptop_select(teacher, scores["output"], Budget("params", bk_ratio), candidates=candidates)
-    versus = {"teacher": {"before": evaluate_unet(args, teacher, ctx)}}
+    timed: dict = {}  # key -> model, timed together at the end
+    versus = {"teacher": {"before": evaluate_unet(args, teacher, ctx, timed, "teacher")}}
     for name, student in (("bk-small", bk), ("laptop", lap)):
-        row = {"before": evaluate_unet(args, student, ctx), "L(S)": output.loss_of_model(teacher, student)}
+        row = {"before": evaluate_unet(args, student, ctx, timed, name), "L(S)": output.loss_of_model(teacher, student)}
         if not args.no_eval and args.distill_steps > 0:
-            row["after"] = evaluate_unet(args, distill_student(args, teacher, student, name), ctx)
+            row["after"] = evaluate_unet(args, distill_student(args, teacher, student, name), ctx, timed,
+                                         f"{name}/after")
         versus[name] = row
         print(name, row)
     versus["laptop"]["removed"] = lap_res.removed
@@ -121,13 +127,22 @@ def main() -> None:
     for ratio in args.ratios:
         for crit, sc in scores.items():
             student, res = laptop_select(teacher, sc, Budget("params", ratio), candidates=candidates)
-            row = evaluate_unet(args, student, ctx)
+            row = evaluate_unet(args, student, ctx, timed, f"{ratio:g}/{crit}")
             row.update({"L(S)": output.loss_of_model(teacher, student), "removed": res.removed,
                         "measured_ratio": res.measured_ratio, "repairs": len(res.repairs)})
             ratios[f"{ratio:g}/{crit}"] = row
             print(f"ratio {ratio:g} {crit}: L(S)={row['L(S)']:.4g} {row.get('alignment', '')}")
 
-    # 5. additivity of the output loss
+    # 5. latency of every model above: whole U-Net forward, batch 1, one thread, round-robin
+    cross = teacher.config.cross_attention_dim
+    ms = model_latencies(timed, teacher.config.sample_size, cross, batch=1, context_length=ctx, warmup=1,
+                         repeats=args.latency_repeats, threads=1)
+    for name in ("teacher", "bk-small", "laptop"):  # the pruned students' latency (same as after distillation)
+        versus[name]["latency_ms"] = ms[name]
+    for key, row in ratios.items():
+        row["latency_ms"] = ms[key]
+
+    # 6. additivity of the output loss
     add = additivity_study(teacher, output, candidates, args.additivity_sizes, args.sets_per_size,
                            seed=args.seed, singles=scores["output"])
     plot_additivity(add, args.out + "_additivity.png")
@@ -162,11 +177,12 @@ def render_md(r: dict) -> str:
         f"(validation split) with rendered images, timesteps spread over [0, 1000), seed {a['seed']}. "
         f"Evaluation: {a['eval_images']} test-split prompts, {a['eval_steps']} steps"
         f"{' (skipped: --no-eval)' if a['no_eval'] else ''}. Latency: whole U-Net forward, batch 1, float32, CPU, "
-        f"median of {a['latency_repeats']}, {m['threads']} threads ({'; '.join(m['machine_load'])}). "
+        f"median of {a['latency_repeats']} round-robin rounds over all models, 1 thread ({'; '.join(m['machine_load'])}). "
         f"{m['date']}, {m['wall_s']} s.", "",
         f"## LAPTOP vs bk-small at bk-small's parameter ratio ({m['bk_small_ratio']:.3f})", "",
-        f"Distillation: {a['distill_steps']} steps, batch {a['distill_batch']}, the trainer's defaults "
-        "(BK-SDM losses), identical for both students.", "",
+        f"Distillation: {a['distill_steps']} steps, batch {a['distill_batch']}, AdamW lr {a['distill_lr']:g} cosine, "
+        f"task + output KD + {a['feat_loss']} feature KD (the settings of `slimdiff demo`), identical for both "
+        "students.", "",
         "| model | params | L(S) | alignment before | judge-FID before | alignment after | judge-FID after "
         "| latency ms |",
         "|---|---|---|---|---|---|---|---|",
@@ -175,7 +191,7 @@ def render_md(r: dict) -> str:
         b, af = row["before"], row.get("after", {})
         lines.append(f"| {name} | {b['params']:,} | {_f(row.get('L(S)'), '.4g')} | {_f(b.get('alignment'))} | "
                      f"{_f(b.get('judge_fid'), '.2f')} | {_f(af.get('alignment'))} | "
-                     f"{_f(af.get('judge_fid'), '.2f')} | {_f(b['latency_ms'], '.2f')} |")
+                     f"{_f(af.get('judge_fid'), '.2f')} | {_f(row['latency_ms'], '.2f')} |")
     lines += ["", f"LAPTOP removed: {', '.join(r['versus_bk_small']['laptop']['removed'])}", "",
               "## Criteria at pruning ratios of parameters (no retraining)", "",
               "| ratio | criterion | params removed | L(S) | alignment | judge-FID | latency ms |",

@@ -92,33 +92,12 @@ def _gflops(unet, latent: int, context_length: int) -> float:
     return profile_unet(unet, settings).total.flops / 1e9
 
 
-def _interleaved_unet_latency(unets: dict, latent: int, context_length: int, repeats: int) -> dict[str, float]:
-    """Median ms of one CFG U-Net call (batch 2) per model, timed round-robin in one loop so
-    that the machine's load affects every model alike."""
-    import statistics
-
-    from slimdiff.profile import make_unet_inputs
-
-    first = next(iter(unets.values()))
-    x = make_unet_inputs(first, latent, first.config.cross_attention_dim, batch=2, context_length=context_length)
-    times: dict[str, list[float]] = {k: [] for k in unets}
-    with torch.inference_mode():
-        for unet in unets.values():  # warm-up
-            x(unet)
-        for _ in range(repeats):
-            for name, unet in unets.items():
-                t0 = time.perf_counter()
-                x(unet)
-                times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
     """Run the demo; return the `report.json` content. See the module docstring."""
     from slimdiff.distill import DistillConfig, distill
     from slimdiff.eval.latency import pipeline_latency
     from slimdiff.eval.runner import evaluate
-    from slimdiff.profile import ProfileSettings, profile_unet
+    from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
     from slimdiff.report import plot_bars, plot_loss_curves, write_report
     from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
 
@@ -195,7 +174,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     prompts = results["teacher"].get("prompts", [])[: config.grid_rows]
 
     _say("[5/5] measuring latency and writing the report", log)
-    unet_ms = _interleaved_unet_latency(unets, latent, context, s["latency_repeats"])
+    # one CFG step (batch 2) per model, timed round-robin so the machine's load hits all alike
+    unet_ms = model_latencies(unets, latent, teacher.config.cross_attention_dim, batch=2, context_length=context,
+                              warmup=1, repeats=s["latency_repeats"])
     e2e_ms = {}
     for name, unet in unets.items():
         pipe.unet = unet

@@ -87,7 +87,7 @@ def _evolve(args, teacher):
     student, result = evolve(teacher, score, lut, config,
                              progress=lambda a: print(f"round {a.round}: {a.action} {a.unit} -> "
                                                       f"{a.latency_after:.3f} ms"))
-    result.measured_latency_ms = lut_wallclock_ms(student, lut)
+    result.measured_latency_ms = lut_wallclock_ms({"student": student}, lut)["student"]
     print(f"evolve: {result.initial_latency:.3f} -> {result.final_latency:.3f} ms predicted "
           f"({result.measured_latency_ms:.3f} measured; target {config.target_latency_ms}); "
           f"{len(result.actions)} actions; {result.stop_reason}")

@@ -16,7 +16,7 @@ from .flops import (
     transformer_flops,
     upsample_flops,
 )
-from .latency import UNetInputs, make_unet_inputs
+from .latency import UNetInputs, make_unet_inputs, model_latencies
 from .lut import LatencyLUT, LUTMissError
 from .profiler import ProfileResult, ProfileSettings, Row, profile_unet
 from .signature import StemSignature, UnitSignature
@@ -37,6 +37,7 @@ __all__ = [
     "downsample_flops",
     "list_units",
     "make_unet_inputs",
+    "model_latencies",
     "profile_unet",
     "resnet_flops",
     "transformer_flops",

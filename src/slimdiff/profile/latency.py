@@ -146,6 +146,30 @@ def time_rounds(
     return times
 
 
+def model_latencies(
+    models: dict[str, nn.Module],
+    latent_size: int,
+    text_width: int,
+    batch: int = 1,
+    context_length: int = 77,
+    warmup: int = 1,
+    repeats: int = 5,
+    clock: str = "wall",
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median ms of one whole U-Net forward per model, all timed round-robin (`time_rounds`)
+    so that every model sees the same machine load: the way to compare candidates' latency.
+    Inputs: seeded (batch, C, latent, latent) latents and (batch, context_length, text_width) text."""
+    if not models:
+        raise ValueError("model_latencies needs at least one model")
+    inputs = {n: make_unet_inputs(m, latent_size, text_width, batch, context_length) for n, m in models.items()}
+    calls = {n: (lambda m=m, x=inputs[n]: x(m)) for n, m in models.items()}
+    device = next(iter(inputs.values())).sample.device
+    with num_threads(threads):
+        times = time_rounds(calls, warmup, repeats, device, clock=clock)
+    return {n: median(t) for n, t in times.items()}
+
+
 def time_model(model: nn.Module, inputs: UNetInputs, warmup: int, repeats: int, clock: str = "wall") -> list[float]:
     """Whole U-Net forward times in ms."""
     return time_call(lambda: inputs(model), warmup, repeats, inputs.sample.device, clock)

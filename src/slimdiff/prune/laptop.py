@@ -29,11 +29,8 @@ Costs can be injected (`BudgetAccount(...)`) so the search is testable without a
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from typing import Callable, Mapping, Sequence
 
-import torch
 
 from . import knapsack
 from .criteria import Criterion, as_slim, removable_units
@@ -150,42 +147,24 @@ def measure_ratio(model, pruned, metric: str, lut=None, context_length: int = 77
     return 1.0 - f(pruned) / f(model)
 
 
-@torch.no_grad()
-def wallclock_ms(model, latent_size: int | None = None, context_length: int = 77, repeats: int = 5,
-                 warmup: int = 1, batch: int = 1) -> float:
-    """Median measured time (ms) of one whole forward of `model` on seeded random inputs
-    (B, C, latent, latent) and text (B, context_length, D), on its device and dtype."""
+def lut_wallclock_ms(models: dict, lut) -> dict[str, float]:
+    """Measured median ms of one whole forward per model, with the lookup table's settings
+    (latent, text length, batch, threads, warm-up, repeats), all timed round-robin."""
+    from slimdiff.profile import model_latencies
+
     from .calibration import cross_attention_dim
 
-    model.eval()
-    p = next(model.parameters())
-    size = latent_size or model.config.sample_size
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, model.config.in_channels, size, size, generator=g).to(p.device, p.dtype)
-    c = torch.randn(batch, context_length, cross_attention_dim(model), generator=g).to(p.device, p.dtype)
-    t = torch.full((batch,), 500, dtype=torch.long, device=p.device)
-    times = []
-    for i in range(warmup + repeats):
-        if p.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(x, t, encoder_hidden_states=c, return_dict=False)
-        if p.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
-
-
-def lut_wallclock_ms(model, lut) -> float:
-    """`wallclock_ms` with the lookup table's settings (latent, text length, batch, repeats)."""
     s = lut.settings
-    return wallclock_ms(model, s.latent, s.context_length, s.repeats, s.warmup, s.batch)
+    first = next(iter(models.values()))
+    return model_latencies(models, s.latent, cross_attention_dim(first), batch=s.batch,
+                           context_length=s.context_length, warmup=s.warmup, repeats=s.repeats,
+                           clock=s.clock, threads=s.threads)
 
 
 def measure_wallclock_ratio(model, pruned, lut) -> float:
-    """1 - time(pruned) / time(model), both timed with the lookup table's settings."""
-    return 1.0 - lut_wallclock_ms(pruned, lut) / lut_wallclock_ms(model, lut)
+    """1 - time(pruned) / time(model), timed together with the lookup table's settings."""
+    ms = lut_wallclock_ms({"model": model, "pruned": pruned}, lut)
+    return 1.0 - ms["pruned"] / ms["model"]
 
 
 @dataclasses.dataclass
