@@ -9,7 +9,8 @@ killed demo resumes where it stopped; the distillation resumes from its last che
   2. prune it with a preset (BK-SDM `bk-small` by default)              -> pruned/ (student + recipe)
   3. distill the pruned student from the teacher                        -> distill/ (student, log, curve)
   4. evaluate teacher, pruned and distilled on the same test prompts and seeds:
-     alignment, all-correct, judge-FID, params, GFLOPs, U-Net and end-to-end latency -> eval/*.json
+     (`slimdiff.eval.compare`: alignment score, all-correct, KID, fidelity to the teacher, each with
+     a 95% CI), params, GFLOPs, U-Net and end-to-end latency                -> eval/compare.json
   5. write the report (HTML + markdown) and `report.json`
 """
 
@@ -27,6 +28,15 @@ import torch
 from slimdiff.io import read_json, write_json
 
 MODELS = ("teacher", "pruned", "distilled")
+# the report's quality columns (slimdiff.eval.toy): continuous first, then the saturating ones
+QUALITY_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid", "psnr_to_teacher",
+                "feature_cos_to_teacher")
+
+
+def _eval_key(s: dict) -> dict:
+    """The settings an evaluation depends on (a rerun with others redoes it)."""
+    return {k: s[k] for k in ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss",
+                              "num_images", "steps", "guidance", "seed")}
 
 
 @dataclasses.dataclass
@@ -39,7 +49,7 @@ class DemoConfig:
     batch_size: int = 64  # distillation batch (toy latents are 8x8: cheap)
     learning_rate: float = 1e-3  # AdamW; toy-scale (BK-SDM uses 5e-5 at batch 256 on SD)
     feat_loss: str = "normalized"  # LAPTOP-Diff normalized feature KD; "plain" for BK-SDM's
-    num_images: int | None = None  # test prompts per model; None: 128 (quick: 32)
+    num_images: int | None = None  # test prompts per model; None: 256 (quick: 32; CIs need N >= 256)
     steps: int | None = None  # sampler steps; None: the toy pipeline's default
     guidance: float | None = None  # classifier-free guidance; None: the toy pipeline's default
     latency_repeats: int | None = None  # timed U-Net forwards per model; None: 20 (quick: 5)
@@ -68,7 +78,7 @@ class DemoConfig:
 
         d = dataclasses.asdict(self)
         d["distill_steps"] = self.distill_steps or (150 if self.quick else 1200)
-        d["num_images"] = self.num_images or (32 if self.quick else 128)
+        d["num_images"] = self.num_images or (32 if self.quick else 256)
         d["steps"] = self.steps or DEFAULT_STEPS
         d["guidance"] = self.guidance if self.guidance is not None else DEFAULT_GUIDANCE
         d["latency_repeats"] = self.latency_repeats or (5 if self.quick else 20)
@@ -96,7 +106,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     """Run the demo; return the `report.json` content. See the module docstring."""
     from slimdiff.distill import DistillConfig, distill
     from slimdiff.eval.latency import pipeline_latency
-    from slimdiff.eval.runner import evaluate
+    from slimdiff.eval.compare import compare
+    from slimdiff.eval.compare import write as write_compare
     from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
     from slimdiff.report import plot_bars, plot_loss_curves, write_report
     from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
@@ -104,7 +115,14 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     s = config.resolved()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "demo_config.json", s)
+    saved = out / "demo_config.json"
+    if saved.is_file():  # a rerun resumes only the same demo: other settings would mix results
+        old = read_json(saved)
+        differ = {k: (old.get(k), v) for k, v in s.items() if k in _eval_key(s) and old.get(k) != v}
+        if differ:
+            raise ValueError(f"{out} holds a demo with other settings {differ} (saved, new): "
+                             f"use another --out or delete it")
+    write_json(saved, s)
     t_start = time.perf_counter()
 
     # 1. the teacher pipeline and its U-Net profile (per block: params, FLOPs, latency)
@@ -148,30 +166,30 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     train_log = [json.loads(line) for line in open(distill_dir / "train_log.jsonl", encoding="utf-8") if line.strip()]
     distill_recipe = read_json(distill_dir / "recipe.json")
 
-    # 4. evaluate the three models on the same prompts and seeds
+    # 4. evaluate the three models on the same prompts and seeds (one paired comparison, CIs)
     unets = {"teacher": teacher, "pruned": pruned, "distilled": distilled}
-    results, images = {}, {}
-    for name, unet in unets.items():
-        path = out / "eval" / f"{name}.json"
-        pipe.unet = unet
-        if path.is_file() and not (out / "eval" / f"{name}_images").is_dir():
-            path.unlink()  # an evaluation without its images is redone
-        if path.is_file():
-            results[name] = read_json(path)
-            from PIL import Image
+    compare_json = out / "eval" / "compare.json"
+    images_dir = out / "eval" / "images"
+    if compare_json.is_file() and read_json(compare_json).get("settings", {}).get("demo") != _eval_key(s):
+        compare_json.unlink()  # made with other settings: redo
+    if not compare_json.is_file() or not images_dir.is_dir():
+        _say(f"[4/5] evaluating {', '.join(unets)} on {s['num_images']} test prompts", log)
+        pipes = [load_pipeline(config.model, unet=u) for u in unets.values()]
+        comparison = compare(pipes, names=list(unets), num_images=s["num_images"], steps=s["steps"],
+                             guidance=s["guidance"], seed=config.seed, progress=progress,
+                             keep_images=config.grid_rows)
+        comparison["settings"]["demo"] = _eval_key(s)
+        for name, ims in comparison["images"].items():
+            (images_dir / name).mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(ims):
+                im.save(images_dir / name / f"{i:03d}.png")
+        write_compare(comparison, compare_json, out / "eval" / "compare.md")
+    comparison = read_json(compare_json)
+    from PIL import Image
 
-            images[name] = [Image.open(p).copy() for p in sorted((out / "eval" / f"{name}_images").glob("*.png"))]
-            continue
-        _say(f"[4/5] evaluating {name}", log)
-        res, imgs = evaluate(pipe, split="test", num_images=s["num_images"], steps=s["steps"],
-                             guidance=s["guidance"], seed=config.seed, progress=progress, return_images=True)
-        images[name] = imgs[: config.grid_rows]
-        for i, im in enumerate(images[name]):
-            (out / "eval" / f"{name}_images").mkdir(parents=True, exist_ok=True)
-            im.save(out / "eval" / f"{name}_images" / f"{i:03d}.png")
-        write_json(path, res)
-        results[name] = res
-    prompts = results["teacher"].get("prompts", [])[: config.grid_rows]
+    images = {name: [Image.open(p).copy() for p in sorted((images_dir / name).glob("*.png"))] for name in unets}
+    results = {row["model"]: row for row in comparison["rows"]}
+    prompts = comparison.get("prompts", [])[: config.grid_rows]
 
     _say("[5/5] measuring latency and writing the report", log)
     # one CFG step (batch 2) per model, timed round-robin so the machine's load hits all alike
@@ -184,13 +202,14 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
                                         repeats=3 if config.quick else 5)
     pipe.unet = teacher
 
-    # 5. report
+    # 5. report: quality with 95% CIs (paired with the teacher), size and speed
     per_model = {}
     for name, unet in unets.items():
+        r = results[name]
         per_model[name] = {
-            "alignment": results[name]["alignment"],
-            "all_correct": results[name]["all_correct"],
-            "judge_fid": results[name]["judge_fid"],
+            **{k: r.get(k) for k in QUALITY_KEYS},
+            "ci": {k: r["ci"][k] for k in QUALITY_KEYS if k in r.get("ci", {})},
+            "differs_from_teacher": sorted(r.get("marks", {})),
             "params": _num_params(unet),
             "gflops": _gflops(unet, latent, context),
             "unet_latency_ms": unet_ms[name],
@@ -200,7 +219,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     for name, m in per_model.items():
         m["params_ratio"] = m["params"] / t["params"]
         m["unet_speedup"] = t["unet_latency_ms"] / m["unet_latency_ms"]
-        m["alignment_recovered"] = m["alignment"] / t["alignment"] if t["alignment"] else None
+        m["all_correct_recovered"] = m["all_correct"] / t["all_correct"] if t["all_correct"] else None
     summary = {
         **per_model,
         "settings": s,
@@ -209,7 +228,21 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
         "threads": torch.get_num_threads(),
         "wall_s": time.perf_counter() - t_start,
     }
-    rows = [{"model": name, **{k: v for k, v in m.items() if k != "all_correct"}} for name, m in per_model.items()]
+    from slimdiff.report.tables import format_ci
+
+    rows = []
+    for name, m in per_model.items():
+        row = {"model": name}
+        for k in QUALITY_KEYS:
+            mark = "*" if k in m["differs_from_teacher"] else ""
+            row[k] = format_ci(m[k], m["ci"].get(k), mark) if m[k] is not None else None
+        row.update({k: m[k] for k in ("params", "gflops", "unet_latency_ms", "pipeline_latency_ms", "unet_speedup")})
+        rows.append(row)
+    ceiling = results.get("rendered (ceiling)")
+    if ceiling:
+        rows.append({"model": "rendered (ceiling)",
+                     **{k: format_ci(ceiling.get(k), ceiling["ci"].get(k)) if ceiling.get(k) is not None else None
+                        for k in QUALITY_KEYS}})
     plots = {
         "U-Net latency per model (ms, one CFG step)": plot_bars(unet_ms, "ms", out / "unet_latency.png"),
         "Teacher U-Net latency per block": out / "teacher_block_latency.png",
@@ -227,7 +260,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
         },
         intro=(f"Teacher `{config.model}`, student pruned with `{config.preset}` and distilled for "
                f"{s['distill_steps']} steps; {s['num_images']} test prompts per model, {s['steps']} sampler "
-               f"steps, guidance {s['guidance']}, seed {config.seed}. Latency: median over repeats on "
+               f"steps, guidance {s['guidance']}, seed {config.seed}, the same initial noise for every model. "
+               f"Quality: value [95% bootstrap CI over the prompts]; `*`: differs from the teacher (the "
+               f"paired difference's 95% CI excludes 0). Fidelity: PSNR and judge-feature cosine of each "
+               f"image against the teacher's for the same prompt and noise. Latency: median over repeats on "
                f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run."),
     )
     summary["report_html"], summary["report_md"] = str(html_path), str(md_path)

@@ -38,14 +38,14 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
 def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     """Write a complete tiny `StableDiffusionPipeline` to `path` and return it.
 
-    Word-level toy tokenizer, 1-layer CLIP text encoder (hidden 16), a 2-level KL-VAE
-    (16x16 images <-> 8x8x4 latents), DPM-Solver++ scheduler, `tiny_unet(seed)`; no safety
+    Word-level toy tokenizer, 1-layer CLIP text encoder (hidden 16), a 4-level KL-VAE
+    (64x64 images <-> 8x8x4 latents, the toy world's sizes), DPM-Solver++ scheduler, `tiny_unet(seed)`; no safety
     checker. Loads offline with `StableDiffusionPipeline.from_pretrained(path)`.
     """
     unet = tiny_unet(seed)
     text_encoder = components.build_text_encoder(
         hidden_size=TINY_CROSS_ATTENTION_DIM, num_layers=1, num_heads=2, intermediate_size=32, seed=seed
     )
-    vae = components.build_vae(block_out_channels=(8, 16), norm_num_groups=4, sample_size=16, seed=seed)
+    vae = components.build_vae(block_out_channels=(4, 4, 8, 8), norm_num_groups=4, sample_size=64, seed=seed)
     pipe = components.assemble_pipeline(unet, vae, text_encoder)
     return components.save_pipeline(pipe, path)

@@ -18,30 +18,39 @@ def one_thread():
 
 
 class FakeJudge(nn.Module):
-    """The judge's contract (`features`, `score`) with a fixed random conv as feature extractor.
-
-    `score` "confirms" an attribute when a pixel statistic passes a threshold: meaningless, but a
-    deterministic function of the pixels, which is what the determinism tests need.
-    """
+    """The judge's contract (`features`, `per_image`, `score`) with a fixed random conv as feature
+    extractor. An attribute is "confirmed" when a pixel statistic passes a threshold: meaningless,
+    but a deterministic function of the pixels, which is what the determinism tests need."""
 
     def __init__(self, dim: int = 8):
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, dim, 3, padding=1)
+        self.pca = None
         self.eval()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, D)
         return torch.tanh(self.conv(images)).mean(dim=(2, 3))
 
-    def score(self, images: torch.Tensor, scenes) -> dict:
+    def per_image(self, images: torch.Tensor, scenes) -> dict:
+        import numpy as np
+
         assert images.shape[0] == len(scenes) and images.dtype == torch.float32
-        bright = (images.max(dim=1).values > 0.5).float().mean(dim=(1, 2))  # (N,) share of bright pixels
-        per_attr = {"colour0": float((bright > 0.05).float().mean()), "count": float((bright > 0.2).float().mean())}
-        return {
-            "alignment": float(bright.mean()),
-            "all_correct": float((bright > 0.3).float().mean()),
-            "per_attribute": per_attr,
-        }
+        bright = (images.max(dim=1).values > 0.5).float().mean(dim=(1, 2)).numpy()  # (N,) share of bright pixels
+        n = len(scenes)
+        ok_colour, ok_count = (bright > 0.05).astype(float), (bright > 0.2).astype(float)
+        out = {"hits": ok_colour + ok_count, "attrs": np.full(n, 2.0), "all_correct": (bright > 0.3).astype(float),
+               "prob": bright, "logprob": np.log(np.clip(bright, 1e-12, 1))}
+        for fam in ("count", "layout", "colour", "shape", "size"):
+            out[f"hits_{fam}"], out[f"attrs_{fam}"] = np.zeros(n), np.zeros(n)
+        out["hits_colour"], out["attrs_colour"] = ok_colour, np.ones(n)
+        out["hits_count"], out["attrs_count"] = ok_count, np.ones(n)
+        return out
+
+    def score(self, images: torch.Tensor, scenes) -> dict:
+        from slimdiff.toy.judge import summarize
+
+        return summarize(self.per_image(images, scenes))
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def test_same_seed_same_pixels_whatever_the_batch_size(tiny_pipe):
     a = _pixels(runner.generate(tiny_pipe, PROMPTS, seed=3, batch_size=3, **FAST))
     b = _pixels(runner.generate(tiny_pipe, PROMPTS, seed=3, batch_size=3, **FAST))
     c = _pixels(runner.generate(tiny_pipe, PROMPTS, seed=3, batch_size=1, **FAST))
-    assert a.shape == (3, 16, 16, 3)
+    assert a.shape == (3, 64, 64, 3)
     assert np.array_equal(a, b)
     # batched and unbatched matmuls may round differently: at most one uint8 level apart
     assert np.abs(a - c).max() <= 1
@@ -58,17 +58,28 @@ def test_resolve_pipeline_errors(tmp_path):
         runner.resolve_pipeline(tmp_path / "empty")
 
 
-def test_toy_scores_of_rendered_images_have_zero_judge_fid(fake_judge):
+def test_toy_scores_of_rendered_images_have_zero_kid_and_intervals(fake_judge):
     scenes = world.sample_scenes("test", 12, seed=0)
     assert 0 < sum(map(world.is_novel, scenes)) < 12
     rendered = to_tensor(np.stack([world.render(s) for s in scenes]))
-    out = runner.toy_scores(rendered, scenes, judge=fake_judge)
-    assert abs(out["judge_fid"]) < 1e-6
-    assert set(out) >= {"alignment", "all_correct", "per_attribute", "judge_fid", "novel", "seen_pairs"}
+    out = runner.toy_scores(rendered, scenes, judge=fake_judge, teacher_images=rendered)
+    assert out["kid"] == pytest.approx(0.0, abs=1e-12) and out["ci"]["kid"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert set(out) >= {"alignment", "alignment_score", "all_correct", "per_attribute", "kid", "novel", "seen_pairs",
+                        "psnr_to_teacher", "feature_cos_to_teacher", "ci"}
+    assert "judge_fid" not in out  # 12 images < 10 x the PCA dims: refused rather than biased
+    assert out["psnr_to_teacher"] == 100.0 and out["feature_cos_to_teacher"] == pytest.approx(1.0)
     novel = [i for i, s in enumerate(scenes) if world.is_novel(s)]
-    assert out["novel"] == fake_judge.score(rendered[novel], [scenes[i] for i in novel])
+    want = fake_judge.score(rendered[novel], [scenes[i] for i in novel])
+    assert out["novel"]["all_correct"] == want["all_correct"] and out["novel"]["n"] == len(novel)
+    for key, (lo, hi) in out["ci"].items():  # every interval holds its value (percentile bootstrap)
+        value = out[key] if "." not in key else out[key.split(".")[0]][key.split(".")[1]]
+        assert lo - 1e-9 <= value <= hi + 1e-9 or key == "kid", key
     with pytest.raises(ValueError, match="12 images for 11 scenes"):
         runner.toy_scores(rendered, scenes[:11], judge=fake_judge)
+    with pytest.raises(ValueError, match=r"images are \(32, 32\) but the toy world's are \(64, 64\)"):
+        runner.toy_scores(rendered[:, :, :32, :32], scenes, judge=fake_judge)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        runner.toy_scores(rendered[:1], scenes[:1], judge=fake_judge)
 
 
 def test_default_sampling_follows_the_world(tiny_pipe):
@@ -85,12 +96,12 @@ def test_evaluate_is_deterministic(tiny_pipe, fake_judge, tmp_path):
     first, images = runner.evaluate(tiny_pipe, grid=tmp_path / "grid.png", reference=True, return_images=True,
                                     **kwargs)
     second = runner.evaluate(tiny_pipe, **kwargs)
-    assert len(images) == 4 and images[0].size == (16, 16)
-    for key in ("alignment", "all_correct", "judge_fid", "per_attribute", "prompts", "settings"):
+    assert len(images) == 4 and images[0].size == (64, 64)
+    for key in ("alignment", "alignment_score", "all_correct", "kid", "per_attribute", "ci", "prompts", "settings"):
         assert first[key] == second[key], key
     assert first["prompts"] == [world.caption(s) for s in world.sample_scenes("test", 4, seed=1)]
-    assert first["settings"]["judge_resolution"] == [32, 32] and first["settings"]["resolution"] == [16, 16]
-    assert set(first["reference"]) >= {"alignment", "all_correct", "judge_fid"}
+    assert first["settings"]["judge_resolution"] == [64, 64] and first["settings"]["resolution"] == [64, 64]
+    assert set(first["reference"]) >= {"alignment", "all_correct", "kid", "ci"}
     assert (tmp_path / "grid.png").is_file()
     third = runner.evaluate(tiny_pipe, **{**kwargs, "seed": 2})
     assert third["prompts"] != first["prompts"]
@@ -122,7 +133,7 @@ def test_evaluate_real_model_metrics_stream(tiny_pipe, tmp_path, inception_file,
                   ref_images=ref, clip_dir=tiny_clip_dir, fid_dims=64, **FAST)
     first = runner.evaluate(tiny_pipe, grid=tmp_path / "grid.png", images_dir=tmp_path / "images", **kwargs)
     assert {"fid", "is", "is_std", "clip_score"} <= set(first) and "alignment" not in first
-    assert first["fid"] > 0 and first["is"] >= 1 and -1 <= first["clip_score"] <= 1
+    assert first["fid"] > 0 and first["is"] >= 1 - 1e-5 and -1 <= first["clip_score"] <= 1
     assert first["settings"]["world"] == "prompts" and first["settings"]["guidance"] == 7.5
     assert len(list((tmp_path / "images").glob("*.png"))) == 3 and (tmp_path / "grid.png").is_file()
     second = runner.evaluate(tiny_pipe, **kwargs)

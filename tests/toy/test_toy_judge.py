@@ -1,44 +1,75 @@
-"""The shipped judge reads rendered scenes back; its score counts caption attributes."""
+"""The shipped judge reads rendered scenes back (broken ones too); its score counts caption attributes."""
 
+import numpy as np
 import pytest
 import torch
 
 from slimdiff.toy import world
-from slimdiff.toy.judge import HEADS, Judge
+from slimdiff.toy.judge import HEADS, Judge, summarize
 
 
-
-def test_judge_reads_rendered_test_scenes():
+@pytest.fixture(scope="module")
+def judge():
     from slimdiff.toy.judge import load_judge
 
-    judge = load_judge()
-    assert not judge.training
-    scenes = world.sample_scenes("test", 96, seed=11)
+    return load_judge()
+
+
+def test_judge_reads_rendered_test_scenes(judge):
+    assert not judge.training and judge.pca is not None
+    scenes = world.sample_scenes("test", 128, seed=11)
     images = world.to_tensor(world.render_batch(scenes))
     result = judge.score(images, scenes)
-    assert result["alignment"] >= 0.97
+    assert result["alignment"] >= 0.98 and result["all_correct"] >= 0.9
     assert min(result["per_attribute"].values()) >= 0.97
+    assert result["alignment_score"] >= 0.95
     feats = judge.features(images)
-    assert feats.shape == (96, 256) and torch.isfinite(feats).all()
-    # upsampled inputs are resized back to 32x32
-    big = torch.nn.functional.interpolate(images[:8], scale_factor=2, mode="nearest")
-    assert judge.score(big, scenes[:8])["alignment"] >= 0.9
+    assert feats.shape == (128, 256) and torch.isfinite(feats).all()
+    with pytest.raises(ValueError, match=r"reads \(N, 3, 64, 64\) images"):
+        judge.score(torch.zeros(2, 3, 32, 32), scenes[:2])
+
+
+def test_judge_sees_missing_extra_and_broken_objects(judge):
+    """Empty canvases read as 0 objects, 4-5 objects as '4+', blobs as no shape: never a scene."""
+    rng = np.random.default_rng(5)
+    clutter = [world.clutter_scene(rng) for _ in range(32)]
+    blobs = [world.with_blobs(s, rng, p=1.0) for s in world.sample_scenes("test", 32, seed=3)]
+    preds = judge.predict(world.to_tensor(world.render_batch(clutter + blobs + [world.EMPTY_SCENE] * 4)))
+    assert np.mean([p["count"] == "4+" for p in preds[:32]]) >= 0.8
+    blob_shapes = [p[f"shape{i}"] for p, s in zip(preds[32:64], blobs) for i in range(len(s.objects))]
+    assert np.mean([b == world.BLOB for b in blob_shapes]) >= 0.8
+    assert all(p["count"] == "0" for p in preds[64:])
 
 
 def test_score_counts_attributes_per_caption():
-    """A judge that always answers the same thing: exact expected fractions."""
+    """A judge that always answers the same thing: exact expected fractions and probabilities."""
     judge = Judge().eval()
-    one = world.Scene((world.Obj("red", "circle", "small", 8, 16),), "left")
-    two = world.Scene((world.Obj("red", "circle", "small", 8, 16), world.Obj("blue", "square", "large", 24, 16)),
+    one = world.Scene((world.Obj("red", "circle", "small", 16, 32),), "left")
+    two = world.Scene((world.Obj("red", "circle", "small", 16, 32), world.Obj("blue", "square", "large", 48, 32)),
                       "left_of")
-    # answer exactly `one`'s attributes for every image (count 1, left, red circle small; slot 1 blue square large)
+    # answer `one`'s attributes with probability 0.9 for every image; slot 1 blue square large
     answer = {**one.attributes(), "colour1": "blue", "shape1": "square", "size1": "large"}
-    judge.predict = lambda images: [answer for _ in range(len(images))]
-    result = judge.score(torch.zeros(2, 3, 32, 32), [one, two])
+
+    def probabilities(images, batch_size=512):
+        out = {}
+        for k, classes in HEADS.items():
+            p = torch.full((len(images), len(classes)), 0.1 / (len(classes) - 1))
+            if k in answer:
+                p[:, classes.index(answer[k])] = 0.9
+            out[k] = p
+        return out
+
+    judge.probabilities = probabilities
+    result = judge.score(torch.zeros(2, 3, 64, 64), [one, two])
     # `one`: 5/5 right; `two`: colour0/shape0/size0 + slot-1 three right, count and layout wrong -> 6/8
     assert result["alignment"] == pytest.approx(11 / 13)
     assert result["all_correct"] == 0.5
     assert result["per_attribute"]["count"] == 0.5 and result["per_attribute"]["colour"] == 1.0
+    # mean probability of the caption's attributes: one 0.9; two (6 x 0.9 + count 0.1/4 + layout 0.1/8) / 8
+    p_two = (6 * 0.9 + 0.1 / (len(HEADS["count"]) - 1) + 0.1 / (len(HEADS["layout"]) - 1)) / 8
+    assert result["alignment_score"] == pytest.approx((0.9 + p_two) / 2, rel=1e-5)
+    per = judge.per_image(torch.zeros(2, 3, 64, 64), [one, two])
+    assert summarize(per, np.array([0, 0]))["all_correct"] == 1.0  # a draw of image 0 twice
     assert set(HEADS) >= set(two.attributes())
     with pytest.raises(ValueError, match="2 images but 1 scenes"):
-        judge.score(torch.zeros(2, 3, 32, 32), [one])
+        judge.score(torch.zeros(2, 3, 64, 64), [one])

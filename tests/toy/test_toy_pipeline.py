@@ -30,7 +30,7 @@ def test_tiny_pipeline_generates(tmp_path):
     out = pipe(["a small red circle on the left", "a large blue square above a small cyan triangle"],
                negative_prompt=["", "blue"], num_inference_steps=2, guidance_scale=5.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
-    assert out.shape == (2, 16, 16, 3) and np.isfinite(out).all()
+    assert out.shape == (2, 64, 64, 3) and np.isfinite(out).all()
 
 
 def test_shipped_pipeline_loads_with_plain_diffusers():
@@ -44,4 +44,4 @@ def test_shipped_pipeline_loads_with_plain_diffusers():
     kw = dict(num_inference_steps=2, guidance_scale=5.0, output_type="np")
     a = pipe("a large red circle left of a small blue square", generator=torch.Generator().manual_seed(0), **kw).images
     b = pipe("a large red circle left of a small blue square", generator=torch.Generator().manual_seed(0), **kw).images
-    assert a.shape == (1, 32, 32, 3) and np.array_equal(a, b)
+    assert a.shape == (1, 64, 64, 3) and np.array_equal(a, b)

@@ -21,17 +21,18 @@ def test_config_validation():
 
 def test_micro_run_every_stage_and_resume(tmp_path):
     cfg = dict(vae_steps=2, vae_batch=4, num_latents=16, unet_steps=2, unet_batch=4, judge_steps=2, judge_batch=8,
-               judge_pool=16, checkpoint_every=1, vae_channels=(16, 32), unet_channels=(16, 16, 32, 32),
+               judge_pool=16, judge_pca_scenes=64, checkpoint_every=1, vae_channels=(8, 8, 8, 8), unet_channels=(16, 16, 32, 32),
                text_hidden=16, text_layers=1, text_heads=2, unet_heads=2)
     run(ToyTrainConfig(**cfg), tmp_path, stage="all")
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert recipe["unet_steps"] == 2 and (tmp_path / "judge" / "model.safetensors").is_file()
     run(ToyTrainConfig(**{**cfg, "unet_steps": 3}), tmp_path, stage="unet", resume=True)
-    assert torch.load(tmp_path / "unet.ckpt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "unet.ckpt", weights_only=True)["step"] == 3
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a small red circle on the left", num_inference_steps=2, output_type="np").images
-    assert out.shape == (1, 32, 32, 3)  # 2 VAE widths: 32x32 images <-> 16x16 latents
+    assert out.shape == (1, 64, 64, 3)  # 4 VAE widths: 64x64 images <-> 8x8 latents
+    assert (tmp_path / "judge" / "pca.safetensors").is_file()
 
 
 def test_cli_render(tmp_path, capsys):

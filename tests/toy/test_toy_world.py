@@ -1,5 +1,7 @@
 """The toy world: deterministic rendering, captions that match the pixels, splits that hold out."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,56 +20,83 @@ def test_same_seed_same_pixels():
 
 def test_render_shape_and_background():
     img = world.render(world.sample_scenes("test", 1, seed=0)[0])
-    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     assert tuple(img[0, 0]) == world.BACKGROUND  # corners are never covered
 
 
 def test_caption_examples():
-    a = world.Obj("red", "circle", "small", 8, 16)
-    b = world.Obj("blue", "square", "large", 24, 16)
+    a = world.Obj("red", "circle", "small", 16, 32)
+    b = world.Obj("blue", "square", "large", 48, 32)
+    c = world.Obj("pink", "cross", "medium", 52, 32)
     assert world.caption(world.Scene((a, b), "left_of")) == "a small red circle left of a large blue square"
     assert world.caption(world.Scene((b,), "top")) == "a large blue square at the top"
-    with pytest.raises(ValueError, match="colour 'pink'"):
-        world.Obj("pink", "circle", "small", 8, 8)
-    with pytest.raises(ValueError, match="one-object layout"):
+    assert (world.caption(world.Scene((a, b, c), "row"))
+            == "a small red circle , a large blue square and a medium pink cross in a row")
+    with pytest.raises(ValueError, match="colour 'brown'"):
+        world.Obj("brown", "circle", "small", 8, 8)
+    with pytest.raises(ValueError, match="1-object layout 'above'"):
         world.Scene((a,), "above")
+    with pytest.raises(ValueError, match="1 to 3 objects, got 4"):
+        world.Scene((a, b, c, a), "row")
+    assert world.EMPTY_SCENE.attributes() == {"count": "0"}
+    assert world.clutter_scene(np.random.default_rng(0)).attributes()["count"] == "4+"
+
+
+# probe points (dx, dy) in half-extents, and which shapes cover them (masks in world._mask)
+_PROBES = ((0.8, 0.8), (0.0, -0.9), (0.5, 0.5), (-0.7, 0.0), (0.6, 0.6))
+_SIGNATURES = {(0, 1, 1, 1, 1): "circle", (1, 0, 1, 1, 1): "square", (1, 1, 1, 0, 1): "triangle",
+               (0, 1, 1, 1, 0): "diamond", (0, 1, 0, 1, 0): "cross"}
+# covered area / r^2 per shape: pi, (2 * 0.88)^2, 2 (triangle), 2 * 1.1^2 (diamond), cross bars
+_AREA = {"circle": np.pi, "square": 1.76**2, "triangle": 2.0, "diamond": 2 * 1.1**2, "cross": 2 * 0.72 * 2 - 0.72**2}
 
 
 def _shape_signature(obj, res=512):
-    """Which shape the fine coverage mask draws: probe an upper-left point (-0.6r, -0.5r),
-    inside circles and squares but outside upward triangles, and a lower corner (0.8r, 0.8r),
-    inside squares and triangles but outside circles."""
+    """Which shape the fine coverage mask draws, from the probe points it covers."""
     mask, scale, r = world._mask(obj, res), res / world.IMAGE_SIZE, world.SIZES[obj.size]
-    at = lambda dx, dy: bool(mask[int((obj.y + dy) * scale), int((obj.x + dx) * scale)])
-    upper, corner = at(-0.6 * r, -0.5 * r), at(0.8 * r, 0.8 * r)
-    return {(True, True): "square", (True, False): "circle", (False, True): "triangle"}.get((upper, corner))
+    at = lambda dx, dy: int(mask[int((obj.y + dy * r) * scale), int((obj.x + dx * r) * scale)])  # noqa: E731
+    return _SIGNATURES.get(tuple(at(dx, dy) for dx, dy in _PROBES))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_pixels_agree_with_caption(split):
-    """Read caption attributes back from the pixels: colour at the centre, size from the
-    covered area, order along the relation axis, position; shape from the coverage mask."""
+    """Read caption attributes back from the pixels: colour at the centre, shape from the
+    coverage mask, size from the covered area, order along the layout's axis, position."""
     for scene in world.sample_scenes(split, 60, seed=1):
         img = world.render(scene).astype(int)
-        covered = np.abs(img - np.array(world.BACKGROUND)).sum(-1) > 30  # (32, 32)
-        areas = []
         for obj in scene.objects:
             cy, cx = int(obj.y), int(obj.x)
             assert tuple(img[cy, cx]) == world.COLOURS[obj.colour], world.caption(scene)
             assert _shape_signature(obj) == obj.shape, world.caption(scene)
+            area = world._mask(obj, 256).sum() / 16  # pixels at the image's resolution
             r = world.SIZES[obj.size]
-            box = covered[max(0, int(obj.y - r - 1)) : int(obj.y + r + 2), max(0, int(obj.x - r - 1)) : int(obj.x + r + 2)]
-            areas.append(box.sum())
-            # small objects cover < 70 pixels, large ones > 85 (triangles are the smallest)
-            assert (box.sum() < 70) if obj.size == "small" else (box.sum() > 85), (world.caption(scene), box.sum())
-        if len(scene.objects) == 2:
-            a, b = scene.objects
-            assert (a.x < b.x) if scene.layout == "left_of" else (a.y < b.y)
+            assert abs(area / (_AREA[obj.shape] * r * r) - 1) < 0.05, (world.caption(scene), area)
+        objs = scene.objects
+        if len(objs) >= 2:
+            horizontal = scene.layout in ("left_of", "row")
+            coords = [o.x if horizontal else o.y for o in objs]
+            assert coords == sorted(coords) and min(np.diff(coords)) >= 19, world.caption(scene)
         else:
-            o = scene.objects[0]
-            side = {"left": o.x < 12, "right": o.x > 20, "top": o.y < 12, "bottom": o.y > 20,
-                    "middle": 12 < o.x < 20 and 12 < o.y < 20}
+            o = objs[0]
+            side = {"left": o.x < 20, "right": o.x > 44, "top": o.y < 20, "bottom": o.y > 44,
+                    "middle": 28 < o.x < 36 and 28 < o.y < 36}
             assert side[scene.layout], world.caption(scene)
+        for o in objs:  # a large object stays inside the frame
+            r = world.SIZES[o.size]
+            assert r - 1 <= o.x <= 64 - r + 1 and r - 1 <= o.y <= 64 - r + 1, world.caption(scene)
+
+
+def test_blobs_are_no_shape():
+    rng = np.random.default_rng(0)
+    for scene in world.sample_scenes("all", 20, seed=2):
+        blobbed = world.with_blobs(scene, rng)
+        assert any(o.shape == world.BLOB for o in blobbed.objects)
+        for o in blobbed.objects:  # a blob's outline matches no shape of the same size and place
+            if o.shape == world.BLOB:
+                m = world._mask(o, 256)
+                for shape in world.SHAPES:
+                    other = world._mask(dataclasses.replace(o, shape=shape), 256)
+                    assert (m & other).sum() / (m | other).sum() < 0.9
+        assert world.render(blobbed).shape == (64, 64, 3)
 
 
 def test_splits_hold_out_pairs_and_compositions():
@@ -79,7 +108,8 @@ def test_splits_hold_out_pairs_and_compositions():
     assert 0.15 < len(novel) / len(test) < 0.35  # TEST_NOVEL_FRACTION = 0.25
     train_structures = {s.structure() for s in train}
     assert not train_structures & {s.structure() for s in test}
-    # every colour and every shape is still seen in training
+    # every colour and every shape is still seen in training; all three object counts occur
+    assert {len(s.objects) for s in train} == {1, 2, 3}
     assert {o.colour for s in train for o in s.objects} == set(world.COLOURS)
     assert {o.shape for s in train for o in s.objects} == set(world.SHAPES)
     with pytest.raises(ValueError, match="split 'dev'"):

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "distill": "distill",
     "generate": "generate",
     "evaluate": "evaluate",
+    "compare": "compare",
     "demo": "demo",
     "toy": "toy",
 }

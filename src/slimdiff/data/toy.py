@@ -12,7 +12,7 @@ from slimdiff.data.common import image_to_tensor
 
 
 class ToyDataset(Dataset):
-    def __init__(self, n: int = 4096, seed: int = 0, resolution: int = 32, split: str = "train"):
+    def __init__(self, n: int = 4096, seed: int = 0, resolution: int = 64, split: str = "train"):
         from slimdiff.toy import world
 
         if n < 1:
@@ -27,5 +27,5 @@ class ToyDataset(Dataset):
         return len(self.scenes)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.world.render(self.scenes[i])  # uint8 (32, 32, 3)
+        image = self.world.render(self.scenes[i])  # uint8 (64, 64, 3)
         return {"index": i, "pixel_values": image_to_tensor(image, self.resolution), "caption": self.captions[i]}

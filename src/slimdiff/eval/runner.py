@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from slimdiff.eval import metrics
 from slimdiff.eval.images import image_files, resize, to_pil, to_tensor
 from slimdiff.eval.inception import load_inception, resolve_weights
+from slimdiff.eval.toy import reference_scores, toy_scores
 
 # scheduler name -> diffusers class; built with `.from_config(pipe.scheduler.config)`
 SCHEDULERS = {
@@ -289,6 +290,7 @@ def evaluate(
     world=None,
     judge=None,
     return_images: bool = False,
+    teacher_images=None,
 ) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
     """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict.
 
@@ -308,11 +310,14 @@ def evaluate(
     `device`: where the pipeline and the metric networks run (default: the pipeline's).
     `world`, `judge`: replacements for `slimdiff.toy.world` and `load_judge()` (tests).
     `return_images`: also return the generated images, `(result, images)` (e.g. for a report grid).
+    `teacher_images`: the teacher's images for the same prompts and seeds (toy: adds the fidelity
+    metrics `psnr_to_teacher`, `feature_cos_to_teacher`; `slimdiff.eval.compare` passes them).
+    Toy metrics carry 95% bootstrap intervals in `result["ci"]` (see `slimdiff.eval.toy`).
     Everything but `timing` is a function of the arguments: the same seed gives the same numbers.
     """
     # 1. check every input before the long generation: weights, pipeline, judge, prompts
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if num_images < 2:
+        raise ValueError(f"num_images must be >= 2 (metrics carry bootstrap intervals), got {num_images}")
     if ref_images is not None and inception_weights is None:
         raise ValueError("ref_images was given but not inception_weights: FID needs both")
     if inception_weights is not None:
@@ -379,17 +384,15 @@ def evaluate(
     gen_seconds = time.perf_counter() - t0
     result: dict[str, Any] = {}
 
-    # 4. toy world: the judge's alignment and judge-FID against the rendered scenes
+    # 4. toy world: the judge's figures, KID / PCA-FID against the rendered scenes, fidelity
     if toy:
         rendered = to_tensor([world.render(s) for s in scenes])
-        result.update(toy_scores(kept, scenes, judge=judge, world=world, rendered=rendered))
+        result.update(toy_scores(kept, scenes, judge=judge, world=world, rendered=rendered,
+                                 teacher_images=teacher_images, seed=seed))
         if reference:
             # the ceiling: rendered images of the same captions, objects placed anew (what a
             # generator that follows every caption perfectly may draw) against the reference
-            other = [world.same_caption(s, seed + 1 + i) for i, s in enumerate(scenes)]
-            ref_scores = toy_scores(rendered, scenes, judge=judge, world=world, rendered=rendered, fid=False)
-            ref_scores["judge_fid"] = metrics.judge_fid(to_tensor([world.render(s) for s in other]), rendered, judge)
-            result["reference"] = ref_scores
+            result["reference"] = reference_scores(scenes, judge=judge, world=world, seed=seed)
     for scorer in scorers:
         result.update(scorer.result())
     if grid is not None:
@@ -434,46 +437,20 @@ def _load_judge():
     return load_judge()
 
 
-def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool = True) -> dict[str, Any]:
-    """The toy world's metrics of `images` generated from `scenes` (one image per scene, in order).
-
-    Returns the judge's `score` dict (`alignment`, `all_correct`, per-attribute figures), the same
-    for the scenes with a held-out colour-shape pair (`novel`) and the rest (`seen_pairs`) when
-    both occur, and, with `fid`, `judge_fid` against `rendered` (default: the scenes rendered by `world`). Images are
-    resized to the rendered images' size (the judge's input) when they differ.
-    """
-    if world is None:
-        from slimdiff.toy import world
-    judge = judge if judge is not None else _load_judge()
-    if rendered is None:
-        rendered = to_tensor([world.render(s) for s in scenes])
-    gen = resize(to_tensor(images), tuple(rendered.shape[-2:]))  # (N, 3, H, W) at the judge's size
-    if gen.shape[0] != len(scenes):
-        raise ValueError(f"{gen.shape[0]} images for {len(scenes)} scenes")
-    with torch.no_grad():
-        out = _plain(judge.score(gen, scenes))
-        # compositional generalisation: scenes with a held-out colour-shape pair vs the rest
-        is_novel = getattr(world, "is_novel", None)
-        novel = [i for i, s in enumerate(scenes) if is_novel is not None and is_novel(s)]
-        seen = [i for i in range(len(scenes)) if i not in set(novel)]
-        if novel and seen:
-            out["novel"] = _plain(judge.score(gen[novel], [scenes[i] for i in novel]))
-            out["seen_pairs"] = _plain(judge.score(gen[seen], [scenes[i] for i in seen]))
-    if fid:
-        out["judge_fid"] = metrics.judge_fid(gen, rendered, judge)
-    return out
-
-
-METRIC_KEYS = ("alignment", "all_correct", "judge_fid", "fid", "is", "clip_score")
+METRIC_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid", "psnr_to_teacher",
+               "feature_cos_to_teacher", "fid", "is", "clip_score")
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The headline metrics of an `evaluate` result as table rows (metric, value[, rendered])."""
+    """The headline metrics of an `evaluate` result as table rows (metric, value, 95% CI[, rendered])."""
     ref = result.get("reference", {})
+    ci = result.get("ci", {})
     rows = []
     for key in METRIC_KEYS:
         if key in result:
-            row = {"metric": key, "value": result[key]}
+            lo_hi = ci.get(key)
+            row = {"metric": key, "value": result[key],
+                   "95% CI": f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else None}
             if ref:
                 row["rendered (ceiling)"] = ref.get(key)
             rows.append(row)

@@ -32,6 +32,16 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_ci(value: float | None, ci: Sequence[float] | None, mark: str = "") -> str:
+    """A value with its 95% interval for tables: '0.8125 [0.7617, 0.8594]' (+ a mark, e.g. '*')."""
+    if value is None:
+        return MISSING
+    text = format_value(float(value))
+    if ci is not None and len(ci) == 2:
+        text += f" [{format_value(float(ci[0]))}, {format_value(float(ci[1]))}]"
+    return text + mark
+
+
 def table_columns(rows: Sequence[dict], columns: Sequence[str] | None = None) -> list[str]:
     if columns is not None:
         return list(columns)

@@ -98,8 +98,8 @@ def build_text_encoder(
 
 
 def build_vae(block_out_channels: Sequence[int], norm_num_groups: int, latent_channels: int = 4,
-              sample_size: int = 32, seed: int = 0) -> AutoencoderKL:
-    """A small KL autoencoder; len(block_out_channels) - 1 halvings (2 widths: 32x32 -> 16x16)."""
+              sample_size: int = 64, seed: int = 0) -> AutoencoderKL:
+    """A small KL autoencoder; len(block_out_channels) - 1 halvings (4 widths: 64x64 -> 8x8, SD's 8x)."""
     n = len(block_out_channels)
     torch.manual_seed(seed)
     return AutoencoderKL(

@@ -1,13 +1,14 @@
 """The judge: a small CNN that reads every caption attribute back from a toy-world image.
 
     judge = load_judge()                                 # eval mode, shipped weights
-    feats = judge.features(images)                       # (N, 256), for a Fréchet distance
-    judge.score(images, scenes)["alignment"]             # fraction of caption attributes found
+    feats = judge.features(images)                       # (N, 256), for KID / Fréchet distances
+    judge.score(images, scenes)["alignment_score"]       # mean probability of the caption's attributes
 
-`images` are float (N, 3, H, W) in [0, 1] (resized to 32x32 when H, W differ). Heads, per slot
-(slot 0 = the first object named in the caption, i.e. the left or upper one):
-count (1 or 2), layout (5 positions + 2 relations), colour0/1, shape0/1, size0/1. A caption
-with one object states 5 attributes (count, layout, colour0, shape0, size0); with two, 8.
+`images` are float (N, 3, 64, 64) in [0, 1] (other sizes are refused). Heads, per slot (slot i =
+the i-th object named in the caption, in reading order): count ('0'..'3' and '4+': missing and
+extra objects are seen), layout (5 positions, 2 relations, 2 arrangements), colour0..2,
+shape0..2 (the world's shapes and 'blob': a region that is no shape), size0..2. A caption with
+k objects states 2 + 3k attributes (count, layout, then colour, shape and size per object).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,17 +24,13 @@ import torch.nn.functional as F
 from slimdiff.toy import world
 
 # head name -> class names (the label space of each attribute)
-HEADS: dict[str, tuple[str, ...]] = {
-    "count": ("1", "2"),
-    "layout": world.LAYOUTS,
-    "colour0": tuple(world.COLOURS),
-    "shape0": world.SHAPES,
-    "size0": tuple(world.SIZES),
-    "colour1": tuple(world.COLOURS),
-    "shape1": world.SHAPES,
-    "size1": tuple(world.SIZES),
-}
+HEADS: dict[str, tuple[str, ...]] = {"count": world.COUNTS, "layout": world.LAYOUTS}
+for _i in range(world.MAX_OBJECTS):
+    HEADS[f"colour{_i}"] = tuple(world.COLOURS)
+    HEADS[f"shape{_i}"] = world.SHAPES + (world.BLOB,)
+    HEADS[f"size{_i}"] = tuple(world.SIZES)
 FEATURE_DIM = 256
+FAMILIES = ("count", "layout", "colour", "shape", "size")  # per-attribute accuracy groups
 
 
 def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
@@ -43,32 +41,33 @@ def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
 
 
 class Judge(nn.Module):
-    """CNN 32x32x3 -> 4x4x96 -> 256 features -> one linear head per attribute."""
+    """CNN 64x64x3 -> 4x4x128 -> 256 features -> one linear head per attribute.
 
-    def __init__(self, widths: Sequence[int] = (24, 48, 96), feature_dim: int = FEATURE_DIM):
+    One conv at full resolution (the stem), then two per level; each level halves the side.
+    """
+
+    def __init__(self, widths: Sequence[int] = (24, 32, 64, 128), feature_dim: int = FEATURE_DIM):
         super().__init__()
         layers, cin = [], 3
-        for i, w in enumerate(widths):  # 32 -> 16 -> 8 -> 4; one conv at full resolution, then two
+        for i, w in enumerate(widths):  # 64 -> 32 -> 16 -> 8 -> 4
             layers += [_block(cin, w, 1 if i == 0 else 2), nn.MaxPool2d(2)]
             cin = w
         self.body = nn.Sequential(*layers)
         side = world.IMAGE_SIZE >> len(widths)
-        # flatten keeps where things are (position and relation heads need it)
+        # flatten keeps where things are (position, relation and arrangement heads need it)
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(cin * side * side, feature_dim), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, len(v)) for k, v in HEADS.items()})
+        self.pca: dict[str, torch.Tensor] | None = None  # judge-FID's fixed projection (see load_judge)
 
     @staticmethod
     def _prepare(images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (N, 3, H, W) floats in [0, 1], got shape {tuple(images.shape)}")
-        images = images.float()
-        if images.shape[-2:] != (world.IMAGE_SIZE, world.IMAGE_SIZE):
-            images = F.interpolate(images, size=(world.IMAGE_SIZE,) * 2, mode="bilinear", antialias=True,
-                                   align_corners=False)
-        return (images - 0.5) / 0.25  # roughly zero-mean, unit-scale inputs
+        size = world.IMAGE_SIZE
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"the judge reads (N, 3, {size}, {size}) images in [0, 1], got shape {tuple(images.shape)}")
+        return (images.float() - 0.5) / 0.25  # roughly zero-mean, unit-scale inputs
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (N, 256) of images (N, 3, H, W) in [0, 1]."""
+        """Penultimate features (N, 256) of images (N, 3, 64, 64) in [0, 1]."""
         return self.neck(self.body(self._prepare(images)))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -77,52 +76,88 @@ class Judge(nn.Module):
         return {k: head(f) for k, head in self.heads.items()}
 
     @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+        """Softmax per head over all images: {name: (N, classes)}."""
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in HEADS}
+        for i in range(0, len(images), batch_size):
+            for k, v in self(images[i : i + batch_size]).items():
+                parts[k].append(v.softmax(dim=1))
+        return {k: torch.cat(v) if v else torch.zeros(0, len(HEADS[k])) for k, v in parts.items()}
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> list[dict[str, str]]:
         """Per image, the most likely value of every head (as attribute words)."""
-        out: list[dict[str, str]] = []
-        for i in range(0, len(images), batch_size):
-            logits = self(images[i : i + batch_size])
-            idx = {k: v.argmax(dim=1).tolist() for k, v in logits.items()}
-            for j in range(len(next(iter(idx.values())))):
-                out.append({k: HEADS[k][idx[k][j]] for k in HEADS})
-        return out
+        idx = {k: v.argmax(dim=1).tolist() for k, v in self.probabilities(images, batch_size).items()}
+        return [{k: HEADS[k][idx[k][j]] for k in HEADS} for j in range(len(images))]
 
     def loss(self, images: torch.Tensor, scenes: Sequence[world.Scene]) -> torch.Tensor:
-        """Sum over heads of cross-entropy; slot-1 heads only on two-object scenes."""
+        """Sum over heads of cross-entropy; a head counts only where the scene states it."""
         logits = self(images)
         total = images.new_zeros(())
         for k, classes in HEADS.items():
             target = [classes.index(s.attributes()[k]) if k in s.attributes() else -100 for s in scenes]
-            total = total + F.cross_entropy(logits[k], torch.tensor(target), ignore_index=-100)
+            if any(t >= 0 for t in target):
+                total = total + F.cross_entropy(logits[k], torch.tensor(target), ignore_index=-100)
         return total
+
+    @torch.no_grad()
+    def per_image(self, images: torch.Tensor, scenes: Sequence[world.Scene]) -> dict[str, np.ndarray]:
+        """Per-image results (the units a bootstrap resamples), each an array of shape (N,):
+
+        `hits` / `attrs`: caption attributes confirmed / stated; `all_correct` (0/1);
+        `prob`: mean probability the judge gives the caption's attributes (the continuous score);
+        `logprob`: mean log-probability of them; `hits_<family>` / `attrs_<family>` per FAMILIES.
+        """
+        if len(images) != len(scenes):
+            raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
+        if len(scenes) == 0:
+            raise ValueError("the judge needs at least one image")
+        probs = self.probabilities(images)
+        n = len(scenes)
+        out = {k: np.zeros(n) for k in ("hits", "attrs", "all_correct", "prob", "logprob")}
+        for fam in FAMILIES:
+            out[f"hits_{fam}"], out[f"attrs_{fam}"] = np.zeros(n), np.zeros(n)
+        for j, scene in enumerate(scenes):
+            truth = scene.attributes()
+            p_true, ok = [], []
+            for k, v in truth.items():
+                p = probs[k][j]
+                p_true.append(float(p[HEADS[k].index(v)]))
+                ok.append(int(p.argmax()) == HEADS[k].index(v))
+                fam = k.rstrip("0123456789")
+                out[f"hits_{fam}"][j] += ok[-1]
+                out[f"attrs_{fam}"][j] += 1
+            out["hits"][j], out["attrs"][j], out["all_correct"][j] = sum(ok), len(ok), float(all(ok))
+            out["prob"][j] = float(np.mean(p_true))
+            out["logprob"][j] = float(np.mean(np.log(np.clip(p_true, 1e-12, 1.0))))
+        return out
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, scenes: Sequence[world.Scene]) -> dict:
         """Compare what the judge reads with what the captions of `scenes` state.
 
-        Returns {"alignment": fraction of caption attributes confirmed (over all images),
-        "all_correct": fraction of images with every attribute right, "per_attribute":
-        {"count", "layout", "colour", "shape", "size": accuracy over the attributes stated}}.
+        Returns {"alignment": fraction of caption attributes confirmed (pooled over images),
+        "alignment_score": mean probability of the caption's attributes (continuous, the toy
+        analogue of CLIP score), "all_correct": fraction of images with every attribute right,
+        "per_attribute": {family: accuracy over the attributes of that family stated}}.
         """
-        if len(images) != len(scenes):
-            raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
-        if len(scenes) == 0:
-            raise ValueError("score needs at least one image")
-        preds = self.predict(images)
-        hits: dict[str, list[bool]] = {k: [] for k in ("count", "layout", "colour", "shape", "size")}
-        all_ok = []
-        for pred, scene in zip(preds, scenes):
-            truth = scene.attributes()
-            ok = {k: pred[k] == v for k, v in truth.items()}
-            for k, v in ok.items():
-                hits[k.rstrip("01")].append(v)
-            all_ok.append(all(ok.values()))
-        n_attr = sum(len(v) for v in hits.values())
-        return {
-            "alignment": sum(sum(v) for v in hits.values()) / n_attr,
-            "all_correct": sum(all_ok) / len(all_ok),
-            "per_attribute": {k: sum(v) / len(v) for k, v in hits.items() if v},
-        }
+        return summarize(self.per_image(images, scenes))
+
+
+def summarize(per: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict:
+    """Aggregate `Judge.per_image` results (optionally over the rows `index`, e.g. a bootstrap draw)."""
+    take = (lambda a: a[index]) if index is not None else (lambda a: a)  # noqa: E731
+    out = {
+        "alignment": float(take(per["hits"]).sum() / max(1.0, take(per["attrs"]).sum())),
+        "alignment_score": float(take(per["prob"]).mean()),
+        "all_correct": float(take(per["all_correct"]).mean()),
+        "per_attribute": {},
+    }
+    for fam in FAMILIES:
+        attrs = take(per[f"attrs_{fam}"]).sum()
+        if attrs:
+            out["per_attribute"][fam] = float(take(per[f"hits_{fam}"]).sum() / attrs)
+    return out
 
 
 def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -142,7 +177,7 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def save_judge(judge: Judge, path: str | Path) -> Path:
-    """Write `model.safetensors` (fp32) to the directory `path`."""
+    """Write `model.safetensors` (fp32) and, when set, the fixed PCA basis `pca.safetensors`."""
     from safetensors.torch import save_file
 
     from slimdiff.io import atomic_path
@@ -151,11 +186,18 @@ def save_judge(judge: Judge, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
+    if getattr(judge, "pca", None) is not None:
+        with atomic_path(path / "pca.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in judge.pca.items()}, str(tmp))
     return path
 
 
 def load_judge(path: str | Path | None = None) -> Judge:
-    """The judge in eval mode; `path` defaults to the weights shipped in `slimdiff/toy/assets/judge`."""
+    """The judge in eval mode; `path` defaults to the weights shipped in `slimdiff/toy/assets/judge`.
+
+    `judge.pca` is the fixed PCA of its features used by judge-FID (`pca.safetensors`; None
+    when absent, and then `slimdiff.eval.toy.pca_basis` fits it on rendered train scenes).
+    """
     from safetensors.torch import load_file
 
     from slimdiff.toy import judge_path
@@ -165,5 +207,9 @@ def load_judge(path: str | Path | None = None) -> Judge:
     if not file.is_file():
         raise FileNotFoundError(f"judge weights not found: {file} (train them with `slimdiff toy train --stage judge`)")
     judge = Judge()
-    judge.load_state_dict(load_file(str(file)))
+    try:
+        judge.load_state_dict(load_file(str(file)))
+    except (RuntimeError, OSError) as e:  # a v1 judge, or a damaged file
+        raise ValueError(f"{file} is not a judge of this toy world ({str(e).splitlines()[0][:120]})") from None
+    judge.pca = load_file(str(path / "pca.safetensors")) if (path / "pca.safetensors").is_file() else None
     return judge.eval()

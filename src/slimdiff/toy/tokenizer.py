@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from slimdiff.toy.world import vocabulary
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
-MAX_LENGTH = 16  # tokens incl. BOS/EOS; the longest caption has 10 words
+MAX_LENGTH = 24  # tokens incl. BOS/EOS; the longest caption (three objects) has 19 words
 
 
 def build_tokenizer(max_length: int = MAX_LENGTH) -> PreTrainedTokenizerFast:

@@ -22,6 +22,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -37,13 +38,14 @@ STAGES = ("vae", "unet", "judge", "all")
 class ToyTrainConfig:
     seed: int = 0  # every random draw (weights, scenes, noise) derives from this
     threads: int = 1  # torch.set_num_threads; 1 beats 2 on 2 cores shared with other jobs
-    # -- VAE: 32x32x3 images <-> 8x8x4 latents (3 widths = 2 halvings)
-    vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 1200  # ~3 min alone on one core (11 min on shared cores); PSNR 30.6 dB
-    vae_batch: int = 32
+    # -- VAE: 64x64x3 images <-> 8x8x4 latents (4 widths = 3 halvings: SD's 8x factor)
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    vae_groups: int = 8  # GroupNorm groups (8 leaves room for 50% channel pruning of the decoder)
+    vae_steps: int = 1500  # ~0.5 s a step on one core
+    vae_batch: int = 16
     vae_lr: float = 1e-3  # AdamW, cosine-decayed to 10%
     vae_kl_weight: float = 1e-6  # SD's KL-f8 uses ~1e-6: a nearly deterministic latent
-    num_latents: int = 80_000  # training scenes encoded once and cached (latents.pt)
+    num_latents: int = 40_000  # training scenes encoded once and cached (latents.pt)
     # -- text encoder (tiny CLIPTextModel); its width is the U-Net's cross_attention_dim
     text_hidden: int = 64
     text_layers: int = 3
@@ -68,12 +70,16 @@ class ToyTrainConfig:
     judge_batch: int = 64
     judge_pool: int = 40_000  # rendered scenes of every split, re-augmented each time they are drawn
     judge_lr: float = 2e-3
+    judge_blob_share: float = 0.12  # pool share with objects painted as blobs (shape 'blob')
+    judge_clutter_share: float = 0.06  # pool share with 4-5 objects (count '4+')
+    judge_empty_share: float = 0.03  # pool share of empty canvases (count '0')
+    judge_pca_scenes: int = 4096  # rendered train scenes judge-FID's fixed 16-dim PCA is fitted on
 
     def __post_init__(self):
         self.vae_channels, self.unet_channels = tuple(self.vae_channels), tuple(self.unet_channels)
-        positive = ["threads", "vae_steps", "vae_batch", "num_latents", "text_hidden", "text_layers",
+        positive = ["threads", "vae_groups", "vae_steps", "vae_batch", "num_latents", "text_hidden", "text_layers",
                     "text_heads", "unet_heads", "unet_groups", "unet_steps", "unet_batch",
-                    "checkpoint_every", "judge_steps", "judge_batch", "judge_pool"]
+                    "checkpoint_every", "judge_steps", "judge_batch", "judge_pool", "judge_pca_scenes"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -110,12 +116,12 @@ def _save_ckpt(path: Path, state: dict) -> None:
 
 
 def _images(scenes) -> torch.Tensor:
-    """Rendered scenes as float (N, 3, 32, 32) in [-1, 1] (the VAE's range)."""
+    """Rendered scenes as float (N, 3, 64, 64) in [-1, 1] (the VAE's range)."""
     return world.to_tensor(world.render_batch(scenes)) * 2 - 1
 
 
 def _build_vae(cfg: ToyTrainConfig):
-    return components.build_vae(cfg.vae_channels, norm_num_groups=16, sample_size=world.IMAGE_SIZE, seed=cfg.seed)
+    return components.build_vae(cfg.vae_channels, norm_num_groups=cfg.vae_groups, sample_size=world.IMAGE_SIZE, seed=cfg.seed)
 
 
 def _build_text_encoder(cfg: ToyTrainConfig):
@@ -141,14 +147,14 @@ def train_vae(cfg: ToyTrainConfig, out: Path, resume: bool = False):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_lambda(s, cfg.vae_steps, 50))
     step, ckpt = 0, out / "vae.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         step = state["step"]
     vae.train()
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
     while step < cfg.vae_steps:
         # 1. a fresh batch of scenes from the whole world (the VAE must encode every combination)
-        x = _images(world.sample_scenes("all", cfg.vae_batch, seed=cfg.seed * 1_000_003 + step))  # (B, 3, 32, 32)
+        x = _images(world.sample_scenes("all", cfg.vae_batch, seed=cfg.seed * 1_000_003 + step))  # (B, 3, 64, 64)
         # 2. reconstruction + KL (SD's first-stage loss without its GAN and LPIPS terms)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -211,7 +217,7 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     """Train U-Net + text encoder on the cached latents; export the EMA pipeline to `out/pipeline`."""
     from diffusers import AutoencoderKL
 
-    data = torch.load(out / "latents.pt", weights_only=False)
+    data = torch.load(out / "latents.pt", weights_only=True)
     vae = AutoencoderKL.from_pretrained(out / "vae")
     latents = data["latents"].float() * vae.config.scaling_factor  # (N, 4, 8, 8), ~unit std
     ids = data["ids"]  # (N, 16)
@@ -230,7 +236,7 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     step, ckpt = 0, out / "unet.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
         opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         ema, step = state["ema"], state["step"]
@@ -278,7 +284,7 @@ def export_pipeline(cfg: ToyTrainConfig, out: Path, dest: Path | None = None) ->
     """Write the EMA weights of `out/unet.ckpt` with `out/vae` as a diffusers pipeline directory."""
     from diffusers import AutoencoderKL
 
-    state = torch.load(out / "unet.ckpt", weights_only=False)
+    state = torch.load(out / "unet.ckpt", weights_only=True)
     unet, text = _build_unet(cfg), _build_text_encoder(cfg)
     unet.load_state_dict({**unet.state_dict(), **state["ema"]["unet"]})
     text.load_state_dict({**text.state_dict(), **state["ema"]["text"]})
@@ -305,17 +311,28 @@ def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 5)
     step, ckpt = 0, out / "judge.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         judge.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]), gen.set_state(state["gen"])
         step = state["step"]
     judge.train()
-    # 1. a fixed pool of rendered scenes (rendering costs more than a judge step)
+    # 1. a fixed pool of rendered scenes (rendering costs more than a judge step): scenes of
+    # every split, and the judge-only cases that teach it to see broken generations: objects
+    # painted as blobs, more objects than the world has (clutter) and empty canvases
+    pool_rng = np.random.default_rng(cfg.seed + 778)
     pool = world.sample_scenes("all", cfg.judge_pool, seed=cfg.seed + 777)
-    pool_images = torch.from_numpy(world.render_batch(pool))  # (P, 32, 32, 3) uint8
+    for i in range(len(pool)):
+        u = pool_rng.random()
+        if u < cfg.judge_blob_share:
+            pool[i] = world.with_blobs(pool[i], pool_rng)
+        elif u < cfg.judge_blob_share + cfg.judge_clutter_share:
+            pool[i] = world.clutter_scene(pool_rng)
+        elif u < cfg.judge_blob_share + cfg.judge_clutter_share + cfg.judge_empty_share:
+            pool[i] = world.EMPTY_SCENE
+    pool_images = torch.from_numpy(world.render_batch(pool))  # (P, 64, 64, 3) uint8
     bar = tqdm(total=cfg.judge_steps, initial=step, desc="judge", dynamic_ncols=True)
     while step < cfg.judge_steps:
-        # 2. a batch, freshly corrupted: (B, 3, 32, 32) in [0, 1]
+        # 2. a batch, freshly corrupted: (B, 3, 64, 64) in [0, 1]
         idx = torch.randint(0, len(pool), (cfg.judge_batch,), generator=gen)
         scenes = [pool[i] for i in idx.tolist()]
         x = augment(pool_images[idx].permute(0, 3, 1, 2).float() / 255, gen)
@@ -330,6 +347,9 @@ def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
                               "gen": gen.get_state(), "step": step})
     bar.close()
     judge.eval()
+    from slimdiff.eval.toy import pca_basis
+
+    pca_basis(judge, n=cfg.judge_pca_scenes)  # judge-FID's fixed 16-dim PCA of rendered train scenes, saved beside the weights
     dest = save_judge(judge, out / "judge")
     write_json(dest / "recipe.json", {"recipe": cfg, "judge_step": step})
     return dest
