@@ -59,3 +59,13 @@ def test_compare_cli_errors(capsys):
     assert "no-such-model" in capsys.readouterr().err
     assert main(["compare", "toy", "--teacher", "x"]) == 2
     assert "--teacher 'x'" in capsys.readouterr().err
+
+
+def test_contrasts_between_named_rows(tiny_pipe, fake_judge):
+    out = compare([tiny_pipe, tiny_pipe], names=["a", "b"], judge=fake_judge, reference=False,
+                  contrasts=[("b", "a")], **FAST)
+    (c,) = out["contrasts"]
+    assert c["a"] == "b" and c["significant"] == [] and all(v == 0 for v in c["diff"].values())
+    assert "b - a" in out["markdown_contrasts"]
+    with pytest.raises(ValueError, match="contrast"):
+        compare([tiny_pipe], names=["a"], judge=fake_judge, contrasts=[("a", "z")], **FAST)

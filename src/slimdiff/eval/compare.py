@@ -62,6 +62,7 @@ def compare(
     world=None,
     extra: dict[str, dict[str, Any]] | None = None,
     keep_images: int = 0,
+    contrasts: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Generate with every model on the same scenes and seeds; score, with paired intervals.
 
@@ -70,6 +71,7 @@ def compare(
     (None: no fidelity). `steps`/`guidance` None: each model's own defaults. `reference`: add
     the rendered ceiling row. `extra`: more columns per model name (e.g. params, latency).
     `keep_images`: also return the first k images of each model as `images` {name: [PIL]} (not JSON).
+    `contrasts`: pairs of model names (a, b) whose paired difference a - b gets an interval too.
     Returns {"rows": [...], "markdown": str, "settings": {...}}; each row holds the metrics,
     `ci` (intervals), `diff_ci` (interval of the difference from the baseline) and `marks`.
     """
@@ -87,6 +89,9 @@ def compare(
         raise ValueError(f"model names must be distinct, got {names}")
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2 (intervals are bootstraps), got {num_images}")
+    for a, b in contrasts:
+        if a not in names or b not in names:
+            raise ValueError(f"contrast {(a, b)} names a model not in {names}")
     for label, index in (("baseline", baseline), ("teacher", teacher)):
         if index is not None and not 0 <= index < len(models):
             raise ValueError(f"{label} index {index} is not a model index in [0, {len(models) - 1}]")
@@ -130,6 +135,7 @@ def compare(
     results = [summarize(per, novel, idx, ref_features, basis, teach if i != teacher else None, keep_draws=True)
                for i, per in enumerate(per_model)]
     base = results[baseline]["_draws"]
+    all_draws = {name: res["_draws"] for name, res in zip(names, results)}
     rows = []
     for name, res, st in zip(names, results, settings):
         draws_ = res.pop("_draws")
@@ -142,15 +148,40 @@ def compare(
 
         ref = reference_scores(scenes, judge=judge, world=world, seed=seed)
         rows.append({"model": "rendered (ceiling)", **ref, "diff_ci": {}, "marks": {}})
-    out = {"rows": rows, "settings": {"split": split, "num_images": num_images, "seed": seed,
+    out = {"rows": rows, "contrasts": [_contrast(a, b, all_draws, results[names.index(a)], results[names.index(b)])
+                                        for a, b in contrasts], "settings": {"split": split, "num_images": num_images, "seed": seed,
                                        "baseline": names[baseline],
                                        "teacher": names[teacher] if teacher is not None else None,
                                        "bootstrap_draws": len(idx), "confidence": stats.CONFIDENCE}}
+    out["markdown_contrasts"] = contrasts_markdown(out)
     out["markdown"] = markdown(out, extra_columns=list(dict.fromkeys(k for v in (extra or {}).values() for k in v)))
     out["prompts"] = prompts
     if keep_images:
         out["images"] = kept
     return out
+
+
+def _contrast(a: str, b: str, draws: dict, res_a: dict, res_b: dict) -> dict:
+    """a - b for every metric both have: the difference and its paired 95% interval."""
+    keys = [k for k in draws[a] if k in draws[b]]
+    diff = {k: (_get(res_a, k) - _get(res_b, k)) for k in keys}
+    ci = {k: stats.interval(draws[a][k] - draws[b][k]) for k in keys}
+    return {"a": a, "b": b, "diff": diff, "ci": ci,
+            "significant": sorted(k for k, (lo, hi) in ci.items() if lo > 0 or hi < 0)}
+
+
+def contrasts_markdown(result: dict) -> str:
+    """The contrasts as a table: metric differences a - b [95% paired CI], `*` where it excludes 0."""
+    from slimdiff.report.tables import format_ci, markdown_table
+
+    rows = []
+    for c in result.get("contrasts", []):
+        row = {"a - b": f"{c['a']} - {c['b']}"}
+        for k, header in COLUMNS.items():
+            if k in c["diff"]:
+                row[header] = format_ci(c["diff"][k], c["ci"][k], "*" if k in c["significant"] else "")
+        rows.append(row)
+    return markdown_table(rows) if rows else ""
 
 
 def markdown(result: dict, extra_columns: Sequence[str] = ()) -> str:
