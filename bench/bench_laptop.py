@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher", default="toy", help="the toy pipeline (or a pipeline with the toy tokenizer)")
     p.add_argument("--calib-size", type=int, default=32)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="pruning ratios of params")
-    p.add_argument("--eval-images", type=int, default=64, help="test-split images per evaluation")
+    p.add_argument("--eval-images", type=int, default=256, help="test-split images per model (one paired comparison)")
     p.add_argument("--eval-steps", type=int, default=20, help="sampler steps per image")
     p.add_argument("--distill-steps", type=int, default=600, help="same for both students; 0: no distillation")
     # the distillation settings of `slimdiff demo` (slimdiff.demo.DemoConfig), so the figures compare
@@ -59,17 +59,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def evaluate_unet(args, unet, ctx: int, timed: dict, key: str) -> dict:
-    """Params and generation metrics now; the model joins `timed` for the round-robin latency
-    measurement at the end (all models under the same machine load)."""
+    """Params now; the model joins `timed` (the round-robin latency measurement and the one paired
+    comparison of generation metrics at the end: every model on the same prompts and noise)."""
     timed[key] = unet
-    out = {"params": count_params(unet)}
-    if args.no_eval:
-        return out
-    from slimdiff.eval import evaluate
-
-    r = evaluate(unet, base=args.teacher, split="test", num_images=args.eval_images, steps=args.eval_steps,
-                 seed=args.seed, progress=False)
-    return {**out, "alignment": r["alignment"], "all_correct": r["all_correct"], "judge_fid": r["judge_fid"]}
+    return {"params": count_params(unet)}
 
 
 def distill_student(args, teacher, student, name: str):
@@ -131,7 +124,7 @@ def main() -> None:
             row.update({"L(S)": output.loss_of_model(teacher, student), "removed": res.removed,
                         "measured_ratio": res.measured_ratio, "repairs": len(res.repairs)})
             ratios[f"{ratio:g}/{crit}"] = row
-            print(f"ratio {ratio:g} {crit}: L(S)={row['L(S)']:.4g} {row.get('alignment', '')}")
+            print(f"ratio {ratio:g} {crit}: L(S)={row['L(S)']:.4g}")
 
     # 5. latency of every model above: whole U-Net forward, batch 1, one thread, round-robin
     cross = cross_attention_dim(teacher)
@@ -142,7 +135,24 @@ def main() -> None:
     for key, row in ratios.items():
         row["latency_ms"] = ms[key]
 
-    # 6. additivity of the output loss
+    # 6. generation metrics of every model in one paired comparison (same prompts and noise, 95% CIs)
+    comparison = None
+    if not args.no_eval:
+        from slimdiff.eval.compare import compare
+
+        extra = {k: {"params": count_params(u), "latency_ms": ms[k]} for k, u in timed.items()}
+        comparison = compare([load_pipeline(args.teacher, unet=u) for u in timed.values()], names=list(timed),
+                             num_images=args.eval_images, steps=args.eval_steps, seed=args.seed, extra=extra,
+                             contrasts=[("laptop", "bk-small"), ("laptop/after", "bk-small/after")])
+        rows = {r["model"]: r for r in comparison["rows"]}
+        for name in ("teacher", "bk-small", "laptop"):
+            versus[name]["before"].update(_quality(rows[name]))
+            if f"{name}/after" in rows:
+                versus[name]["after"] = {**versus[name].get("after", {}), **_quality(rows[f"{name}/after"])}
+        for key, row in ratios.items():
+            row.update(_quality(rows[key]))
+
+    # 7. additivity of the output loss
     add = additivity_study(teacher, output, candidates, args.additivity_sizes, args.sets_per_size,
                            seed=args.seed, singles=scores["output"])
     plot_additivity(add, args.out + "_additivity.png")
@@ -156,7 +166,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.time() - t_start),
         "machine_load": load,
     }
-    result = {"meta": meta, "versus_bk_small": versus, "ratios": ratios, "scores": scores,
+    result = {"meta": meta, "versus_bk_small": versus, "ratios": ratios, "scores": scores, "comparison": comparison,
               "additivity": {"pearson": add.pearson, "spearman": add.spearman, "per_size": add.per_size,
                              "refused": add.refused, "rows": add.rows}}
     write_json(args.out + ".json", result)
@@ -164,8 +174,22 @@ def main() -> None:
     print(render_md(result))
 
 
+QUALITY = ("alignment_score", "all_correct", "kid", "psnr_to_teacher")
+
+
+def _quality(row: dict) -> dict:
+    """A comparison row's headline metrics and their intervals."""
+    return {**{k: row.get(k) for k in QUALITY}, "ci": {k: row["ci"].get(k) for k in QUALITY}}
+
+
 def _f(x, fmt=".3f") -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _q(row: dict, key: str) -> str:
+    from slimdiff.report.tables import format_ci
+
+    return format_ci(row.get(key), row.get("ci", {}).get(key)) if row.get(key) is not None else "-"
 
 
 def render_md(r: dict) -> str:
@@ -175,7 +199,8 @@ def render_md(r: dict) -> str:
         "# LAPTOP-Diff one-shot pruning on the toy world (`bench/bench_laptop.py`)", "",
         f"Teacher `{m['teacher']}`; {m['candidates']} removable units; calibration: {a['calib_size']} toy prompts "
         f"(validation split) with rendered images, timesteps spread over [0, 1000), seed {a['seed']}. "
-        f"Evaluation: {a['eval_images']} test-split prompts, {a['eval_steps']} steps"
+        f"Evaluation: {a['eval_images']} test-split prompts per model, {a['eval_steps']} steps, the same initial "
+        f"noise for every model, values [95% bootstrap CI]"
         f"{' (skipped: --no-eval)' if a['no_eval'] else ''}. Latency: whole U-Net forward, batch 1, float32, CPU, "
         f"median of {a['latency_repeats']} round-robin rounds over all models, 1 thread ({'; '.join(m['machine_load'])}). "
         f"{m['date']}, {m['wall_s']} s.", "",
@@ -183,23 +208,27 @@ def render_md(r: dict) -> str:
         f"Distillation: {a['distill_steps']} steps, batch {a['distill_batch']}, AdamW lr {a['distill_lr']:g} cosine, "
         f"task + output KD + {a['feat_loss']} feature KD (the settings of `slimdiff demo`), identical for both "
         "students.", "",
-        "| model | params | L(S) | alignment before | judge-FID before | alignment after | judge-FID after "
-        "| latency ms |",
+        "| model | params | L(S) | alignment score before | all correct before | alignment score after "
+        "| all correct after | latency ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in r["versus_bk_small"].items():
         b, af = row["before"], row.get("after", {})
-        lines.append(f"| {name} | {b['params']:,} | {_f(row.get('L(S)'), '.4g')} | {_f(b.get('alignment'))} | "
-                     f"{_f(b.get('judge_fid'), '.2f')} | {_f(af.get('alignment'))} | "
-                     f"{_f(af.get('judge_fid'), '.2f')} | {_f(row['latency_ms'], '.2f')} |")
+        lines.append(f"| {name} | {b['params']:,} | {_f(row.get('L(S)'), '.4g')} | {_q(b, 'alignment_score')} | "
+                     f"{_q(b, 'all_correct')} | {_q(af, 'alignment_score')} | {_q(af, 'all_correct')} | "
+                     f"{_f(row['latency_ms'], '.2f')} |")
     lines += ["", f"LAPTOP removed: {', '.join(r['versus_bk_small']['laptop']['removed'])}", "",
               "## Criteria at pruning ratios of parameters (no retraining)", "",
-              "| ratio | criterion | params removed | L(S) | alignment | judge-FID | latency ms |",
-              "|---|---|---|---|---|---|---|"]
+              "| ratio | criterion | params removed | L(S) | alignment score | all correct | KID | latency ms |",
+              "|---|---|---|---|---|---|---|---|"]
     for key, row in r["ratios"].items():
         ratio, crit = key.split("/")
         lines.append(f"| {ratio} | {crit} | {row['measured_ratio']:.3f} | {row['L(S)']:.4g} | "
-                     f"{_f(row.get('alignment'))} | {_f(row.get('judge_fid'), '.2f')} | {row['latency_ms']:.2f} |")
+                     f"{_q(row, 'alignment_score')} | {_q(row, 'all_correct')} | {_q(row, 'kid')} | "
+                     f"{row['latency_ms']:.2f} |")
+    if r.get("comparison"):
+        lines += ["", "## Every model, one paired comparison", "", r["comparison"]["markdown"], "",
+                  "Paired differences (a - b):", "", r["comparison"]["markdown_contrasts"]]
     ad = r["additivity"]
     lines += ["", "## Additivity of the output loss: L(S) vs sum L({u})", "",
               f"Pooled over {len(ad['rows'])} random sets: Pearson {ad['pearson']:.3f}, Spearman {ad['spearman']:.3f} "

@@ -55,7 +55,11 @@ class FakeJudge(nn.Module):
 
 @pytest.fixture(scope="session")
 def fake_judge():
-    return FakeJudge()
+    from slimdiff.eval.toy import pca_basis
+
+    judge = FakeJudge()
+    pca_basis(judge, n=64)  # the fixed feature standardisation, fitted on 64 rendered scenes
+    return judge
 
 
 @pytest.fixture(scope="session")

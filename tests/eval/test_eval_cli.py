@@ -59,10 +59,12 @@ def test_evaluate_cli_json_table_and_grid(tiny_pipe_dir, tmp_path, fake_judge_lo
             "--seed", "5", "--world", "toy", "--reference"]
     assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
     printed = capsys.readouterr().out
-    assert "alignment" in printed and "judge_fid" in printed and "rendered (ceiling)" in printed
+    assert "alignment_score" in printed and "kid" in printed and "95% CI" in printed
+    assert "rendered (ceiling)" in printed
     assert (tmp_path / "a_grid.png").is_file()
     a = json.loads((tmp_path / "a.json").read_text())
-    assert {"alignment", "all_correct", "judge_fid", "settings", "reference"} <= set(a)
+    assert {"alignment", "alignment_score", "all_correct", "kid", "ci", "settings", "reference"} <= set(a)
+    assert set(a["ci"]) >= {"alignment", "alignment_score", "all_correct", "kid"}
     assert a["settings"]["seed"] == 5 and a["settings"]["num_images"] == 3
     # the same seed gives the same numbers
     assert main(args + ["--json", str(tmp_path / "b.json"), "--no-grid"]) == 0
@@ -87,5 +89,10 @@ def test_evaluate_with_the_shipped_judge(tiny_pipe, tmp_path):
     judge = load_judge()  # shipped with the package
     kwargs = dict(num_images=3, steps=2, seed=0, batch_size=3, toy=True, judge=judge, progress=False)
     a, b = runner.evaluate(tiny_pipe, **kwargs), runner.evaluate(tiny_pipe, **kwargs)
-    assert 0 <= a["alignment"] <= 1 and 0 <= a["all_correct"] <= 1
-    assert (a["alignment"], a["all_correct"], a["judge_fid"]) == (b["alignment"], b["all_correct"], b["judge_fid"])
+    assert 0 <= a["alignment"] <= 1 and 0 <= a["all_correct"] <= 1 and 0 <= a["alignment_score"] <= 1
+    assert [a[k] for k in ("alignment", "all_correct", "kid", "ci")] == [b[k] for k in ("alignment", "all_correct", "kid", "ci")]
+
+
+def test_evaluate_cli_bad_input(tiny_pipe_dir, capsys):
+    assert main(["evaluate", str(tiny_pipe_dir), "--num-images", "1", "--world", "toy"]) == 2
+    assert "num_images must be >= 2" in capsys.readouterr().err

@@ -49,10 +49,14 @@ def test_pca_fid_refuses_small_sets_and_is_zero_on_identical():
     ref = torch.randn(500, 32, generator=g)
     basis = stats.fit_pca(ref, 4)
     assert basis["components"].shape == (32, 4)
-    same = stats.pca_fid(ref[:100], ref[:100], basis)
+    z = stats.standardize(ref, basis)
+    assert torch.allclose(z.mean(dim=0), torch.zeros(32), atol=1e-5) and torch.allclose(z.std(dim=0), torch.ones(32), atol=1e-4)
+    proj = z @ basis["components"]  # whitened: unit variance, uncorrelated along the principal axes
+    assert torch.allclose(torch.cov(proj.T), torch.eye(4), atol=1e-3)
+    same = stats.pca_fid(z[:100], z[:100], basis)
     assert same["value"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="at least 40 images"):
-        stats.pca_fid(ref[:39], ref[:39], basis)
+        stats.pca_fid(z[:39], z[:39], basis)
     with pytest.raises(ValueError, match="PCA dims"):
         stats.fit_pca(ref, 64)
 

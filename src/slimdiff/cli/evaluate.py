@@ -15,14 +15,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate",
         help="evaluate a model (toy judge, or FID / IS / CLIP from local weights)",
         description=(
-            "Generate num-images images with fixed seeds and score them. On the toy world: alignment, "
-            "all_correct and judge-FID against the rendered scenes, plus an image grid. Any model: FID "
+            "Generate num-images images with fixed seeds and score them. On the toy world: alignment score, "
+            "all-correct, alignment, per-attribute accuracy, KID and judge-FID against the rendered scenes, "
+            "each with a 95%% bootstrap CI, plus an image grid (several models at once: slimdiff compare). Any model: FID "
             "(--inception-weights and --ref-images), IS (--inception-weights), CLIP score (--clip-dir)."
         ),
     )
     p.add_argument("model", help="'toy', a diffusers pipeline directory, or a prune/distill output directory")
     p.add_argument("--split", default="test", choices=SPLITS, help="toy-world prompt split (default: test)")
-    p.add_argument("--num-images", type=int, default=64, help="images to generate and score (default: 64)")
+    p.add_argument("--num-images", type=int, default=256,
+                   help="images to generate and score (default: 256; judge-FID needs >= 160)")
     p.add_argument("--steps", type=int, help="denoising steps (default: 20 on the toy world, else 25)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale (default: 5.0 on the toy world, else 7.5)")

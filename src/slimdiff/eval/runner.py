@@ -268,7 +268,7 @@ def is_toy_pipeline(pipe: DiffusionPipeline) -> bool:
 def evaluate(
     model,
     split: str = "test",
-    num_images: int = 64,
+    num_images: int = 256,
     steps: int | None = None,
     guidance: float | None = None,
     seed: int = 0,

@@ -11,8 +11,9 @@ Keys (values; their intervals under the same name in `out["ci"]`):
   count as wrong: the judge's count head has '0' and '4+', its shape head 'blob');
 - `per_attribute`: accuracy per family (count, layout, colour, shape, size);
 - `novel` / `seen_pairs`: the same for scenes with / without a held-out colour-shape pair;
-- `kid`: KID of the judge features against the rendered scenes (unbiased; 0 = the renderer);
-- `judge_fid`: Fréchet distance on a fixed 16-dim PCA of judge features (only N >= 160);
+- `kid`: KID of the standardised judge features against the rendered scenes (unbiased; 0 =
+  indistinguishable from the renderer; may be slightly negative by chance);
+- `judge_fid`: Fréchet distance on a fixed whitened 16-dim PCA of judge features (only N >= 160);
 - with `teacher_images` (the same prompts and seeds): `psnr_to_teacher` (dB) and
   `feature_cos_to_teacher` (judge features), how closely a student copies its teacher.
 """
@@ -39,7 +40,9 @@ def _judge(judge):
 
 
 def pca_basis(judge, world=None, n: int = 4096, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The judge's fixed PCA (16 dims) of rendered train-split features; cached on the judge."""
+    """The judge's fixed feature standardisation and 16-dim whitened PCA (`stats.fit_pca`),
+    fitted on `n` rendered train-split scenes; cached on the judge (`judge.pca`) and shipped
+    beside the judge's weights (`pca.safetensors`)."""
     if getattr(judge, "pca", None) is not None:
         return judge.pca
     if world is None:
@@ -56,12 +59,14 @@ def pca_basis(judge, world=None, n: int = 4096, seed: int = 0) -> dict[str, torc
 
 
 def _features(judge, images: torch.Tensor) -> torch.Tensor:
+    """The judge's features (N, D) of images, standardised with its fixed basis (`pca_basis`)."""
     with torch.no_grad():
-        return torch.cat([judge.features(images[i : i + 256]) for i in range(0, len(images), 256)])
+        raw = torch.cat([judge.features(images[i : i + 256]) for i in range(0, len(images), 256)])
+    return stats.standardize(raw, pca_basis(judge))
 
 
 def judge_results(judge, images: torch.Tensor, scenes: Sequence) -> dict[str, np.ndarray]:
-    """The judge's per-image arrays (`Judge.per_image`) plus its features (`features`, (N, D))."""
+    """The judge's per-image arrays (`Judge.per_image`) plus its standardised features (`features`)."""
     per = dict(judge.per_image(images, scenes))
     per["features"] = _features(judge, images)
     return per
@@ -172,7 +177,8 @@ def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool 
         teacher = {"images": t, "features": _features(judge, t)}
     novel = np.array([bool(getattr(world, "is_novel", lambda s: False)(s)) for s in scenes])
     ref_features = _features(judge, rendered) if fid else None
-    basis = pca_basis(judge, world) if fid and len(scenes) >= 10 * stats.PCA_DIMS else None
+    basis = pca_basis(judge, world)
+    basis = basis if fid and len(scenes) >= 10 * basis["components"].shape[1] else None
     return summarize(per, novel, stats.draws(len(scenes), seed=seed), ref_features, basis, teacher)
 
 

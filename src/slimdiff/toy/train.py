@@ -41,8 +41,12 @@ class ToyTrainConfig:
     # -- VAE: 64x64x3 images <-> 8x8x4 latents (4 widths = 3 halvings: SD's 8x factor)
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_groups: int = 8  # GroupNorm groups (8 leaves room for 50% channel pruning of the decoder)
-    vae_steps: int = 1500  # ~0.5 s a step on one core
+    # 1500 steps gave PSNR 30 dB but turned small crosses into diamonds (the judge read 55% of VAE
+    # reconstructions all-correct): 4000 steps with an edge term. The shipped VAE ran 1500 steps
+    # without the edge term, then resumed to 4000 with it (a warm restart of the cosine schedule).
+    vae_steps: int = 4000  # ~0.6 s a step on two cores
     vae_batch: int = 16
+    vae_edge_weight: float = 1.0  # L1 of image gradients (see _edge_loss); 0 disables
     vae_lr: float = 1e-3  # AdamW, cosine-decayed to 10%
     vae_kl_weight: float = 1e-6  # SD's KL-f8 uses ~1e-6: a nearly deterministic latent
     num_latents: int = 40_000  # training scenes encoded once and cached (latents.pt)
@@ -54,7 +58,7 @@ class ToyTrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 96, 96)
     unet_heads: int = 4  # diffusers' `attention_head_dim` (heads per attention)
     unet_groups: int = 16  # GroupNorm groups
-    unet_steps: int = 8000  # 55 min at ~2.4 it/s on one core; alignment 0.94 at 3000, 1.00 at 8000
+    unet_steps: int = 8000  # see the shipped recipe.json for the measured time and quality
     unet_batch: int = 64
     unet_lr: float = 3e-4  # AdamW; linear warm-up, then constant (the EMA does the averaging),
     # so a run stopped at step K equals a run with unet_steps=K
@@ -110,6 +114,14 @@ def _lr_lambda(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _edge_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical finite differences of (B, 3, H, W) images: keeps
+    shape outlines (corners, thin cross bars) sharp, which MSE on flat-colour images lets blur."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return F.l1_loss(dx(rec), dx(x)) + F.l1_loss(dy(rec), dy(x))
+
+
 def _save_ckpt(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -158,7 +170,8 @@ def train_vae(cfg: ToyTrainConfig, out: Path, resume: bool = False):
         # 2. reconstruction + KL (SD's first-stage loss without its GAN and LPIPS terms)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        loss = (F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.vae_edge_weight * _edge_loss(rec, x)
+                + cfg.vae_kl_weight * post.kl().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(), sched.step()
