@@ -38,12 +38,14 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="toy")
     # the distillation settings of `slimdiff demo` (slimdiff.demo.DemoConfig)
-    p.add_argument("--distill-steps", type=int, default=1200)
+    p.add_argument("--distill-steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--num-images", type=int, default=256, help="test prompts per model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_kd", help="pruned and distilled students (reused on rerun)")
+    p.add_argument("--demo", help="a finished `slimdiff demo --out DIR` with the same settings: its distilled "
+                   "bk-small (normalized KD) is reused instead of distilled again (identical: same seed)")
     p.add_argument("--out", default="docs/bench/kd", help="writes OUT.md and OUT.json")
     return p.parse_args()
 
@@ -55,6 +57,16 @@ def distilled(args, name: str, preset: str, feat_loss: str, teacher, pipe) -> Pa
 
     slug = name.split(" ")[0] + "-" + feat_loss
     pruned, out = Path(args.work) / f"{slug}-pruned", Path(args.work) / slug
+    if args.demo and (preset, feat_loss) == ("bk-small", "normalized"):
+        from slimdiff.io import read_json
+
+        demo = read_json(Path(args.demo) / "demo_config.json")
+        want = {"model": args.teacher, "preset": preset, "feat_loss": feat_loss, "distill_steps": args.distill_steps,
+                "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed}
+        differ = {k: (demo.get(k), v) for k, v in want.items() if demo.get(k) != v}
+        if differ:
+            raise ValueError(f"--demo {args.demo} was run with other settings {differ} (demo, bench)")
+        return Path(args.demo) / "distill"
     if not (pruned / "recipe.json").is_file():
         student, info = apply_preset(teacher, preset)
         save_student(student, pruned, args.teacher, {"preset": preset, **info})
@@ -63,7 +75,7 @@ def distilled(args, name: str, preset: str, feat_loss: str, teacher, pipe) -> Pa
             teacher=args.teacher, student=str(pruned), data="toy", out=str(out), max_steps=args.distill_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, lr_scheduler="cosine",
             lr_warmup_steps=min(50, args.distill_steps // 10), feat_loss=feat_loss, seed=args.seed,
-            checkpoint_every=max(50, args.distill_steps // 4), cpu=True,
+            checkpoint_every=max(50, args.distill_steps // 4), cpu=True, cache_dir=str(Path(args.work) / "cache"),
             resume="latest" if (out / "checkpoints").is_dir() else None,
         )
         t0 = time.time()

@@ -73,7 +73,7 @@ def distill_student(args, teacher, student, name: str):
                         max_steps=args.distill_steps, batch_size=args.distill_batch, seed=args.seed,
                         learning_rate=args.distill_lr, lr_scheduler="cosine",
                         lr_warmup_steps=min(50, args.distill_steps // 10), feat_loss=args.feat_loss,
-                        checkpoint_every=0)
+                        checkpoint_every=0, cache_dir=os.path.join(tempfile.gettempdir(), "bench_laptop_cache"))
     return distill(cfg, teacher=copy.deepcopy(teacher), student=copy.deepcopy(student), progress=True).student.eval()
 
 

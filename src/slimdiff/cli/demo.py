@@ -10,19 +10,20 @@ def add_parser(subparsers) -> None:
         "demo",
         help="the whole flow on the toy world, with an HTML report",
         description="Profile the toy teacher, prune it with a preset, distill the student, evaluate all "
-        "three (alignment, judge-FID, params, FLOPs, latency) and write a report. Rerunning with the "
+        "three on the same prompts and noise (alignment score, all-correct, KID, fidelity to the teacher, each "
+        "with a 95%% CI; params, FLOPs, latency) and write a report. Rerunning with the "
         "same --out resumes: finished stages are kept, distillation continues from its checkpoint.",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--model", default="toy", help="teacher pipeline: toy (default) or a local pipeline directory")
     p.add_argument("--preset", default="bk-small", choices=list(PRESETS), help="pruning preset (default: bk-small)")
     p.add_argument("--quick", action="store_true", help="a ~3-minute version: fewer steps and images")
-    p.add_argument("--distill-steps", type=int, default=None, help="optimiser steps (default 1200; quick 150)")
+    p.add_argument("--distill-steps", type=int, default=None, help="optimiser steps (default 600; quick 100)")
     p.add_argument("--batch-size", type=int, default=64, help="distillation batch (default 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--feat-loss", choices=["plain", "normalized"], default="normalized",
                    help="feature KD: BK-SDM plain or LAPTOP-Diff normalized (default)")
-    p.add_argument("--num-images", type=int, default=None, help="test prompts per model (default 128; quick 32)")
+    p.add_argument("--num-images", type=int, default=None, help="test prompts per model (default 256; quick 32)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the toy pipeline's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the toy pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, noise and evaluation (default 0)")
@@ -38,10 +39,13 @@ def run(args) -> int:
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
     )
     summary = run_demo(config)
-    rows = [(name, summary[name]) for name in ("teacher", "pruned", "distilled")]
-    print(f"{'model':<10} {'alignment':>9} {'all_ok':>7} {'judgeFID':>9} {'params':>10} {'GFLOPs':>7} {'UNet ms':>8}")
-    for name, m in rows:
-        print(f"{name:<10} {m['alignment']:>9.3f} {m['all_correct']:>7.3f} {m['judge_fid']:>9.2f} "
-              f"{m['params']:>10,} {m['gflops']:>7.3f} {m['unet_latency_ms']:>8.2f}")
+    from slimdiff.report.tables import format_ci
+
+    print(f"{'model':<10} {'alignment score [95% CI]':>26} {'all correct [95% CI]':>24} {'params':>10} {'UNet ms':>8}")
+    for name in ("teacher", "pruned", "distilled"):
+        m = summary[name]
+        print(f"{name:<10} {format_ci(m['alignment_score'], m['ci'].get('alignment_score')):>26} "
+              f"{format_ci(m['all_correct'], m['ci'].get('all_correct')):>24} {m['params']:>10,} "
+              f"{m['unet_latency_ms']:>8.2f}")
     print(f"report: {summary['report_html']}")
     return 0
