@@ -84,6 +84,11 @@ def test_step_paths_follow_diffusers_ddim():
     assert path_ab[0, -1] == sched.alphas_cumprod[874]
     with pytest.raises(ValueError, match=r"steps=3: the teacher's 24-step DDIM schedule cannot give it"):
         step_paths(config, 24, 3)
+    # progressive 32 -> 16 -> 8: the inner 16-step stage is never sampled by DDIM (1000 % 16 != 0)
+    inner = step_paths(config, 32, 16, sampled=False)[0]
+    assert inner[::2] == t_student and inner[1] == 937
+    with pytest.raises(ValueError, match="steps=16"):
+        step_paths(config, 32, 16)
 
 
 def test_guidance_embedding_matches_the_pipeline_and_starts_at_zero():

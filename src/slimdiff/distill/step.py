@@ -238,18 +238,20 @@ def sampler_for(scheduler_config: dict, steps: int):
     return sched
 
 
-def step_paths(scheduler_config: dict, teacher_steps: int, steps: int) -> tuple[list[int], Tensor, Tensor]:
+def step_paths(scheduler_config: dict, teacher_steps: int, steps: int,
+               sampled: bool = True) -> tuple[list[int], Tensor, Tensor]:
     """The student's timesteps (N,) and, for each, the teacher's path: timesteps (N, k) and ab (N, k + 1).
 
     Student step i goes t_i -> t_{i+1} (the last to x0: ab = the scheduler's final_alpha_cumprod);
     the teacher takes the k = teacher_steps/steps DDIM steps of its schedule in between. Raises when
-    the student's DDIM sampler would not step t_i -> t_{i+1}, or its timesteps are not the teacher's.
+    the student's timesteps are not every k-th of the teacher's, or (`sampled`: the student is saved
+    with its sampler; not for progressive's inner stages) its DDIM sampler would not step t_i -> t_{i+1}.
     """
     teacher = sampler_for(scheduler_config, teacher_steps)
     student = sampler_for(scheduler_config, steps)
     T, k = student.config.num_train_timesteps, teacher_steps // steps
     t_teacher, t_student = teacher.timesteps.tolist(), student.timesteps.tolist()
-    if T % steps or t_teacher[::k] != t_student:
+    if (sampled and T % steps) or t_teacher[::k] != t_student:
         raise ValueError(f"steps={steps}: the teacher's {teacher_steps}-step DDIM schedule cannot give it (DDIM "
                          f"steps t -> t - {T}//{steps}, so num_train_timesteps={T} must be a multiple of the "
                          f"step count and the student's timesteps {t_student} every {k}-th of the teacher's); "
@@ -328,7 +330,8 @@ class StepTrainer(Trainer):
         # 2. the schedule of every stage (checks: the sampler reproduces the trained timesteps)
         stages = cfg.stage_steps()
         teachers = [cfg.teacher_steps] + stages[:-1] if cfg.schedule == "progressive" else [cfg.teacher_steps]
-        self.paths = [step_paths(self.parts.scheduler_config, k, n) for k, n in zip(teachers, stages)]
+        self.paths = [step_paths(self.parts.scheduler_config, k, n, sampled=j == len(stages) - 1)
+                      for j, (k, n) in enumerate(zip(teachers, stages))]
         J = len(stages)
         self.bounds = [j * cfg.max_steps // J for j in range(J)]  # first optimiser step of each stage
         self.stage = 0
