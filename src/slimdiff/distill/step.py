@@ -6,8 +6,8 @@
 
 Notation: a_t = sqrt(ab_t), s_t = sqrt(1 - ab_t) (ab: alphas_cumprod), z_t = a_t x0 + s_t eps.
 
-The loss (SnapFusion section 4). The teacher takes k deterministic DDIM steps t -> t' -> ... -> t''
-(k = 2 in the paper), the student one step t -> t''. A student DDIM step lands on the teacher's
+The loss (SnapFusion's "CFG-Aware Step Distillation", seed 001). The teacher takes k deterministic
+DDIM steps t -> t' -> ... -> t'' (k = 2 in the paper), the student one step t -> t''. A student DDIM step lands on the teacher's
 z_t'' exactly when its x0 estimate is
 
     x_target = (z_t'' - (s_t''/s_t) z_t) / (a_t'' - (s_t''/s_t) a_t)
@@ -16,8 +16,8 @@ and the loss is  w(t) ||x_hat_S - x_target||^2 + gamma L_task  with w(t) = max(a
 (the SNR clipped at 1), gamma = `lambda_task` (0.2, the paper's best) and L_task the student's own
 denoising loss on v. ||.||^2 is the mean over latent elements, then over the batch.
 
-CFG-aware (SnapFusion eq. 7). With probability `cfg_prob` (p = 0.1) per example, every U-Net output
-of the teacher and of the student is replaced by the guided one w_g v(c) - (w_g - 1) v(null),
+CFG-aware. With probability `cfg_prob` (p = 0.1), drawn per example, every U-Net output of the
+teacher and of the student is replaced by the guided one w_g v(c) - (w_g - 1) v(null),
 w_g ~ U[guidance_min, guidance_max] = U[2, 14]; else the plain conditional output (w = 1). p = 0
 is vanilla step distillation. The combination is the same in eps, v or x0 terms: at fixed (z_t, t)
 each is an affine function of the others and the weights w_g, -(w_g - 1) sum to 1.
