@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "profile": "profile",
     "prune": "prune",
     "distill": "distill",
+    "step-distill": "step_distill",
     "generate": "generate",
     "evaluate": "evaluate",
     "compare": "compare",

@@ -25,9 +25,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=SPLITS, help="toy-world prompt split (default: test)")
     p.add_argument("--num-images", type=int, default=256,
                    help="images to generate and score (default: 256; judge-FID needs >= 160)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: 20 on the toy world, else 25)")
-    p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: 5.0 on the toy world, else 7.5)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model recipe's, else 20 on the toy "
+                                              "world, else 25)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model recipe's, "
+                                                  "else 5.0 on the toy world, else 7.5)")
+    p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
+                                                        "deepcache-lib:N, tome:R (needs slimdiff[peers])")
     p.add_argument("--seed", type=int, default=0, help="scene sampling and image i's seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per pipeline call (default: 16)")
@@ -51,7 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from slimdiff.eval.runner import evaluate, read_prompts, summary_rows
+    from slimdiff.eval.runner import evaluate, read_prompts, resolve_pipeline, summary_rows
+    from slimdiff.sample.peers import apply_accelerator, parse_accelerator
     from slimdiff.io import write_json
     from slimdiff.report.tables import text_table
 
@@ -61,14 +65,21 @@ def run(args) -> int:
         grid = args.grid or (str(Path(args.json).with_suffix("")) + "_grid.png" if args.json else "evaluate_grid.png")
     toy = {"auto": None, "toy": True, "prompts": False}[args.world]
     prompts = read_prompts(args.prompts) if args.prompts else None
-    # 2. generate and score
+    # 2. the pipeline, patched by a training-free accelerator if asked; generate and score
+    model = args.model
+    if args.accelerate:
+        parse_accelerator(args.accelerate)  # a bad spec fails before loading
+        model = resolve_pipeline(args.model, base=args.base)
+        apply_accelerator(model, args.accelerate)
     result = evaluate(
-        args.model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
+        model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size, scheduler=args.scheduler, toy=toy, prompts=prompts,
         ref_images=args.ref_images, inception_weights=args.inception_weights, clip_dir=args.clip_dir,
         grid=grid, reference=args.reference, base=args.base, device=args.device, fid_dims=args.fid_dims,
         images_dir=args.save_images,
     )
+    if args.accelerate:
+        result["settings"].update(model=args.model, accelerate=args.accelerate)
     # 3. report
     print(text_table(summary_rows(result)))
     if args.json:

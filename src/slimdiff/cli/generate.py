@@ -16,9 +16,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="'toy', a diffusers pipeline directory, or a prune/distill output directory")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (quote each)")
     p.add_argument("--prompts-file", help="more prompts, one per line")
-    p.add_argument("--steps", type=int, help="denoising steps (default: 20 on the toy world, else 25)")
-    p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: 5.0 on the toy world, else 7.5)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model recipe's, else 20 on the toy "
+                                              "world, else 25)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model recipe's, "
+                                                  "else 5.0 on the toy world, else 7.5)")
+    p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
+                                                        "deepcache-lib:N, tome:R (needs slimdiff[peers])")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default: 8)")
@@ -32,15 +35,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from slimdiff.eval.runner import generate, read_prompts, save_images
+    from slimdiff.eval.runner import generate, read_prompts, resolve_pipeline, save_images
+    from slimdiff.sample.peers import apply_accelerator, parse_accelerator
 
     # 1. prompts from the command line and the file
     prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise ValueError("no prompts: give PROMPT arguments or --prompts-file FILE")
-    # 2. generate and write
+    # 2. the pipeline, patched by a training-free accelerator if asked
+    if args.accelerate:
+        parse_accelerator(args.accelerate)  # a bad spec fails before loading
+    model = resolve_pipeline(args.model, base=args.base)
+    apply_accelerator(model, args.accelerate)
+    # 3. generate and write
     images = generate(
-        args.model, prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
+        model, prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
         batch_size=args.batch_size, height=args.height, width=args.width, base=args.base,
         device=args.device,
     )

@@ -94,10 +94,7 @@ class DistillConfig:
         for name in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc"):
             if getattr(self, name) < 0:
                 bad(name, "loss weights must be >= 0")
-        if not any(getattr(self, n) > 0 for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid",
-                                                   "lambda_perc")):
-            raise ValueError("DistillConfig: every loss weight is 0; set at least one of lambda_task, lambda_out, "
-                             "lambda_feat, lambda_mid, lambda_perc > 0")
+        self._check_loss_weights()
         if self.feat_loss not in FEAT_LOSSES:
             bad("feat_loss", f"choose one of {list(FEAT_LOSSES)}")
         if self.perceptual_net not in PERCEPTUAL_NETS:
@@ -136,6 +133,13 @@ class DistillConfig:
             bad("mixed_precision", f"choose one of {list(MIXED_PRECISION)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             bad("ema_decay", "None or in (0, 1), e.g. 0.9999")
+
+    def _check_loss_weights(self) -> None:
+        """At least one loss term is on (a subclass with its own loss overrides this)."""
+        if not any(getattr(self, n) > 0 for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid",
+                                                   "lambda_perc")):
+            raise ValueError(f"{type(self).__name__}: every loss weight is 0; set at least one of lambda_task, "
+                             f"lambda_out, lambda_feat, lambda_mid, lambda_perc > 0")
 
     @property
     def needs_teacher(self) -> bool:

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -174,6 +174,7 @@ class Trainer:
         if self.dtype != torch.float32 and (teacher is not None or pipeline is not None):
             # the frozen parts are cast below; copy the caller's own modules so theirs stay float32
             p.teacher, p.vae, p.text_encoder = (copy.deepcopy(m) for m in (p.teacher, p.vae, p.text_encoder))
+        p.student = self._prepare_student(p.student)
         self.teacher, self.student = p.teacher, p.student
         self.noise_scheduler = _noise_scheduler(p.scheduler_config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
@@ -275,6 +276,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ set-up
 
+    name = "distill"  # progress bar and messages (a subclass names its method)
+
+    def _prepare_student(self, student: nn.Module) -> nn.Module:
+        """Hook: the student to train, given the loaded one (before the optimiser sees it)."""
+        return student
+
+    def _on_step_start(self, step: int) -> None:
+        """Hook: called before optimiser step `step` (0-based), also the first step of a resumed run."""
+
     @torch.no_grad()
     def _dry_run(self) -> None:
         """One batch-1 forward of both models on random inputs: checks feature shapes and
@@ -299,22 +309,35 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one step
 
-    def _micro_step(self, items: list[dict], position: int) -> dict[str, torch.Tensor]:
-        """Loss terms of one micro-batch (this process's rows of global micro-batch `position`)."""
+    def _sample_batch(self, items: list[dict], position: int, draw_t: Callable | None = None):
+        """Steps 1-2 of a micro-step: encodings and the global micro-batch's randomness, this process's rows.
+
+        Returns latents x0 (b, C, h, w), noise (b, C, h, w), text (b, L, D) after caption dropout,
+        timesteps t (b,) and `(g, rows)`: the generator after these draws and this process's slice of
+        the global batch, for further draws of a subclass. `draw_t(G, g)`: the global batch's (G,)
+        timesteps (default: uniform over the training timesteps).
+        """
         cfg = self.cfg
         # 1. encodings: latent moments (b, 2C, h, w), text (b, L, D)
         moments, text = self.encoder(items)
         b, c2, h, w = moments.shape
-        lo, hi = self.rank * b, (self.rank + 1) * b
+        rows = slice(self.rank * b, (self.rank + 1) * b)
         # 2. the global micro-batch's randomness, this process's rows
         g = random_generator(cfg.seed, position, _NOISE)
         G = b * self.world
-        t = torch.randint(0, self.num_train_timesteps, (G,), generator=g)[lo:hi].to(self.device)
-        noise = torch.randn(G, c2 // 2, h, w, generator=g)[lo:hi].to(self.device)
-        eps = torch.randn(G, c2 // 2, h, w, generator=g)[lo:hi]
-        drop = (torch.rand(G, generator=g) < cfg.caption_dropout)[lo:hi].to(self.device)
+        t = draw_t(G, g) if draw_t is not None else torch.randint(0, self.num_train_timesteps, (G,), generator=g)
+        t = t[rows].to(self.device)
+        noise = torch.randn(G, c2 // 2, h, w, generator=g)[rows].to(self.device)
+        eps = torch.randn(G, c2 // 2, h, w, generator=g)[rows]
+        drop = (torch.rand(G, generator=g) < cfg.caption_dropout)[rows].to(self.device)
         latents = sample_latents(moments, eps, self.scaling_factor)  # x0 (b, C, h, w)
         text = torch.where(drop[:, None, None], self.empty_text.expand_as(text), text)
+        return latents, noise, text, t, g, rows
+
+    def _micro_step(self, items: list[dict], position: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch (this process's rows of global micro-batch `position`)."""
+        cfg = self.cfg
+        latents, noise, text, t, _, _ = self._sample_batch(items, position)
         x_t = self.noise_scheduler.add_noise(latents, noise, t)  # sqrt(ab) x0 + sqrt(1 - ab) eps
         if self.stochastic is not None:
             self.stochastic.set_skipped(self.stochastic.sample(random_generator(cfg.seed, position, _DEPTH)))
@@ -371,16 +394,17 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_items,
                             num_workers=cfg.num_workers)
         batches = iter(loader)
-        bar = _progress_bar(cfg.max_steps, self.start_step, enabled=self.progress and main)
+        bar = _progress_bar(cfg.max_steps, self.start_step, enabled=self.progress and main, desc=self.name)
         if self.progress and main:
             start = f"resuming at step {self.start_step}" if self.resume_dir else \
                 "no checkpoint yet: starting at step 0" if cfg.resume else "starting at step 0"
-            bar.write(f"distill: {self.trainable_params:,} trainable parameters, {self.world} process(es), global "
+            bar.write(f"{self.name}: {self.trainable_params:,} trainable parameters, {self.world} process(es), global "
                       f"batch {cfg.batch_size * self.world * cfg.grad_accum}, feature map from "
                       f"{self.block_map_source}; {start}")
         record: dict = {}
         t0 = time.perf_counter()
         for step in range(self.start_step, cfg.max_steps):
+            self._on_step_start(step)
             sums: dict[str, torch.Tensor] = {}
             grad_norm = None
             for micro in range(cfg.grad_accum):
@@ -488,13 +512,14 @@ class Trainer:
         }
         return recipe
 
-    def _save_pipeline(self, student: nn.Module) -> Path | None:
-        """out/pipeline: the teacher's pipeline with the student as its unet (so `slimdiff evaluate` runs)."""
+    def _save_pipeline(self, student: nn.Module, scheduler: Any = None) -> Path | None:
+        """out/pipeline: the teacher's pipeline with the student as its unet (so `slimdiff evaluate` runs);
+        `scheduler`: replaces the pipeline's own."""
         out = self.out / "pipeline"
         if self.parts.pipeline_source is not None:
             from slimdiff.unet.io import save_pipeline_with_unet
 
-            return save_pipeline_with_unet(self.parts.pipeline_source, student, out)
+            return save_pipeline_with_unet(self.parts.pipeline_source, student, out, scheduler=scheduler)
         from diffusers import StableDiffusionPipeline
 
         from slimdiff.unet import to_diffusers
@@ -503,6 +528,8 @@ class Trainer:
         pipe = self.parts.pipeline
         comps = {k: v for k, v in pipe.components.items()}
         comps["unet"] = plain
+        if scheduler is not None:
+            comps["scheduler"] = scheduler
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         StableDiffusionPipeline(**comps).save_pretrained(tmp, safe_serialization=True)
@@ -538,10 +565,10 @@ def _noise_scheduler(config: dict):
     return DDPMScheduler.from_config(keep)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "distill"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="distill")
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc=desc)
 
 
 def _plot(log_path: Path, png: Path, keys: list[str]) -> Path | None:

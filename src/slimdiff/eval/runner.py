@@ -110,7 +110,13 @@ def make_scheduler(name: str, pipe: DiffusionPipeline):
 
 
 def default_sampling(pipe: DiffusionPipeline, toy: bool | None = None) -> tuple[int, float]:
-    """(steps, guidance) used when not given: the toy sampler's on the toy world, else the field's."""
+    """(steps, guidance) used when not given: what the model's recipe records (a step-distilled
+    student's), else the toy sampler's on the toy world, else the field's."""
+    from slimdiff.sample.defaults import recorded_sampling
+
+    recorded = recorded_sampling(pipe)
+    if recorded is not None:
+        return recorded
     toy = is_toy_pipeline(pipe) if toy is None else toy
     return (TOY_STEPS, TOY_GUIDANCE) if toy else (FIELD_STEPS, FIELD_GUIDANCE)
 

@@ -148,12 +148,13 @@ def _link_or_copy(src: str, dst: str) -> str:
 
 
 def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str | os.PathLike,
-                            saved_unet: str | os.PathLike | None = None) -> Path:
+                            saved_unet: str | os.PathLike | None = None, scheduler: Any = None) -> Path:
     """Write a complete pipeline directory at `out`: `source`'s components with `unet` replaced.
 
     The other components are reused (hard-linked or copied); model_index.json names the unet
     class that was saved (`["diffusers", "UNet2DConditionModel"]` or slimdiff's). `saved_unet`:
     a directory where `save_unet(unet, ...)` already wrote it, linked instead of saving again.
+    `scheduler`: a diffusers scheduler written instead of `source`'s (e.g. a step-distilled student's).
     """
     kind, src = resolve_source(source)
     if kind != "pipeline":
@@ -163,6 +164,9 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
     def write(tmp: Path) -> None:
         for entry in src.iterdir():
             if entry.name in ("unet", "model_index.json") or entry.name.startswith("."):
+                continue
+            if entry.name == "scheduler" and scheduler is not None:
+                scheduler.save_pretrained(tmp / "scheduler")
                 continue
             if entry.is_dir():
                 shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
@@ -178,6 +182,8 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
             unet_kind = save_unet(unet, tmp / "unet")
         index = json.loads((src / "model_index.json").read_text())
         index["unet"] = unet_kind
+        if scheduler is not None:
+            index["scheduler"] = ["diffusers", type(scheduler).__name__]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     if out.exists():

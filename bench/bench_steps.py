@@ -1,0 +1,312 @@
+"""Fewer steps end to end (issue 9): step-distilled students against few-step solvers, DeepCache and ToMe.
+
+    python bench/bench_steps.py                                   # toy world, everything (trains 11 models)
+    python bench/bench_steps.py --dry-run --out /tmp/steps        # tiny settings: proves the script runs
+
+Configurations: the reference (teacher, 25 steps of its own sampler, CFG); the teacher with
+DPM-Solver++ at 8 and 4 steps; step-distilled students (student = the teacher's weights) at 8 and 4
+steps: vanilla (p = 0), CFG-aware (p = 0.1), guidance-embedded (one U-Net call per step); a
+distilled bk-small step-distilled CFG-aware and guidance-embedded at 8 and 4 (the combination
+meant for the 10x target: fewer, cheaper and unpaired U-Net calls); DeepCache (the package, interval 3, branch
+0; slimdiff's own cache where the package is missing) and ToMe (ratio 0.5) on the teacher at 25
+steps; slimdiff's DeepCache-style cache (interval 3) on the best step-distilled student.
+Speed: one pipeline call at batch 1 (text encoder + every U-Net call + VAE decode), all
+configurations timed round-robin on the same threads, medians. Quality: `slimdiff.eval.evaluate`
+on the test split (its metrics and CIs as the evaluation runner reports them), plus PSNR against
+the reference's image for the same prompt and noise (fidelity, 95% bootstrap CI).
+Models are trained into --work and reused when present. Results: OUT.md, OUT.json, OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimdiff.eval import evaluate
+from slimdiff.eval.runner import default_sampling, resolve_pipeline
+from slimdiff.io import atomic_write, write_json
+from slimdiff.profile.latency import num_threads, time_rounds
+from slimdiff.report.tables import markdown_table
+from slimdiff.sample.peers import apply_accelerator
+
+QUALITY_KEYS = ("all_correct", "alignment", "alignment_score", "kid", "judge_fid")  # shown when the runner has them
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="toy", help="the toy pipeline (or a pipeline with the toy tokenizer)")
+    p.add_argument("--bk-small", help="a distilled bk-small output dir (default: prune + distill one in --work)")
+    p.add_argument("--distill-steps", type=int, default=2000, help="bk-small distillation steps when built here")
+    p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps per step-distilled student")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--teacher-steps", type=int, default=32, help="teacher DDIM schedule (SnapFusion: 32)")
+    p.add_argument("--wemb-cfg-prob", type=float, default=0.5, help="p of the guidance-embedded students")
+    p.add_argument("--eval-images", type=int, default=256)
+    p.add_argument("--latency-repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: as is)")
+    p.add_argument("--device", default=None, help="generation device, e.g. cuda (training: accelerate's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="runs/bench_steps", help="trained models (reused when present)")
+    p.add_argument("--dry-run", action="store_true", help="tiny settings: 2 training steps, 4 images, 1 repeat")
+    p.add_argument("--out", default="docs/bench/steps", help="writes OUT.md, OUT.json, OUT.png")
+    args = p.parse_args()
+    if args.dry_run:
+        args.distill_steps = args.train_steps = 2
+        args.batch_size, args.eval_images, args.latency_repeats = 4, 4, 1
+    return args
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def distilled_bk_small(args) -> str:
+    """A bk-small student of the teacher, distilled (BK-SDM losses), as `slimdiff prune` + `distill` make it."""
+    if args.bk_small:
+        return args.bk_small
+    from slimdiff.distill import DistillConfig, distill
+    from slimdiff.unet import apply_preset, load_unet, save_student
+
+    out = Path(args.work) / "bk-small-kd"
+    if (out / "pipeline" / "model_index.json").is_file():
+        return str(out)
+    pruned = Path(args.work) / "bk-small"
+    if not (pruned / "config.json").is_file():
+        student, info = apply_preset(load_unet(args.teacher), "bk-small")
+        save_student(student, pruned, args.teacher, {"preset": "bk-small"})
+    distill(DistillConfig(teacher=args.teacher, student=str(pruned), out=str(out), max_steps=args.distill_steps,
+                          batch_size=args.batch_size, learning_rate=1e-3, feat_loss="normalized",
+                          checkpoint_every=500, resume="latest", seed=args.seed))
+    return str(out)
+
+
+def step_student(args, name: str, student: str, steps: int, **settings) -> str:
+    from slimdiff.distill.step import StepDistillConfig, step_distill
+
+    out = Path(args.work) / name
+    if not (out / "pipeline" / "model_index.json").is_file():
+        step_distill(StepDistillConfig(teacher=args.teacher, student=student, out=str(out), steps=steps,
+                                       teacher_steps=args.teacher_steps, max_steps=args.train_steps,
+                                       batch_size=args.batch_size, learning_rate=args.lr, checkpoint_every=500,
+                                       resume="latest", seed=args.seed, **settings))
+    return str(out)
+
+
+def configurations(args) -> list[dict]:
+    """name, model, steps, guidance (None: the model's default), scheduler, accelerate spec, kind."""
+    ref_steps = 25
+    rows = [dict(name="reference (teacher, 25 steps)", model=args.teacher, steps=ref_steps, kind="reference")]
+    for n in (8, 4):
+        rows.append(dict(name=f"teacher DPM-Solver++ {n}", model=args.teacher, steps=n, scheduler="dpm",
+                         kind="solver"))
+    bk = distilled_bk_small(args)
+    for n in (8, 4):
+        for label, student, extra in (("vanilla", args.teacher, dict(cfg_prob=0.0)),
+                                      ("CFG-aware", args.teacher, dict(cfg_prob=0.1)),
+                                      ("guidance-embedded", args.teacher,
+                                       dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True)),
+                                      ("bk-small + CFG-aware", bk, dict(cfg_prob=0.1)),
+                                      ("bk-small + guidance-embedded", bk,
+                                       dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True))):
+            slug = label.replace(" + ", "-").replace(" ", "-").lower()
+            rows.append(dict(name=f"{label} {n}", model=step_student(args, f"{slug}-{n}", student, n, **extra),
+                             kind="slimdiff"))
+    try:
+        import DeepCache  # noqa: F401
+
+        deepcache = "deepcache-lib:3"
+    except ImportError:
+        deepcache = "deepcache:3"
+    rows.append(dict(name=f"teacher + {deepcache}", model=args.teacher, steps=ref_steps, accelerate=deepcache,
+                     kind="peer"))
+    rows.append(dict(name="teacher + ToMe 0.5", model=args.teacher, steps=ref_steps, accelerate="tome:0.5",
+                     kind="peer"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def build(row: dict, device):
+    pipe = resolve_pipeline(row["model"])
+    if device is not None:
+        pipe.to(device)
+    if row.get("scheduler"):
+        from slimdiff.eval.runner import make_scheduler
+
+        pipe.scheduler = make_scheduler(row["scheduler"], pipe)
+    steps, guidance = default_sampling(pipe)
+    row["steps"], row["guidance"] = row.get("steps") or steps, row.get("guidance") or guidance
+    apply_accelerator(pipe, row.get("accelerate"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def psnr_ci(images, reference, seed: int) -> tuple[float, float, float]:
+    """Mean PSNR (dB) of images vs the reference images of the same prompt and noise, 95% bootstrap CI."""
+    a = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in images])
+    b = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in reference])
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+    rng = np.random.default_rng(seed)
+    boot = [psnr[rng.integers(0, len(psnr), len(psnr))].mean() for _ in range(1000)]
+    return float(psnr.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def with_ci(result: dict, key: str):
+    """'v [lo, hi]' when the runner reports a CI for `key` (`key_ci` or `ci[key]`), else the value."""
+    value = result.get(key)
+    ci = result.get(f"{key}_ci") or (result.get("ci") or {}).get(key)
+    if value is None:
+        return None
+    if isinstance(value, dict):  # {"value": v, "ci": [lo, hi]}
+        value, ci = value.get("value"), value.get("ci", ci)
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else round(float(value), 4)
+
+
+def value_of(result: dict, key: str):
+    v = result.get(key)
+    return v.get("value") if isinstance(v, dict) else v
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    rows = configurations(args)
+    pipes = {r["name"]: build(r, args.device) for r in rows}
+    # 1. quality: every configuration on the same test scenes and seeds
+    images = {}
+    for r in rows:
+        res, ims = evaluate(pipes[r["name"]], num_images=args.eval_images, steps=r["steps"], guidance=r["guidance"],
+                            seed=args.seed, return_images=True, progress=False)
+        r["result"], images[r["name"]] = res, ims
+    # 2. DeepCache-style cache on the best step-distilled student (by all-correct)
+    best = max((r for r in rows if r["kind"] == "slimdiff"), key=lambda r: value_of(r["result"], "all_correct"))
+    extra = dict(best, name=f"{best['name']} + deepcache:3", accelerate="deepcache:3", kind="slimdiff")
+    extra.pop("result")
+    pipes[extra["name"]] = build(extra, args.device)
+    extra["result"], images[extra["name"]] = evaluate(
+        pipes[extra["name"]], num_images=args.eval_images, steps=extra["steps"], guidance=extra["guidance"],
+        seed=args.seed, return_images=True, progress=False)
+    rows.append(extra)
+    ref = rows[0]
+    for r in rows:
+        r["psnr_vs_reference"] = psnr_ci(images[r["name"]], images[ref["name"]], args.seed)
+    # 3. speed: one batch-1 pipeline call per configuration and round, round-robin, medians
+    prompt = ref["result"].get("prompts", ["a small red circle"])[0]
+
+    def call(r):
+        return lambda: pipes[r["name"]](prompt, num_inference_steps=r["steps"], guidance_scale=r["guidance"],
+                                        generator=torch.Generator().manual_seed(args.seed), output_type="pil")
+
+    device = torch.device(args.device or "cpu")
+    with num_threads(args.threads) as threads:
+        times = time_rounds({r["name"]: call(r) for r in rows}, warmup=1, repeats=args.latency_repeats,
+                            device=device)
+    for r in rows:
+        r["ms"] = float(np.median(times[r["name"]]))
+        r["speedup"] = float(np.median(times[ref["name"]])) / r["ms"]
+    report(args, rows, threads)
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    ref = rows[0]
+    ref_ac = value_of(ref["result"], "all_correct")
+    ours = [r for r in rows if r["kind"] == "slimdiff"]
+    ac = lambda r: value_of(r["result"], "all_correct")  # noqa: E731
+    lines = []
+    hits = [r for r in ours if r["speedup"] >= 10 and ac(r) >= ref_ac - 0.02]
+    if hits:
+        b = max(hits, key=ac)
+        lines.append(f"Target met: {b['name']} is {b['speedup']:.1f}x faster at all-correct {ac(b):.3f} "
+                     f"(reference {ref_ac:.3f}).")
+    else:
+        fast = [r for r in ours if r["speedup"] >= 10]
+        close = [r for r in ours if ac(r) >= ref_ac - 0.02]
+        lines.append("Target missed: " + "; ".join(filter(None, [
+            f"at >= 10x the best is {max(fast, key=ac)['name']} with all-correct {ac(max(fast, key=ac)):.3f}, "
+            f"{ref_ac - 0.02 - ac(max(fast, key=ac)):.3f} below the bar {ref_ac - 0.02:.3f}" if fast else
+            "no slimdiff configuration reaches 10x",
+            f"within 2 points the fastest is {max(close, key=lambda r: r['speedup'])['name']} at "
+            f"{max(r['speedup'] for r in close):.1f}x" if close else "none is within 2 points of the reference"])))
+    for peer in (r for r in rows if r["kind"] == "peer"):
+        rivals = [r for r in ours if r["speedup"] >= peer["speedup"]]
+        if not rivals:
+            lines.append(f"{peer['name']}: no slimdiff configuration is as fast ({peer['speedup']:.2f}x).")
+            continue
+        b = max(rivals, key=ac)
+        word = "beats" if ac(b) > ac(peer) else "ties with" if ac(b) == ac(peer) else "does not beat"
+        lines.append(f"{peer['name']} ({peer['speedup']:.2f}x, all-correct {ac(peer):.3f}): {b['name']} "
+                     f"({b['speedup']:.2f}x, {ac(b):.3f}) {word} it at its speed-up or more.")
+    return lines
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colours = {"reference": "black", "solver": "tab:blue", "slimdiff": "tab:red", "peer": "tab:green"}
+    for r in rows:
+        y = value_of(r["result"], "all_correct")
+        ci = r["result"].get("all_correct_ci") or (r["result"].get("ci") or {}).get("all_correct")
+        yerr = [[y - ci[0]], [ci[1] - y]] if ci else None
+        ax.errorbar(r["speedup"], y, yerr=yerr, fmt="o", color=colours[r["kind"]], capsize=3)
+        ax.annotate(r["name"], (r["speedup"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    pts = sorted(((r["speedup"], value_of(r["result"], "all_correct")) for r in rows), reverse=True)
+    frontier, best = [], -1.0
+    for x, y in pts:  # Pareto front: no other point is both faster and better
+        if y > best:
+            frontier.append((x, y))
+            best = y
+    ax.plot(*zip(*sorted(frontier)), "--", color="grey", lw=1, label="frontier")
+    ax.axvline(10, color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end speed-up vs the reference (pipeline wall time, batch 1)")
+    ax.set_ylabel("all-correct (toy judge)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def report(args, rows: list[dict], threads: int) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = []
+    for r in rows:
+        row = {"configuration": r["name"], "steps": r["steps"], "guidance": r["guidance"],
+               "ms / image": round(r["ms"], 1), "speed-up": round(r["speedup"], 2)}
+        for key in QUALITY_KEYS:
+            if key in r["result"]:
+                row[key] = with_ci(r["result"], key)
+        p, lo, hi = r["psnr_vs_reference"]
+        row["PSNR vs reference (dB)"] = f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if r is not rows[0] else "(itself)"
+        table.append(row)
+    lines = verdict(rows)
+    plot(rows, out.with_suffix(".png"))
+    header = (f"# Fewer steps end to end (issue 9)\n\n`python bench/bench_steps.py {' '.join(sys.argv[1:])}`  \n"
+              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'cpu'}, "
+              f"torch threads {threads}, {args.eval_images} test images, {args.latency_repeats} timed rounds, "
+              f"training {args.train_steps} steps at batch {args.batch_size}\n\n")
+    atomic_write(out.with_suffix(".md"), header + markdown_table(table) + "\n\n" + "\n".join(f"- {v}" for v in lines)
+                 + f"\n\n![frontier]({out.with_suffix('.png').name})\n")
+    write_json(out.with_suffix(".json"), {"args": vars(args), "rows": [{k: v for k, v in r.items()} for r in rows],
+                                          "verdict": lines})
+    print(markdown_table(table))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

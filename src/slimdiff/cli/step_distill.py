@@ -1,0 +1,79 @@
+"""`slimdiff step-distill`: fewer sampling steps (SnapFusion's CFG-aware step distillation).
+
+    slimdiff step-distill --teacher toy --student toy --steps 8 --out runs/s8            # 32 -> 8, p = 0.1
+    slimdiff step-distill --teacher toy --student runs/bk-small-kd --steps 4 --schedule progressive --out runs/s4
+    slimdiff step-distill --teacher toy --student toy --steps 8 --guidance-embed --cfg-prob 1 --out runs/s8w
+    slimdiff generate runs/s8 "a small red circle"      # the recipe's 8 steps and guidance
+
+Models, data, optimisation and bookkeeping flags are `slimdiff distill`'s (same trainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from slimdiff.cli.distill import _OPTIONS as _DISTILL_OPTIONS
+from slimdiff.cli.distill import _is_main
+
+_LOSS_FIELDS = {"lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc", "feat_loss", "feat_map",
+                "perceptual_net", "perceptual_weights"}
+# (flag, StepDistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.step
+_OPTIONS = [
+    ("--steps", "steps", dict(type=int, help="student sampling steps (default 8)")),
+    ("--teacher-steps", "teacher_steps", dict(type=int, help="DDIM steps of the teacher schedule (default 32)")),
+    ("--schedule", "schedule", dict(choices=["direct", "progressive"], help="direct (default): teacher_steps/steps "
+                                    "teacher steps per student step; progressive: halve, 2 per step")),
+    ("--cfg-prob", "cfg_prob", dict(type=float, metavar="P", help="share of CFG-aware examples (default 0.1; "
+                                    "0: vanilla)")),
+    ("--guidance-range", "guidance_range", dict(type=float, nargs=2, metavar=("MIN", "MAX"),
+                                                help="w_g ~ U[MIN, MAX] (default 2 14)")),
+    ("--guidance-embed", "guidance_embed", dict(action="store_true", default=None,
+                                                help="student reads w (time_cond_proj_dim): one U-Net call per step")),
+    ("--guidance-embed-dim", "guidance_embed_dim", dict(type=int, help="w embedding width (default 256)")),
+    ("--gamma", "lambda_task", dict(type=float, help="weight of the task loss (default 0.2)")),
+    ("--teacher-prediction-type", "teacher_prediction_type",
+     dict(choices=["epsilon", "v_prediction", "sample"], help="default: the pipeline scheduler's")),
+    ("--guidance", "guidance", dict(type=float, help="sampling guidance for the recipe (default: toy 5, else 7.5)")),
+] + [o for o in _DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "step-distill", help="distill a teacher's many sampling steps into a student's few",
+        description="SnapFusion step distillation: the teacher's k DDIM steps become one student step (v-prediction "
+                    "student; CFG-aware with probability --cfg-prob; direct or progressive schedule; optional "
+                    "guidance embedding). Writes the student, recipe.json (steps, guidance), train_log.jsonl and "
+                    "OUT/pipeline/ (a plain StableDiffusionPipeline with the trained DDIM schedule).")
+    p.add_argument("--teacher", required=True, help="toy, a pipeline dir or a UNet dir")
+    p.add_argument("--student", required=True, help="toy (the teacher itself), a prune/distill output or a UNet dir")
+    p.add_argument("--data", default="toy", help="toy (default) | image folder | .tar shard(s)")
+    p.add_argument("--out", required=True, help="output directory")
+    for flag, field, kwargs in _OPTIONS:
+        p.add_argument(flag, dest=field, **{"default": None, **kwargs})
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from slimdiff.distill.step import StepDistillConfig
+
+    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out}
+    for _, field, _ in _OPTIONS:
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    if "guidance_range" in values:
+        values["guidance_min"], values["guidance_max"] = values.pop("guidance_range")
+    if values.get("max_grad_norm") == 0:
+        values["max_grad_norm"] = None
+    return StepDistillConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimdiff.distill.step import step_distill
+
+    result = step_distill(config_from_args(args), progress=not args.quiet)
+    if result.num_processes == 1 or _is_main():
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+        print(f"step-distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms})")
+        print(f"student: {result.out}  pipeline: {result.pipeline_dir}")
+    return 0
