@@ -102,10 +102,11 @@ def load_parts(config: DistillConfig, teacher: nn.Module | None = None, student:
     if pipeline is None:
         if config.pipeline is not None:
             source, flag = config.pipeline, "--pipeline"
-        elif config.teacher is not None and teacher is None and is_pipeline_source(config.teacher):
-            source, flag = config.teacher, "--teacher"
+        elif config.teacher is not None and is_pipeline_source(config.teacher):
+            source, flag = config.teacher, "--teacher"  # also when the teacher U-Net is passed in memory
         else:
-            what = f"the teacher {config.teacher!r} is a bare U-Net" if teacher is None else "the teacher is in memory"
+            what = f"the teacher {config.teacher!r} is a bare U-Net" if config.teacher is not None else \
+                "the teacher is in memory (DistillConfig.teacher=None)"
             raise ValueError(f"{what}: give --pipeline (a diffusers pipeline directory or 'toy') for the "
                              f"tokenizer, text encoder, VAE and noise schedule")
         pipeline = _load(flag, source, load_pipeline)
