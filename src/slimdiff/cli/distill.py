@@ -37,7 +37,7 @@ _OPTIONS = [
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),
     ("--freeze", "freeze", dict(nargs="+", metavar="NAME", help="units/layers/blocks to keep fixed")),
     ("--stochastic-depth", "stochastic_depth", dict(type=float, metavar="P", help="SnapFusion robust training: "
-                                                    "skip each channel-preserving unit with probability P")),
+                                                    "skip each removable ResNet/attention unit with probability P")),
     ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
     ("--batch-size", "batch_size", dict(type=int, help="per process and micro-step (default 8)")),
     ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),

@@ -58,7 +58,7 @@ class DistillConfig:
 
     # --- trainable set ---------------------------------------------------------------------
     freeze: list[str] = dataclasses.field(default_factory=list)  # units/layers/blocks kept fixed (incubation)
-    stochastic_depth: float = 0.0  # SnapFusion robust training: skip prob. per channel-preserving unit per step
+    stochastic_depth: float = 0.0  # SnapFusion robust training: skip prob. per removable ResNet/attn unit per step
 
     # --- optimisation ----------------------------------------------------------------------
     max_steps: int = 1000  # optimiser steps

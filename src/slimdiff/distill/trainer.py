@@ -333,7 +333,7 @@ class Trainer:
     @torch.no_grad()
     def _dry_run(self) -> None:
         """One batch-1 forward of both models on random inputs: checks feature shapes and
-        lets stochastic depth find the channel-preserving units."""
+        lets stochastic depth find the units it may skip."""
         g = torch.Generator().manual_seed(0)
         c = self.teacher.config.in_channels
         h = self.resolution // (2 ** (len(self.parts.vae.config.block_out_channels) - 1))
