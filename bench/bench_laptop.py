@@ -29,12 +29,12 @@ import torch
 
 from slimdiff.io import atomic_write, write_json
 from slimdiff.prune.additivity import additivity_study, plot_additivity
-from slimdiff.prune.calibration import CalibrationConfig, cross_attention_dim, toy_calibration
+from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
 from slimdiff.prune.criteria import MagnitudeCriterion, OutputLossCriterion, RandomCriterion, removable_units
 from slimdiff.prune.laptop import Budget, count_params, laptop_select
 from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
-from slimdiff.unet import apply_preset, load_pipeline, load_unet, to_slim
+from slimdiff.unet import apply_preset, load_pipeline, load_unet, text_width, to_slim
 
 
 def parse_args() -> argparse.Namespace:
@@ -134,7 +134,7 @@ def main() -> None:
             print(f"ratio {ratio:g} {crit}: L(S)={row['L(S)']:.4g} {row.get('alignment', '')}")
 
     # 5. latency of every model above: whole U-Net forward, batch 1, one thread, round-robin
-    cross = cross_attention_dim(teacher)
+    cross = text_width(teacher)
     ms = model_latencies(timed, teacher.config.sample_size, cross, batch=1, context_length=ctx, warmup=1,
                          repeats=args.latency_repeats, threads=1)
     for name in ("teacher", "bk-small", "laptop"):  # the pruned students' latency (same as after distillation)

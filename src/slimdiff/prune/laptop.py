@@ -152,11 +152,11 @@ def lut_wallclock_ms(models: dict, lut) -> dict[str, float]:
     (latent, text length, batch, threads, warm-up, repeats), all timed round-robin."""
     from slimdiff.profile import model_latencies
 
-    from .calibration import cross_attention_dim
+    from slimdiff.unet import text_width
 
     s = lut.settings
     first = next(iter(models.values()))
-    return model_latencies(models, s.latent, cross_attention_dim(first), batch=s.batch,
+    return model_latencies(models, s.latent, text_width(first), batch=s.batch,
                            context_length=s.context_length, warmup=s.warmup, repeats=s.repeats,
                            clock=s.clock, threads=s.threads)
 

@@ -118,3 +118,28 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
             skip=unit.get("skip"), type=unit["type"],
         ))
     return infos
+
+
+DEFAULT_TEXT_WIDTH = 768  # SD-1.x's CLIP width, used only when no unit reads the text (its width is then moot)
+
+
+def text_widths(model: nn.Module) -> set[int]:
+    """The text-embedding widths D (the `encoder_hidden_states` (B, L, D)) that the attention
+    units of a slim or diffusers U-Net read: `cross_attention_dim` per unit, not the config's
+    single value (a slim config has none; a diffusers one may list one per block). Empty when no
+    unit reads the text."""
+    return {u.cross_attention_dim for u in list_units(model) if u.kind == "attn" and u.cross_attention_dim}
+
+
+def text_width(model: nn.Module) -> int:
+    """The one text-embedding width D a U-Net reads (`text_widths`). Raises ValueError when its
+    units read several; when none reads the text, the config's `cross_attention_dim` if it is a
+    single number, else `DEFAULT_TEXT_WIDTH` (any width then runs)."""
+    dims = text_widths(model)
+    if len(dims) > 1:
+        raise ValueError(f"the U-Net's attention units read text of different widths {sorted(dims)}; "
+                         "one width is supported")
+    if dims:
+        return int(dims.pop())
+    dim = getattr(model.config, "cross_attention_dim", None)
+    return int(dim) if isinstance(dim, int) else DEFAULT_TEXT_WIDTH
