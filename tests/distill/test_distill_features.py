@@ -66,12 +66,25 @@ def test_bk_tiny_block_map_matches_inherited_blocks_and_shapes(form):
     for k in range(3):
         assert block_map[f"up.{k}"] == f"up.{k + 1}"
     fmap = default_feature_map(block_map, student, teacher)
-    if form != "recipe":  # student down.2 lost its downsampler: compare before sampling (BK-SDM)
-        assert fmap["down.2"] == "down.2.layer.1.attn"
+    if form != "recipe":  # student down.2 lost its downsampler: BK-SDM's pre-residual proj_out hooks
+        assert fmap["down.2.layer.0.attn.proj_out"] == "down.2.layer.1.attn.proj_out" and "down.2" not in fmap
+        unit_map = default_feature_map(block_map, student, teacher, presampler="unit")
+        assert unit_map["down.2.layer.0.attn"] == "down.2.layer.1.attn"
+        with pytest.raises(ValueError, match="presampler 'post' is not one of"):
+            default_feature_map(block_map, student, teacher, presampler="post")
     s_rec, t_rec = FeatureRecorder(student, fmap), FeatureRecorder(teacher, [*fmap.values(), "up.0"])
     run(student), run(teacher)
     s_feats, t_feats = s_rec.pop(), t_rec.pop()
     check_shapes(s_feats, t_feats, fmap)  # every inherited block has the teacher block's shape
+    if form != "recipe":  # proj_out: the Transformer's output before its residual is added
+        attn = get_module(teacher, "down.2.layer.1.attn")
+        g = torch.Generator().manual_seed(0)
+        x, c = torch.randn(1, 32, 2, 2, generator=g), torch.randn(1, 5, 16, generator=g)
+        rec = FeatureRecorder(teacher, ["down.2.layer.1.attn.proj_out"])
+        with torch.no_grad():
+            out = attn(x, encoder_hidden_states=c, return_dict=False)[0]
+        assert torch.allclose(rec.pop()["down.2.layer.1.attn.proj_out"] + x, out, atol=1e-6)
+        rec.remove()
     with pytest.raises(ValueError, match=r"up\.0 .* vs teacher up\.0"):
         check_shapes(s_feats, t_feats, {"up.0": "up.0"})  # same name, different level
 

@@ -32,6 +32,8 @@ _OPTIONS = [
                                       "normalized ||dF||^2/||F_T||^2 (LAPTOP-Diff)")),
     ("--feat-map", "feat_map", dict(nargs="+", metavar="S=T", help="student=teacher module names for feature KD "
                                     "(a name alone: same on both); default: every down/up block")),
+    ("--feat-presampler", "feat_presampler", dict(choices=["proj_out", "unit"], help="bk-tiny down.2 feature: "
+                                                  "proj_out (BK-SDM, default) or the last unit's output")),
     ("--perceptual-net", "perceptual_net", dict(choices=["auto", "judge", "vgg16"], help="default auto: the judge "
                                                 "on the toy world, else vgg16")),
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),

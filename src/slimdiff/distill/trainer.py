@@ -250,7 +250,7 @@ class Trainer:
         self.block_map, self.block_map_source = resolve_block_map(self.student, self.teacher, p.input_recipe)
         if cfg.lambda_feat > 0:
             self.feat_map = dict(cfg.feat_map) if cfg.feat_map else \
-                default_feature_map(self.block_map, self.student, self.teacher)
+                default_feature_map(self.block_map, self.student, self.teacher, cfg.feat_presampler)
             if not self.feat_map:
                 raise ValueError(f"no student block has a teacher counterpart (block map from "
                                  f"{self.block_map_source}: {self.block_map}); give --feat-map STUDENT=TEACHER ...")

@@ -154,7 +154,8 @@ def _laptop(config: SearchConfig, teacher, progress: bool):
     student, r = laptop_select(teacher, _criterion(config, teacher, progress), budget, lut=lut,
                                context_length=context_length_for(config.model), wallclock=lut is not None)
     _log(progress, f"laptop ({r.criterion['name']}, {r.budget}): removed {len(r.removed)} of {len(r.candidates)} "
-                   f"units; {budget.metric} removed: predicted {r.predicted_ratio:.3f}, measured {r.measured_ratio:.3f}")
+                   f"units; {budget.metric} removed: predicted {r.predicted_ratio:.3f}, "
+                   f"measured {r.measured_ratio:.3f}")
     return student, {**r.to_recipe(), "lut": lut_info}
 
 
@@ -180,8 +181,8 @@ def _evolve(config: SearchConfig, teacher, score_fn, progress: bool):
                                  distill={"batch_size": config.robust_batch_size, "data": config.robust_data,
                                           "seed": config.seed})
     student, result = evolve(teacher, score_fn, lut, evolve_config, train_fn=train_fn,
-                             progress=lambda a: _log(progress, f"round {a.round}: {a.action} {a.unit} -> "
-                                                               f"{a.latency_after:.3f} ms"))
+                             progress=lambda a: _log(progress, f"round {a.round}: {a.action} {a.unit} "
+                                                               f"-> {a.latency_after:.3f} ms"))
     result.measured_latency_ms = lut_wallclock_ms({"student": student}, lut)["student"]
     _log(progress, f"evolve: {result.initial_latency:.3f} -> {result.final_latency:.3f} ms predicted "
                    f"({result.measured_latency_ms:.3f} measured; target {config.target_latency_ms}); "
