@@ -7,7 +7,7 @@
 3. cost of each candidate under the budget metric (the budget accounting below);
 4. choose the set minimising the summed score while removing at least `ratio` of the whole
    U-Net's metric: exact 0/1 knapsack (`slimdiff.prune.knapsack`), checked and repaired with
-   `remove_units`;
+   `check_removal` (structural; no tensor copied);
 5. remove it, and measure the budget actually removed.
 
 Budget accounting. A budget is a pruning ratio of one metric of the WHOLE U-Net (stem and
@@ -230,7 +230,7 @@ def laptop_select(
     text tokens for FLOPs counting. `measure=False` skips measuring the edited network (the
     measured ratio is then NaN); `wallclock=True` also times teacher and student (latency).
     """
-    from slimdiff.unet import remove_units
+    from slimdiff.unet import check_removal, remove_units
 
     model = as_slim(model)
     # 1. candidates
@@ -252,7 +252,7 @@ def laptop_select(
         {u: scores[u] for u in candidates},
         {u: account.unit_costs[u] for u in candidates},
         account.required(budget.ratio),
-        validate=lambda names: remove_units(model, names),
+        validate=lambda names: check_removal(model, names),  # structural: no tensor is copied
         resolution=resolution,
     )
     # 5. edit and measure
