@@ -55,16 +55,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _value(x):
-    """A metric entry -> (value, ci or None), whether the runner gives a number or a dict with a CI."""
-    if isinstance(x, dict):
-        v = next((x[k] for k in ("value", "mean", "estimate") if k in x), None)
-        return v, x.get("ci")
-    return x, None
-
-
-def _fmt(entry) -> str:
-    v, ci = _value(entry)
+def _fmt(result: dict, key: str) -> str:
+    """`value [lo, hi]`: the metric and its 95% interval (`result["ci"][key]`, when evaluate gives it)."""
+    v, ci = result.get(key), result.get("ci", {}).get(key)
     if not isinstance(v, (int, float)):
         return "" if v is None else str(v)
     text = f"{v:.4g}"
@@ -145,7 +138,7 @@ def main() -> None:
     ]
     for name, r in results.items():
         run = runs.get(name, {})
-        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for k in shown)
+        lines.append(f"| {name} | " + " | ".join(_fmt(r, k) for k in shown)
                      + f" | {r['params']:,} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | "
                      f"{len(run.get('actions', []))} | {run.get('trainings', '')} |")
     lines += ["", "Actions (teacher unit names):", ""]
