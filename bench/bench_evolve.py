@@ -28,7 +28,7 @@ import time
 
 from slimdiff.io import atomic_write, write_json
 from slimdiff.prune import SearchConfig, latency_table, run_search, save_search
-from slimdiff.prune.laptop import context_length_for, count_params, lut_wallclock_ms
+from slimdiff.prune.laptop import context_length_for, lut_wallclock_ms
 from slimdiff.unet import load_unet, to_slim
 
 METRICS = ("alignment_score", "alignment", "all_correct", "kid", "judge_fid")  # shown when evaluate gives them
@@ -72,7 +72,7 @@ def evaluate_unet(args, unet) -> dict:
     r = evaluate(unet, base=args.teacher, split="test", num_images=args.eval_images, steps=args.eval_steps,
                  seed=args.seed, progress=False)
     keep = {k: v for k, v in r.items() if k not in ("prompts", "timing")}
-    return {"params": count_params(unet), **keep}
+    return {"params": unet.num_parameters(), **keep}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from slimdiff.io import atomic_write, write_json
 from slimdiff.prune.additivity import additivity_study, plot_additivity
 from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
 from slimdiff.prune.criteria import MagnitudeCriterion, OutputLossCriterion, RandomCriterion, removable_units
-from slimdiff.prune.laptop import Budget, count_params, laptop_select
+from slimdiff.prune.laptop import Budget, laptop_select
 from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
 from slimdiff.unet import apply_preset, load_pipeline, load_unet, text_width, to_slim
@@ -62,7 +62,7 @@ def evaluate_unet(args, unet, ctx: int, timed: dict, key: str) -> dict:
     """Params and generation metrics now; the model joins `timed` for the round-robin latency
     measurement at the end (all models under the same machine load)."""
     timed[key] = unet
-    out = {"params": count_params(unet)}
+    out = {"params": unet.num_parameters()}
     if args.no_eval:
         return out
     from slimdiff.eval import evaluate
@@ -96,7 +96,7 @@ def main() -> None:
     calib = toy_calibration(pipe, CalibrationConfig(size=args.calib_size, seed=args.seed))
     output = OutputLossCriterion(calib)
     candidates = removable_units(teacher)
-    print(f"teacher: {count_params(teacher):,} params, {len(candidates)} removable units")
+    print(f"teacher: {teacher.num_parameters():,} params, {len(candidates)} removable units")
 
     # 2. scores, once per criterion (the knapsack reuses them at every budget)
     t0 = time.time()
@@ -109,7 +109,7 @@ def main() -> None:
 
     # 3. bk-small vs LAPTOP at bk-small's parameter ratio, before/after distillation
     bk, _ = apply_preset(teacher, "bk-small")
-    bk_ratio = 1 - count_params(bk) / count_params(teacher)
+    bk_ratio = 1 - bk.num_parameters() / teacher.num_parameters()
     lap, lap_res = laptop_select(teacher, scores["output"], Budget("params", bk_ratio), candidates=candidates)
     timed: dict = {}  # key -> model, timed together at the end
     versus = {"teacher": {"before": evaluate_unet(args, teacher, ctx, timed, "teacher")}}

@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. write the student, recipe.json and (pipeline teachers) a complete pipeline
     written = save_student(student, args.out, source=args.model, recipe=info)
-    n_t = sum(p.numel() for p in teacher.parameters())
-    n_s = sum(p.numel() for p in student.parameters())
+    n_t, n_s = teacher.num_parameters(), student.num_parameters()
     print(f"student: {n_s:,} parameters ({n_s / n_t:.1%} of the teacher's {n_t:,})")
     for what, where in written.items():
         print(f"{what}: {where}")

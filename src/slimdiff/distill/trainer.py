@@ -279,7 +279,7 @@ class Trainer:
         self.trainable = [q for q in self.student.parameters() if q.requires_grad]
         if not self.trainable:
             raise ValueError(f"--freeze {cfg.freeze} leaves no trainable parameter in the student")
-        self.trainable_params = sum(q.numel() for q in self.trainable)
+        self.trainable_params = self.student.num_parameters(only_trainable=True)
 
         # 7. frozen parts on the device: teacher in the mixed-precision dtype, encoders too
         self.teacher.requires_grad_(False).eval().to(self.device, self.dtype)

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from slimdiff.io import write_json
-from slimdiff.unet import text_width
+from slimdiff.unet import num_params, text_width
 
 from .flops import UnitFlopCounter
 from .latency import CLOCKS, DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .signature import device_label, stem_signature, unit_signature
-from .units import ProfiledUnit, block_order, list_units, num_levels, num_params
+from .units import ProfiledUnit, block_order, list_units, num_levels
 
 WHOLE = "__whole__"  # key of the whole-U-Net forward among the timed calls
 

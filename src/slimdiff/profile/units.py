@@ -31,10 +31,6 @@ class ProfiledUnit:
     module: nn.Module
 
 
-def num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def list_units(model: nn.Module) -> list[ProfiledUnit]:
     """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules."""
     from slimdiff.unet import get_module

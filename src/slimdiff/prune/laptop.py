@@ -65,10 +65,6 @@ class Budget:
         return f"{self.metric}={self.ratio:g}"
 
 
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float]]:
     """(total FLOPs, FLOPs per unit) of one forward at the model's sample size (`slimdiff.profile`)."""
     from slimdiff.profile import ProfileSettings, profile_unet
@@ -85,7 +81,7 @@ def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float
 def metric_function(metric: str, lut=None, context_length: int = 77) -> Callable[[object], float]:
     """model -> value of `metric` for a whole U-Net (params; FLOPs; LUT-predicted ms)."""
     if metric == "params":
-        return lambda m: float(count_params(m))
+        return lambda m: float(m.num_parameters())
     if metric == "flops":
         return lambda m: model_flops(m, context_length)[0]
     if metric == "latency":
@@ -125,7 +121,7 @@ class BudgetAccount:
         model = as_slim(model)
         if metric == "params":
             per_unit = {u.name: float(u.params) for u in model.units()}
-            total = float(count_params(model))
+            total = float(model.num_parameters())
         elif metric == "flops":
             total, per_unit = model_flops(model, context_length)
         elif metric == "latency":

@@ -16,6 +16,14 @@ from .structure import UnitInfo, blocks_from_diffusers_config, block_names_of, i
 from .structure import name_to_path, validate
 
 
+def num_params(module: nn.Module) -> int:
+    """Parameters (elements) of a module: `ModelMixin.num_parameters()` for diffusers models,
+    the same count for a plain `nn.Module` such as one unit."""
+    if hasattr(module, "num_parameters"):
+        return int(module.num_parameters())
+    return sum(p.numel() for p in module.parameters())
+
+
 def _is_slim(model: nn.Module) -> bool:
     from .model import SlimUNet2DConditionModel
 
@@ -113,7 +121,7 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
         module = get_module(model, name)
         infos.append(UnitInfo(
             name=name, kind=unit["type"], block=block, in_channels=t.in_channels, out_channels=t.out_channels,
-            level=t.level, params=sum(p.numel() for p in module.parameters()),
+            level=t.level, params=num_params(module),
             cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["type"] == "attn" else None,
             skip=unit.get("skip"), type=unit["type"],
         ))
