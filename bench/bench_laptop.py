@@ -29,12 +29,12 @@ import torch
 
 from slimdiff.io import atomic_write, write_json
 from slimdiff.prune.additivity import additivity_study, plot_additivity
-from slimdiff.prune.calibration import CalibrationConfig, cross_attention_dim, toy_calibration
+from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
 from slimdiff.prune.criteria import MagnitudeCriterion, OutputLossCriterion, RandomCriterion, removable_units
-from slimdiff.prune.laptop import Budget, count_params, laptop_select
+from slimdiff.prune.laptop import Budget, laptop_select
 from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
-from slimdiff.unet import apply_preset, load_pipeline, load_unet, to_slim
+from slimdiff.unet import apply_preset, load_pipeline, load_unet, text_width, to_slim
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,7 +62,7 @@ def evaluate_unet(args, unet, ctx: int, timed: dict, key: str) -> dict:
     """Params now; the model joins `timed` (the round-robin latency measurement and the one paired
     comparison of generation metrics at the end: every model on the same prompts and noise)."""
     timed[key] = unet
-    return {"params": count_params(unet)}
+    return {"params": unet.num_parameters()}
 
 
 def distill_student(args, teacher, student, name: str):
@@ -89,7 +89,7 @@ def main() -> None:
     calib = toy_calibration(pipe, CalibrationConfig(size=args.calib_size, seed=args.seed))
     output = OutputLossCriterion(calib)
     candidates = removable_units(teacher)
-    print(f"teacher: {count_params(teacher):,} params, {len(candidates)} removable units")
+    print(f"teacher: {teacher.num_parameters():,} params, {len(candidates)} removable units")
 
     # 2. scores, once per criterion (the knapsack reuses them at every budget)
     t0 = time.time()
@@ -102,7 +102,7 @@ def main() -> None:
 
     # 3. bk-small vs LAPTOP at bk-small's parameter ratio, before/after distillation
     bk, _ = apply_preset(teacher, "bk-small")
-    bk_ratio = 1 - count_params(bk) / count_params(teacher)
+    bk_ratio = 1 - bk.num_parameters() / teacher.num_parameters()
     lap, lap_res = laptop_select(teacher, scores["output"], Budget("params", bk_ratio), candidates=candidates)
     timed: dict = {}  # key -> model, timed together at the end
     versus = {"teacher": {"before": evaluate_unet(args, teacher, ctx, timed, "teacher")}}
@@ -127,7 +127,7 @@ def main() -> None:
             print(f"ratio {ratio:g} {crit}: L(S)={row['L(S)']:.4g}")
 
     # 5. latency of every model above: whole U-Net forward, batch 1, one thread, round-robin
-    cross = cross_attention_dim(teacher)
+    cross = text_width(teacher)
     ms = model_latencies(timed, teacher.config.sample_size, cross, batch=1, context_length=ctx, warmup=1,
                          repeats=args.latency_repeats, threads=1)
     for name in ("teacher", "bk-small", "laptop"):  # the pruned students' latency (same as after distillation)
@@ -140,7 +140,7 @@ def main() -> None:
     if not args.no_eval:
         from slimdiff.eval.compare import compare
 
-        extra = {k: {"params": count_params(u), "latency_ms": ms[k]} for k, u in timed.items()}
+        extra = {k: {"params": u.num_parameters(), "latency_ms": ms[k]} for k, u in timed.items()}
         comparison = compare([load_pipeline(args.teacher, unet=u) for u in timed.values()], names=list(timed),
                              num_images=args.eval_images, steps=args.eval_steps, seed=args.seed, extra=extra,
                              contrasts=[("laptop", "bk-small"), ("laptop/after", "bk-small/after")])

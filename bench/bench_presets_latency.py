@@ -32,8 +32,7 @@ import torch
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile import LatencyLUT, ProfileSettings, make_unet_inputs, profile_unet
 from slimdiff.profile.latency import CLOCKS, median, num_threads
-from slimdiff.profile.units import list_units, text_width
-from slimdiff.unet import PRESETS, apply_preset, load_unet
+from slimdiff.unet import PRESETS, apply_preset, list_units, load_unet, text_width
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,7 +85,7 @@ def main() -> None:
     for name, model in models.items():
         prof = profile_unet(model, replace(settings, measure_latency=False))
         units = list_units(model)
-        inputs[name] = make_unet_inputs(model, settings.latent, text_width(model, units), settings.batch)
+        inputs[name] = make_unet_inputs(model, settings.latent, text_width(model), settings.batch)
         rows[name] = {"params": prof.total.params, "flops": prof.total.flops, "units": len(units)}
         print(f"{name}: {prof.total.params / 1e6:.1f} M params, {prof.total.flops / 1e9:.1f} GFLOPs")
 

@@ -66,12 +66,25 @@ def test_bk_tiny_block_map_matches_inherited_blocks_and_shapes(form):
     for k in range(3):
         assert block_map[f"up.{k}"] == f"up.{k + 1}"
     fmap = default_feature_map(block_map, student, teacher)
-    if form != "recipe":  # student down.2 lost its downsampler: compare before sampling (BK-SDM)
-        assert fmap["down.2"] == "down.2.layer.1.attn"
+    if form != "recipe":  # student down.2 lost its downsampler: BK-SDM's pre-residual proj_out hooks
+        assert fmap["down.2.layer.0.attn.proj_out"] == "down.2.layer.1.attn.proj_out" and "down.2" not in fmap
+        unit_map = default_feature_map(block_map, student, teacher, presampler="unit")
+        assert unit_map["down.2.layer.0.attn"] == "down.2.layer.1.attn"
+        with pytest.raises(ValueError, match="presampler 'post' is not one of"):
+            default_feature_map(block_map, student, teacher, presampler="post")
     s_rec, t_rec = FeatureRecorder(student, fmap), FeatureRecorder(teacher, [*fmap.values(), "up.0"])
     run(student), run(teacher)
     s_feats, t_feats = s_rec.pop(), t_rec.pop()
     check_shapes(s_feats, t_feats, fmap)  # every inherited block has the teacher block's shape
+    if form != "recipe":  # proj_out: the Transformer's output before its residual is added
+        attn = get_module(teacher, "down.2.layer.1.attn")
+        g = torch.Generator().manual_seed(0)
+        x, c = torch.randn(1, 32, 2, 2, generator=g), torch.randn(1, 5, 16, generator=g)
+        rec = FeatureRecorder(teacher, ["down.2.layer.1.attn.proj_out"])
+        with torch.no_grad():
+            out = attn(x, encoder_hidden_states=c, return_dict=False)[0]
+        assert torch.allclose(rec.pop()["down.2.layer.1.attn.proj_out"] + x, out, atol=1e-6)
+        rec.remove()
     with pytest.raises(ValueError, match=r"up\.0 .* vs teacher up\.0"):
         check_shapes(s_feats, t_feats, {"up.0": "up.0"})  # same name, different level
 
@@ -91,31 +104,31 @@ def test_recorder_hooks_block_outputs_and_rejects_unknown_names():
         FeatureRecorder(teacher, ["down.9"], "student feature")
 
 
-def test_stochastic_depth_skips_only_channel_preserving_units():
-    unet = tiny_teacher()
+@pytest.mark.parametrize("slim", [False, True])
+def test_stochastic_depth_skips_exactly_the_removable_units(slim):
+    from slimdiff.prune.criteria import removable_units
+    from slimdiff.unet import remove_units, to_slim
+
+    unet = to_slim(tiny_teacher()) if slim else tiny_teacher()
     reference = run(unet)
     sd = StochasticDepth(unet, p=0.5)
     units = sd.probe(lambda: run(unet))
-    # up-side resnets concatenate a skip and down.k.layer.0 resnets change width: never skipped
-    assert "down.0.layer.0.resnet" in units and "down.1.layer.1.resnet" in units
-    assert "down.1.layer.0.resnet" not in units and not any(u.startswith("up.") and u.endswith("resnet") for u in units)
-    assert "up.1.layer.2.attn" in units and "mid.attn" in units and "mid.resnet.0" in units
+    # every unit whose structural removal is well formed, up-side ResNets included
+    assert units == removable_units(unet)
+    assert "up.1.layer.0.resnet" in units and "mid.attn" in units and "down.1.layer.1.resnet" in units
+    assert "down.1.layer.0.resnet" not in units  # changes width 8 -> 16: its removal is refused
     assert torch.equal(run(unet), reference)  # nothing skipped: same function
-    # skipping a unit == the network with that unit replaced by the identity
-    sd.set_skipped(frozenset({"mid.attn", "down.1.layer.1.resnet"}))
-    skipped = run(unet)
+    # skipping a set == removing it: up-side ResNets pass on the main path of cat([h, skip])
+    up_resnets = [u for u in units if u.startswith("up.") and u.endswith("resnet")]
+    assert len(up_resnets) >= 4
+    for skipped in [[u] for u in up_resnets] + [["mid.attn", "down.1.layer.1.resnet", *up_resnets[::3]]]:
+        sd.set_skipped(frozenset(skipped))
+        assert torch.allclose(run(unet), run(remove_units(unet, skipped)), atol=1e-6), skipped
     sd.set_skipped(frozenset())
-    for name in ("mid.attn", "down.1.layer.1.resnet"):
-        module = get_module(unet, name)
-        if name.endswith("attn"):
-            module.register_forward_hook(lambda m, a, k, out: (k.get("hidden_states", a[0] if a else None),),
-                                         with_kwargs=True)
-        else:
-            module.register_forward_hook(lambda m, a, out: a[0])
-    assert torch.allclose(run(unet), skipped, atol=1e-6)
     # the draw: p of the units on average, deterministic per generator
     draws = [len(sd.sample(torch.Generator().manual_seed(i))) for i in range(200)]
     assert abs(sum(draws) / 200 / len(units) - 0.5) < 0.05
     assert sd.sample(torch.Generator().manual_seed(7)) == sd.sample(torch.Generator().manual_seed(7))
     sd.remove()
     assert "forward" not in get_module(unet, "mid.attn").__dict__
+    assert torch.equal(run(unet), reference)

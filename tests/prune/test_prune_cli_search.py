@@ -51,3 +51,18 @@ def test_laptop_search_writes_student_recipe_and_report(tmp_path, capsys):
     assert (out / "unit_scores.png").stat().st_size > 0
     assert (out / "pipeline" / "model_index.json").is_file()
     assert not (out / "pipeline" / "unet" / "search.md").exists()
+
+
+def test_evolve_flags_map_to_a_search_config():
+    from slimdiff.cli.prune_search import search_config
+
+    args = _parser().parse_args(["toy", "--out", "o", "--search", "evolve", "--target-latency", "5",
+                                 "--stochastic-depth", "0.2", "--robust-steps", "7", "--robust-steps-per-round", "3",
+                                 "--score-images", "4", "--score-tolerance", "0.01", "--remove-only",
+                                 "--search-seed", "3"])
+    cfg = search_config(args)
+    assert (cfg.method, cfg.target_latency_ms, cfg.stochastic_depth, cfg.robust_steps) == ("evolve", 5.0, 0.2, 7)
+    assert (cfg.robust_steps_per_round, cfg.score_images, cfg.score_tolerance) == (3, 4, 0.01)
+    assert (cfg.allow_add, cfg.seed, cfg.out) == (False, 3, "o")
+    with pytest.raises(ValueError, match="evolve needs target_latency_ms"):
+        search_config(_parser().parse_args(["toy", "--out", "o", "--search", "evolve"]))

@@ -50,17 +50,78 @@ def test_evolve_action_sequence():
     assert res.rounds[0]["B"] == {"d_score": 1.0, "d_latency": 2.0, "ratio": 0.5}
 
 
-def test_evolve_trains_between_actions_and_stops_at_max_rounds():
-    trained = []
+def test_evolve_interleaves_robust_training_with_the_rounds():
+    """Algorithm 1: robust training, then the architecture step, every round; the score is
+    measured again after each training; the final network is trained after its last edit."""
+    events = []
 
     def train_fn(net):
-        trained.append(net)
+        events.append(("train", net))
         return net
 
+    def score(net):
+        events.append(("score", net))
+        return fake_score(net)
+
+    cfg = EvolveConfig(6.0, max_rounds=2)
+    net, res = evolve(("A", "B", "C", "D"), score, FakeLUT(), cfg, editor=FakeEditor(), train_fn=train_fn)
+    trained = [n for what, n in events if what == "train"]
+    assert trained == [("A", "B", "C", "D"), ("A", "C", "D"), ("A", "C")] and res.trainings == 3
+    for k, (what, n) in enumerate(events):
+        if what == "train":
+            assert events[k + 1] == ("score", n)  # re-scored right after training
+    assert [(a.action, a.unit) for a in res.actions] == [("remove", "B"), ("remove", "D")]
+    assert res.stop_reason == "max_rounds (2) reached" and net == ("A", "C")
+
+
+def test_evolve_trains_and_stops_at_max_rounds():
+    trained = []
     cfg = EvolveConfig(6.0, max_rounds=1)
-    net, res = evolve(("A", "B", "C", "D"), fake_score, FakeLUT(), cfg, editor=FakeEditor(), train_fn=train_fn)
-    assert trained == [("A", "C", "D")] and net == ("A", "C", "D")
+    net, res = evolve(("A", "B", "C", "D"), fake_score, FakeLUT(), cfg, editor=FakeEditor(),
+                      train_fn=lambda n: trained.append(n) or n)
+    assert trained == [("A", "B", "C", "D"), ("A", "C", "D")] and net == ("A", "C", "D")
     assert res.stop_reason == "max_rounds (1) reached; target not met (8.000 ms > 6.000 ms)"
+    assert res.evolve_config["max_rounds"] == 1 and res.to_recipe()["trainings"] == 2
+
+
+def test_evolve_breaks_ties_by_milliseconds_saved():
+    # a saturated score: every dScore is 0, so every ratio ties at 0; forward order C, B, D, A
+    # (1, 2, 3, 4 ms). The unit saving the most ms goes first, and nothing worth 0 is copied.
+    net, res = evolve(("C", "B", "D", "A"), lambda n: 1.0, FakeLUT(), EvolveConfig(7.0), editor=FakeEditor())
+    assert [(a.action, a.unit) for a in res.actions] == [("remove", "A")]
+    assert net == ("C", "B", "D") and res.stop_reason == "target met; no addition fits under it"
+
+
+def test_evolve_does_not_rank_noise_first():
+    # removing B *raises* the score by 0.5 (noise on a finite prompt set): dScore(B) = -0.5.
+    # Ranked as -0.5 / 2 ms it would go first; as dScore+ = 0 it ties with D (0 / 3 ms), and D
+    # saves more. Then under target, C (3 / 1 ms) is copied.
+    value = {"A": 8.0, "B": -0.5, "C": 3.0, "D": 0.0}
+
+    def score(net):
+        return sum(value[_base(u)] * 0.5 ** u.count("'") for u in net)
+
+    net, res = evolve(("A", "B", "C", "D"), score, FakeLUT(), EvolveConfig(8.0), editor=FakeEditor())
+    assert [(a.action, a.unit) for a in res.actions] == [("remove", "D"), ("add", "C")]
+    assert res.rounds[0]["B"] == {"d_score": -0.5, "d_latency": 2.0, "ratio": 0.0}
+    # a tolerance makes small losses count as noise too: C (3 / 1) at tolerance 5 ties at 0
+    net, res = evolve(("A", "B", "C", "D"), score, FakeLUT(), EvolveConfig(8.0, score_tolerance=5.0),
+                      editor=FakeEditor())
+    assert res.actions[0].unit == "D" and res.rounds[0]["C"]["ratio"] == 0.0
+
+
+def test_toy_score_prefers_the_continuous_alignment(monkeypatch):
+    import slimdiff.eval.runner as runner
+    from slimdiff.prune.evolve import ToyAlignmentScore
+
+    results = [{"alignment": 1.0, "alignment_score": 0.93}, {"alignment": 0.75}]
+    monkeypatch.setattr(runner, "resolve_pipeline", lambda base: type("P", (), {})())
+    monkeypatch.setattr(runner, "evaluate", lambda pipe, **kw: results.pop(0))
+    score = ToyAlignmentScore(num_images=2, steps=2)
+    assert score("unet") == 0.93 and score.key == "alignment_score"
+    assert score("unet") == 0.75 and score.key == "alignment"
+    assert score.to_dict() == {"name": "toy_alignment", "base": "toy", "split": "validation", "num_images": 2,
+                               "steps": 2, "seed": 0, "key": "alignment"}
 
 
 def test_evolve_remove_only():

@@ -83,3 +83,35 @@ def test_solve_valid_repairs_a_refused_set():
     assert sol.chosen == ["a", "c"]
     assert sol.repairs == [{"refused": ["a", "b"], "kept": "b", "reason": "a and b are dependent"}]
     assert find_culprit(["a", "c", "b"], validate) == "b"
+
+
+def test_the_choice_meets_the_real_budget_by_a_hair():
+    # budget 0.10000000000001 is 4.0000000000004 quanta of 0.025: rounded up it needs 5, so the
+    # 0.1 unit alone (4 quanta) must not do; a tolerance in the rounding once let it through
+    for scores, costs, budget, resolution in [
+        ({"a": 0.14, "b": 0.92}, {"a": 0.1, "b": 0.6000000000000001}, 0.10000000000001, 28),
+        ({"a": 0.43, "b": 0.68}, {"a": 1 / 3, "b": 1.6666666666666665}, 0.3333333333333666, 36),
+        ({"a": 0.75, "b": 0.17, "c": 0.2}, {"a": 1.4, "b": 6.3, "c": 7.699999999999999}, 7.7000000000007685, 30),
+    ]:
+        sol = solve(scores, costs, budget, resolution)
+        assert sol.cost >= budget and sol.cost == sum(costs[n] for n in sol.chosen)
+
+
+def test_laptop_validates_sets_without_building_them(tiny_slim, monkeypatch):
+    """Candidate sets are checked structurally (`check_removal`); `remove_units`, which copies
+    every tensor, runs once: for the final student."""
+    import slimdiff.unet as unet
+    from slimdiff.prune import Budget, MagnitudeCriterion, laptop_select
+
+    calls = {"remove_units": 0, "check_removal": 0}
+    for name in calls:
+        real = getattr(unet, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(unet, name, counted)
+    student, result = laptop_select(tiny_slim, MagnitudeCriterion(), Budget("params", 0.3))
+    assert calls["remove_units"] == 1 and calls["check_removal"] >= 1
+    assert result.measured_ratio >= 0.3

@@ -32,12 +32,14 @@ _OPTIONS = [
                                       "normalized ||dF||^2/||F_T||^2 (LAPTOP-Diff)")),
     ("--feat-map", "feat_map", dict(nargs="+", metavar="S=T", help="student=teacher module names for feature KD "
                                     "(a name alone: same on both); default: every down/up block")),
+    ("--feat-presampler", "feat_presampler", dict(choices=["proj_out", "unit"], help="bk-tiny down.2 feature: "
+                                                  "proj_out (BK-SDM, default) or the last unit's output")),
     ("--perceptual-net", "perceptual_net", dict(choices=["auto", "judge", "vgg16"], help="default auto: the judge "
                                                 "on the toy world, else vgg16")),
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),
     ("--freeze", "freeze", dict(nargs="+", metavar="NAME", help="units/layers/blocks to keep fixed")),
     ("--stochastic-depth", "stochastic_depth", dict(type=float, metavar="P", help="SnapFusion robust training: "
-                                                    "skip each channel-preserving unit with probability P")),
+                                                    "skip each removable ResNet/attention unit with probability P")),
     ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
     ("--batch-size", "batch_size", dict(type=int, help="per process and micro-step (default 8)")),
     ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),

@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
 
 def choose_student(args: argparse.Namespace, teacher):
     """(student, info) for the chosen way: a preset, or explicit --remove/--insert edits."""
-    from slimdiff.unet import apply_preset, insert_unit, remove_units
+    from slimdiff.unet import apply_preset
+    from slimdiff.unet.presets import Preset, apply_edits
 
     if args.preset:
         if args.insert:
@@ -58,10 +59,9 @@ def choose_student(args: argparse.Namespace, teacher):
         return apply_preset(teacher, args.preset)
     if not args.remove and not args.insert:
         raise ValueError("say how to prune: --preset NAME or --remove UNIT [UNIT ...] (or --insert)")
-    student = remove_units(teacher, args.remove or [])
-    for source, after in args.insert:
-        student = insert_unit(student, source, after)
-    return student, {"edits": {"remove": args.remove or [], "insert": [list(x) for x in args.insert]}}
+    edits = Preset("edits", "--remove / --insert", tuple(args.remove or []), tuple(tuple(x) for x in args.insert))
+    info = {"edits": {"remove": list(edits.remove), "insert": [list(x) for x in edits.insert]}}
+    return apply_edits(teacher, edits), info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "search", None):
         if args.insert:
             raise ValueError("--insert goes with --remove, not with --search")
-        return _search_module().run_search(args)
+        return _search_module().run(args)
     if not args.model or not args.out:
         raise ValueError("MODEL and --out DIR are required (or --list-presets)")
 
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. write the student, recipe.json and (pipeline teachers) a complete pipeline
     written = save_student(student, args.out, source=args.model, recipe=info)
-    n_t = sum(p.numel() for p in teacher.parameters())
-    n_s = sum(p.numel() for p in student.parameters())
+    n_t, n_s = teacher.num_parameters(), student.num_parameters()
     print(f"student: {n_s:,} parameters ({n_s / n_t:.1%} of the teacher's {n_t:,})")
     for what, where in written.items():
         print(f"{what}: {where}")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     latent = args.resolution // args.vae_factor
     model = load_unet(args.model)
     units = list_units(model)
-    total = sum(p.numel() for p in model.parameters())
+    total = model.num_parameters()
 
     # 2. the table: one row per unit, then the totals
     header = ("name", "kind", "params", "in_ch", "out_ch", "resolution", "skip")

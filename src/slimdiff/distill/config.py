@@ -53,12 +53,13 @@ class DistillConfig:
     lambda_perc: float = 0.0  # A-SDM SAS: perceptual loss on decoded x0 estimates (0: off)
     feat_loss: str = "plain"  # "plain" (BK-SDM) | "normalized" (LAPTOP-Diff); also used by the mid loss
     feat_map: dict[str, str] | None = None  # student name -> teacher name; None: block map (recipe/inheritance)
+    feat_presampler: str = "proj_out"  # blocks differing in sampler (bk-tiny down.2): "proj_out" (BK-SDM) | "unit"
     perceptual_net: str = "auto"  # "auto" | "judge" (toy judge features) | "vgg16" (needs perceptual_weights)
     perceptual_weights: str | None = None  # torchvision-format VGG16 state dict (.pth/.bin/.safetensors)
 
     # --- trainable set ---------------------------------------------------------------------
     freeze: list[str] = dataclasses.field(default_factory=list)  # units/layers/blocks kept fixed (incubation)
-    stochastic_depth: float = 0.0  # SnapFusion robust training: skip prob. per channel-preserving unit per step
+    stochastic_depth: float = 0.0  # SnapFusion robust training: skip prob. per removable ResNet/attn unit per step
 
     # --- optimisation ----------------------------------------------------------------------
     max_steps: int = 1000  # optimiser steps
@@ -97,6 +98,8 @@ class DistillConfig:
         self._check_loss_weights()
         if self.feat_loss not in FEAT_LOSSES:
             bad("feat_loss", f"choose one of {list(FEAT_LOSSES)}")
+        if self.feat_presampler not in ("proj_out", "unit"):
+            bad("feat_presampler", "choose 'proj_out' (BK-SDM) or 'unit'")
         if self.perceptual_net not in PERCEPTUAL_NETS:
             bad("perceptual_net", f"choose one of {list(PERCEPTUAL_NETS)}")
         if self.feat_map is not None:

@@ -3,7 +3,9 @@
     shadow <- d * shadow + (1 - d) * param,   d = min(decay, (1 + n) / (10 + n))
 
 after the n-th optimiser step; the warm-up of d is diffusers' `EMAModel` default, so early
-steps are not dominated by the initial weights. Saved in checkpoints (`state_dict`).
+steps are not dominated by the initial weights (`warmup=False`: d = decay throughout, the plain
+EMA). Saved in checkpoints (`state_dict`). The project's one EMA: use it rather than
+diffusers' `EMAModel` or a hand-written update.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import torch
 
 
 class EMA:
-    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float):
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float, warmup: bool = True):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay {decay} is not in (0, 1)")
         self.decay = decay
+        self.warmup = warmup  # d = min(decay, (1 + n) / (10 + n)) (diffusers' default); False: d = decay
         self.shadow = [p.detach().clone().float() for p in parameters]
         self.num_updates = 0
 
     def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()

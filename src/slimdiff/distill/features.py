@@ -12,8 +12,11 @@ so the block map is found, in order of preference, from:
      student block maps to the teacher block most of its inherited tensors came from;
   3. structure: down blocks matched by index from the input side, up blocks from the output side
      (student up.k <- teacher up.(k + n_teacher_up - n_student_up)), mid to mid.
-Where only one block of a pair has its sampler, features are taken before sampling
-(`default_feature_map`). Every pair's shapes are checked on a dry run (`check_shapes`).
+Where only one block of a pair has its sampler (bk-tiny's down.2), features are taken before
+sampling, by default exactly where BK-SDM takes them: the pre-residual `proj_out` of the last
+Transformer (`default_feature_map`). Feature names are module names (`get_module`), optionally
+followed by a submodule path (`down.2.layer.1.attn.proj_out`). Every pair's shapes are checked
+on a dry run (`check_shapes`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from slimdiff.unet import block_names, get_module, list_units, module_output_tensor
+from slimdiff.unet import block_names, get_module, list_units, module_names, module_output_tensor
+
+# feature of a block pair where only one side has the sampler (bk-tiny's down.2):
+# "proj_out": the last Transformer unit's pre-residual output projection, BK-SDM's hook
+#             (teacher down_blocks.2.attentions.1.proj_out <-> student down_blocks.2.attentions.0.proj_out);
+# "unit": the last unit's whole output (after the Transformer's residual)
+PRESAMPLER_FEATURES = ("proj_out", "unit")
 
 # tensor name -> block name; diffusers (`down_blocks.1.`, `mid_block.`) and slim (`down.1.`, `mid.`) naming
 _BLOCK_PATTERNS = (
@@ -75,8 +84,18 @@ def feature_module(model: nn.Module, name: str) -> nn.Module:
 
     A slim U-Net's blocks and layers are containers its forward never calls; their output is
     that of their last unit in forward order (the sampler when the block has one), which is
-    what a diffusers block returns as its first output.
+    what a diffusers block returns as its first output. `UNIT.SUBMODULE` names a submodule of a
+    unit (e.g. `down.2.layer.1.attn.proj_out`).
     """
+    known = set(module_names(model))
+    parts = name.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        head, rest = ".".join(parts[:k]), ".".join(parts[k:])
+        if name not in known and head in known:
+            try:
+                return get_module(model, head).get_submodule(rest)
+            except AttributeError:
+                raise ValueError(f"{head!r} has no submodule {rest!r}") from None
     module = get_module(model, name)
     if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
         inside = [u.name for u in list_units(model) if u.name.startswith(name + ".")]
@@ -143,14 +162,19 @@ def resolve_block_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[st
 
 
 def default_feature_map(block_map: Mapping[str, str], student: nn.Module | None = None,
-                        teacher: nn.Module | None = None) -> dict[str, str]:
+                        teacher: nn.Module | None = None, presampler: str = "proj_out") -> dict[str, str]:
     """BK-SDM: every down and up block's output (the mid block is SAS's separate term).
 
     When only one side of a pair has the block's sampler (bk-tiny's down.2 loses its
-    downsampler), that side's feature is its last layer's output instead (its last
-    ResNet/Transformer unit), so both are taken before sampling: BK-SDM's own code pairs
-    teacher `down_blocks.2.attentions.1` with student `down_blocks.2.attentions.0` there.
+    downsampler), both features are taken before sampling. `presampler="proj_out"` (default)
+    does what BK-SDM's code does (METHODS.md section 2): teacher
+    `down_blocks.2.attentions.1.proj_out` <-> student `down_blocks.2.attentions.0.proj_out`, the
+    last Transformer's pre-residual projection on both sides (the last units' outputs when either
+    is not a Transformer with a `proj_out`). `presampler="unit"`: the last ResNet/Transformer
+    unit's whole output on both sides (the student block's own output, as it has no sampler).
     """
+    if presampler not in PRESAMPLER_FEATURES:
+        raise ValueError(f"presampler {presampler!r} is not one of {list(PRESAMPLER_FEATURES)}")
     pairs = {s: t for s, t in block_map.items() if s.startswith(("down.", "up."))}
     if student is None or teacher is None:
         return pairs
@@ -160,17 +184,23 @@ def default_feature_map(block_map: Mapping[str, str], student: nn.Module | None 
         return any(u.block == block and u.kind in ("downsample", "upsample") for u in units)
 
     def last_layer_unit(units, block):
-        return [u.name for u in units if u.block == block and u.kind in ("resnet", "attn")][-1]
+        return [u for u in units if u.block == block and u.kind in ("resnet", "attn")][-1]
+
+    def proj_out(model, unit) -> str | None:
+        has = unit.kind == "attn" and hasattr(get_module(model, unit.name), "proj_out")
+        return f"{unit.name}.proj_out" if has else None
 
     out = {}
     for s, t in pairs.items():
-        s_has, t_has = has_sampler(s_units, s), has_sampler(t_units, t)
-        if s_has and not t_has:
-            out[last_layer_unit(s_units, s)] = t
-        elif t_has and not s_has:
-            out[s] = last_layer_unit(t_units, t)
-        else:
+        if has_sampler(s_units, s) == has_sampler(t_units, t):
             out[s] = t
+            continue
+        s_last, t_last = last_layer_unit(s_units, s), last_layer_unit(t_units, t)
+        s_proj, t_proj = proj_out(student, s_last), proj_out(teacher, t_last)
+        if presampler == "proj_out" and s_proj and t_proj:
+            out[s_proj] = t_proj
+        else:
+            out[s_last.name] = t_last.name
     return out
 
 

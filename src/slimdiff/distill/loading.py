@@ -54,32 +54,22 @@ def _load(flag: str, value: str, fn: Callable[[str], Any]) -> Any:
         raise type(e)(f"{flag} {value!r}: {e}") from None
 
 
-def cross_attention_dims(unet: nn.Module) -> set[int]:
-    """The cross-attention (text embedding) widths a U-Net's attention units expect."""
-    from slimdiff.unet import list_units
-
-    dim = getattr(unet.config, "cross_attention_dim", None)
-    if isinstance(dim, int):
-        return {dim}
-    if isinstance(dim, (list, tuple)):
-        return set(dim)
-    return {u.cross_attention_dim for u in list_units(unet) if u.kind == "attn" and u.cross_attention_dim}
-
-
 def check_compatible(teacher: nn.Module, student: nn.Module, text_dim: int, latent_channels: int) -> None:
     """Teacher and student must read and write the same latents and text embeddings."""
+    from slimdiff.unet import text_widths
+
     problems = []
     for key in ("in_channels", "out_channels"):
         t, s = teacher.config[key], student.config[key]
         if t != s:
             problems.append(f"{key}: teacher {t}, student {s}")
-    t_dims, s_dims = cross_attention_dims(teacher), cross_attention_dims(student)
+    t_dims, s_dims = text_widths(teacher), text_widths(student)
     if s_dims and t_dims and s_dims != t_dims:
         problems.append(f"cross_attention_dim: teacher {sorted(t_dims)}, student {sorted(s_dims)}")
     if problems:
         raise ValueError("teacher and student do not match: " + "; ".join(problems))
     for name, unet in (("teacher", teacher), ("student", student)):
-        dims = cross_attention_dims(unet)
+        dims = text_widths(unet)
         if dims and dims != {text_dim}:
             raise ValueError(f"the {name}'s cross_attention_dim {sorted(dims)} does not match the text encoder's "
                              f"hidden size {text_dim} (pass the matching --pipeline)")
@@ -102,10 +92,11 @@ def load_parts(config: DistillConfig, teacher: nn.Module | None = None, student:
     if pipeline is None:
         if config.pipeline is not None:
             source, flag = config.pipeline, "--pipeline"
-        elif config.teacher is not None and teacher is None and is_pipeline_source(config.teacher):
-            source, flag = config.teacher, "--teacher"
+        elif config.teacher is not None and is_pipeline_source(config.teacher):
+            source, flag = config.teacher, "--teacher"  # also when the teacher U-Net is passed in memory
         else:
-            what = f"the teacher {config.teacher!r} is a bare U-Net" if teacher is None else "the teacher is in memory"
+            what = f"the teacher {config.teacher!r} is a bare U-Net" if config.teacher is not None else \
+                "the teacher is in memory (DistillConfig.teacher=None)"
             raise ValueError(f"{what}: give --pipeline (a diffusers pipeline directory or 'toy') for the "
                              f"tokenizer, text encoder, VAE and noise schedule")
         pipeline = _load(flag, source, load_pipeline)

@@ -69,7 +69,10 @@ def distill(config: DistillConfig, teacher: nn.Module | None = None, student: nn
     `teacher`, `student` (U-Nets) and `pipeline` (a `StableDiffusionPipeline` providing tokenizer,
     text encoder, VAE and schedule) may be passed in memory; otherwise they are loaded from
     `config.teacher` / `config.student` / `config.pipeline`. An in-memory student is trained in
-    place. Bad input raises ValueError/FileNotFoundError before the first step.
+    place and returned in eval mode (its `requires_grad` flags as they were); an in-memory teacher
+    and pipeline come back as they were (training flag, `requires_grad`, device), also when the
+    run raises, and no feature hook or stochastic-depth patch is left on any model.
+    Bad input raises ValueError/FileNotFoundError before the first step.
     """
     return Trainer(config, teacher, student, pipeline, progress).run()
 
@@ -135,8 +138,60 @@ class JsonlLog:
                 f.flush()
 
 
+class _CallerState:
+    """What training changes on the caller's in-memory modules: training flag, `requires_grad`
+    flags and device. `restore()` puts them back (the student: its `requires_grad` flags only;
+    it is trained in place and comes back in eval mode on the training device)."""
+
+    def __init__(self, frozen: list, student):
+        def state(m):
+            p = next(m.parameters(), None)
+            return m, m.training, [q.requires_grad for q in m.parameters()], p.device if p is not None else None
+
+        self.frozen = [state(m) for m in frozen if isinstance(m, nn.Module)]
+        self.student = state(student) if isinstance(student, nn.Module) else None
+
+    def restore(self) -> None:
+        for m, training, flags, device in self.frozen:
+            for q, flag in zip(m.parameters(), flags):
+                q.requires_grad_(flag)
+            m.train(training)
+            if device is not None:
+                m.to(device)
+        if self.student is not None:
+            for q, flag in zip(self.student[0].parameters(), self.student[2]):
+                q.requires_grad_(flag)
+
+
 class Trainer:
+    """One distillation run: `Trainer(config, ...).run()`. The caller's in-memory teacher and
+    pipeline parts come back unchanged (mode, requires_grad, device) when `run()` returns or
+    raises, and no hook or stochastic-depth patch outlives a failed set-up or run."""
+
     def __init__(self, config: DistillConfig, teacher=None, student=None, pipeline=None, progress: bool = True):
+        self.cfg = config
+        self._caller = _CallerState([teacher, getattr(pipeline, "vae", None), getattr(pipeline, "text_encoder", None)],
+                                    student)
+        self.s_rec = self.t_rec = self.stochastic = None
+        self.student = student
+        try:
+            self._setup(config, teacher, student, pipeline, progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Remove the feature hooks and stochastic-depth patches; restore the caller's modules."""
+        for rec in (self.s_rec, self.t_rec):
+            if rec is not None:
+                rec.remove()
+        if self.stochastic is not None:
+            self.stochastic.remove()
+        if getattr(self.student, "gradient_checkpointing", False) and self.cfg.gradient_checkpointing:
+            self.student.disable_gradient_checkpointing()
+        self._caller.restore()
+
+    def _setup(self, config: DistillConfig, teacher, student, pipeline, progress: bool) -> None:
         self.cfg = cfg = config
         self.progress = progress
         self.out = Path(cfg.out)
@@ -196,7 +251,7 @@ class Trainer:
         self.block_map, self.block_map_source = resolve_block_map(self.student, self.teacher, p.input_recipe)
         if cfg.lambda_feat > 0:
             self.feat_map = dict(cfg.feat_map) if cfg.feat_map else \
-                default_feature_map(self.block_map, self.student, self.teacher)
+                default_feature_map(self.block_map, self.student, self.teacher, cfg.feat_presampler)
             if not self.feat_map:
                 raise ValueError(f"no student block has a teacher counterpart (block map from "
                                  f"{self.block_map_source}: {self.block_map}); give --feat-map STUDENT=TEACHER ...")
@@ -225,7 +280,7 @@ class Trainer:
         self.trainable = [q for q in self.student.parameters() if q.requires_grad]
         if not self.trainable:
             raise ValueError(f"--freeze {cfg.freeze} leaves no trainable parameter in the student")
-        self.trainable_params = sum(q.numel() for q in self.trainable)
+        self.trainable_params = self.student.num_parameters(only_trainable=True)
 
         # 7. frozen parts on the device: teacher in the mixed-precision dtype, encoders too
         self.teacher.requires_grad_(False).eval().to(self.device, self.dtype)
@@ -288,7 +343,7 @@ class Trainer:
     @torch.no_grad()
     def _dry_run(self) -> None:
         """One batch-1 forward of both models on random inputs: checks feature shapes and
-        lets stochastic depth find the channel-preserving units."""
+        lets stochastic depth find the units it may skip."""
         g = torch.Generator().manual_seed(0)
         c = self.teacher.config.in_channels
         h = self.resolution // (2 ** (len(self.parts.vae.config.block_out_channels) - 1))
@@ -384,6 +439,13 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
 
     def run(self) -> DistillResult:
+        """Train, write the outputs, return the result; `close()` in any case."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> DistillResult:
         cfg, acc = self.cfg, self.accelerator
         main = acc.is_main_process
         if main:

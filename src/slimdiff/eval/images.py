@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from slimdiff.data.common import IMAGE_EXTENSIONS  # the one list, shared with the data readers
+
 ImagesLike = Union[torch.Tensor, np.ndarray, Sequence[Image.Image], Sequence[np.ndarray]]
 
 
@@ -68,9 +70,6 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

@@ -3,39 +3,16 @@
     unet_latency(unet, batch_size=2)                    # median ms of one forward (2 = a CFG pair)
     pipeline_latency(pipe, steps=25, guidance=7.5)      # median ms of one image, text to pixels
 
-Warm-up runs first (allocator, kernel selection, lazy init); then the median of `repeats` timed
-runs. On CUDA the device is synchronised around each run. Per-unit profiling lives in
-`slimdiff.profile`; these helpers time whole models only.
+Both time with `slimdiff.profile.latency` (the one timing stack: warm-up calls first, then the
+median of `repeats` timed calls, the device synchronised around each); per-unit profiling and
+the round-robin comparison of several models (`model_latencies`) live there too.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable
-
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall-clock milliseconds of `repeats` calls of `fn` after `warmup` untimed calls."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return times
+from slimdiff.profile.latency import make_unet_inputs, median, time_call
 
 
 @torch.no_grad()
@@ -48,29 +25,23 @@ def unet_latency(
     warmup: int = 3,
     seed: int = 0,
 ) -> float:
-    """Median milliseconds of one U-Net forward on random inputs.
+    """Median milliseconds of one U-Net forward (diffusers or slim) on seeded random inputs.
 
     `resolution`: latent side length (default `unet.config.sample_size`; 64 for SD-1.5 at 512 px).
     `seq_len`: text tokens in `encoder_hidden_states` (77 for CLIP; pass the toy tokenizer's
-    `model_max_length` to match the toy pipeline). `batch_size=2` times a classifier-free guidance
-    pair. Runs on the U-Net's own device and dtype (move or cast it beforehand), in eval mode.
+    `model_max_length` to match the toy pipeline), of the U-Net's own text width
+    (`slimdiff.unet.text_width`). `batch_size=2` times a classifier-free guidance pair. Runs on the
+    U-Net's own device and dtype (move or cast it beforehand), in eval mode.
     """
-    param = next(unet.parameters())
-    device, dtype = param.device, param.dtype
+    from slimdiff.unet import text_width
+
     was_training = unet.training
     unet.eval()
-    cfg = unet.config
-    size = resolution or cfg.sample_size
-    g = torch.Generator("cpu").manual_seed(seed)
-    sample = torch.randn(batch_size, cfg.in_channels, size, size, generator=g).to(device, dtype)  # (B, C, h, w)
-    context = torch.randn(batch_size, seq_len, cfg.cross_attention_dim, generator=g).to(device, dtype)  # (B, L, D)
-    timestep = torch.full((batch_size,), 500, device=device, dtype=torch.long)
-
-    def run():
-        return unet(sample, timestep, encoder_hidden_states=context, return_dict=False)
-
+    size = resolution or unet.config.sample_size
+    # sample (B, C, h, w), timestep (B,) = 500, text (B, seq_len, D)
+    inputs = make_unet_inputs(unet, size, text_width(unet), batch_size, seq_len, seed=seed)
     try:
-        return statistics.median(time_ms(run, repeats, warmup, device))
+        return median(time_call(lambda: inputs(unet), warmup, repeats, inputs.sample.device))
     finally:
         unet.train(was_training)
 
@@ -108,6 +79,6 @@ def pipeline_latency(
         )
 
     try:
-        return statistics.median(time_ms(run, repeats, warmup, device))
+        return median(time_call(run, warmup, repeats, device))
     finally:
         pipe._progress_bar_config = bar

@@ -126,8 +126,8 @@ def time_rounds(
     changed between two measuring phases (this machine is shared). -> {name: [ms per round]}
     `clock`: a key of CLOCKS.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if clock not in CLOCKS:
         raise ValueError(f"clock {clock!r} is not one of {list(CLOCKS)}")
     now = CLOCKS[clock]

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from slimdiff.io import read_json, write_json
+from slimdiff.unet import text_width
 
 from .latency import capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .profiler import WHOLE, ProfileResult, ProfileSettings, check_latent_size, check_model_placement, signatures
-from .units import list_units, text_width
+from .units import list_units
 
 FORMAT = "slimdiff-latency-lut/1"
 
@@ -99,7 +100,7 @@ class LatencyLUT:
         need_stem = overhead or stem.key() not in self.overhead
         if not todo and not need_stem:
             return []
-        inputs = make_unet_inputs(model, s.latent, text_width(model, units), s.batch, s.context_length, seed=s.seed)
+        inputs = make_unet_inputs(model, s.latent, text_width(model), s.batch, s.context_length, seed=s.seed)
         modules = {u.name: u.module for u in units if u.name in todo}
         with capture_inputs(modules) as captured, torch.inference_mode():
             inputs(model)

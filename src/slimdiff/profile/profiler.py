@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from slimdiff.io import write_json
+from slimdiff.unet import num_params, text_width
 
 from .flops import UnitFlopCounter
 from .latency import CLOCKS, DTYPES, capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .signature import device_label, stem_signature, unit_signature
-from .units import ProfiledUnit, block_order, list_units, num_levels, num_params, text_width
+from .units import ProfiledUnit, block_order, list_units, num_levels
 
 WHOLE = "__whole__"  # key of the whole-U-Net forward among the timed calls
 
@@ -161,7 +162,7 @@ def signatures(model: nn.Module, units: list[ProfiledUnit], settings: ProfileSet
     """(unit signatures in unit order, stem signature) for a run with these settings."""
     common = dict(
         context_length=settings.context_length,
-        cross_attention_dim=text_width(model, units),
+        cross_attention_dim=text_width(model),
         dtype=settings.dtype,
         device=device_label(settings.device),
         batch=settings.batch,
@@ -181,7 +182,7 @@ def profile_unet(
     check_latent_size(units, settings.latent)
     modules = {u.name: u.module for u in units}
     s = settings
-    inputs = make_unet_inputs(model, s.latent, text_width(model, units), s.batch, s.context_length, seed=s.seed)
+    inputs = make_unet_inputs(model, s.latent, text_width(model), s.batch, s.context_length, seed=s.seed)
 
     with num_threads(settings.threads) as threads:
         # 1. one forward: FLOPs per unit (counter) and each unit's inputs (pre-hooks)

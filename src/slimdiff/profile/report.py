@@ -86,7 +86,7 @@ def plot(result: ProfileResult, path, by: str = "block") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slimdiff.io import atomic_path
+    from slimdiff.report.plots import save_figure
 
     rows = _rows(result, by) + [result.other]
     has_latency = result.total.latency_ms is not None
@@ -131,6 +131,4 @@ def plot(result: ProfileResult, path, by: str = "block") -> None:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.985), ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(settings_line(result), fontsize=9, y=0.999)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, tight=False)

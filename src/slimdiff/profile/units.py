@@ -31,10 +31,6 @@ class ProfiledUnit:
     module: nn.Module
 
 
-def num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def list_units(model: nn.Module) -> list[ProfiledUnit]:
     """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules."""
     from slimdiff.unet import get_module
@@ -54,17 +50,6 @@ def list_units(model: nn.Module) -> list[ProfiledUnit]:
         )
         for u in unet_units(model)
     ]
-
-
-def text_width(model: nn.Module, units: list[ProfiledUnit]) -> int:
-    """The width of the encoder_hidden_states the U-Net reads (its attn units' cross_attention_dim)."""
-    dims = {u.cross_attention_dim for u in units if u.cross_attention_dim is not None}
-    if len(dims) > 1:
-        raise ValueError(f"units read text of different widths {sorted(dims)}; one width is supported")
-    if dims:
-        return int(dims.pop())
-    dim = getattr(model.config, "cross_attention_dim", None)
-    return int(dim) if isinstance(dim, int) else 768  # no unit reads the text: its width does not matter
 
 
 def num_levels(units: list[ProfiledUnit]) -> int:

@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-from slimdiff.io import atomic_path
 
 from .criteria import OutputLossCriterion, as_slim, removable_units
 
@@ -108,6 +107,8 @@ def plot_additivity(result: AdditivityResult, path: str | Path, title: str = "ad
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from slimdiff.report.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for k in sorted({r["size"] for r in result.rows}):
         sub = [r for r in result.rows if r["size"] == k]
@@ -123,9 +124,4 @@ def plot_additivity(result: AdditivityResult, path: str | Path, title: str = "ad
     ax.set_ylabel("real: L(S)")
     ax.set_title(f"{title}\nPearson {result.pearson:.3f}, Spearman {result.spearman:.3f}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -107,19 +107,6 @@ def _noisy(x0: torch.Tensor | None, shape, t: torch.Tensor, abar: torch.Tensor, 
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def cross_attention_dim(unet) -> int:
-    """The text-embedding width D a U-Net expects (diffusers config, or its attention units)."""
-    dim = getattr(unet.config, "cross_attention_dim", None)
-    if dim is None and hasattr(unet, "units"):
-        dims = {u.cross_attention_dim for u in unet.units() if u.cross_attention_dim is not None}
-        dim = dims.pop() if len(dims) == 1 else None
-    if isinstance(dim, (list, tuple)):
-        dim = dim[0] if len(set(dim)) == 1 else None
-    if dim is None:
-        raise ValueError("cannot tell the U-Net's cross_attention_dim; pass embeddings explicitly")
-    return int(dim)
-
-
 def random_calibration(
     unet,
     config: CalibrationConfig | None = None,
@@ -131,9 +118,11 @@ def random_calibration(
     """A calibration set for a bare U-Net: given or random N(0, 1) embeddings.
 
     `embeddings`: (N, L, D) or (1, L, D) (broadcast to N) text embeddings; default random with
-    L = `seq_len` and D = the U-Net's `cross_attention_dim`. `latents`: optional (N, C, H, W)
-    clean latents x_0; default none (x_t is pure noise; see module docstring).
+    L = `seq_len` and D = the U-Net's text width (`slimdiff.unet.text_width`). `latents`: optional
+    (N, C, H, W) clean latents x_0; default none (x_t is pure noise; see module docstring).
     """
+    from slimdiff.unet import text_width
+
     config = config or CalibrationConfig()
     n = config.size
     gen = torch.Generator().manual_seed(config.seed)
@@ -142,7 +131,7 @@ def random_calibration(
     t = spread_timesteps(n, config.num_train_timesteps)
     # 1. c: (N, L, D)
     if embeddings is None:
-        embeddings = torch.randn((n, seq_len, cross_attention_dim(unet)), generator=gen)
+        embeddings = torch.randn((n, seq_len, text_width(unet)), generator=gen)
     elif embeddings.shape[0] == 1:
         embeddings = embeddings.expand(n, -1, -1).clone()
     elif embeddings.shape[0] != n:

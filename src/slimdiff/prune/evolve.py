@@ -1,31 +1,39 @@
 """Architecture evolving (SnapFusion Algorithm 1, METHODS.md section 5).
 
-    robust = robust_train(teacher, stochastic_depth=0.1, ...)        # or an already robust model
-    student, result = evolve(robust, score_fn, lut, EvolveConfig(target_latency_ms=40.0))
+    score = toy_alignment_score(num_images=32)                        # or any score_fn(unet) -> float
+    train = robust_trainer(stochastic_depth=0.1, out="runs/robust")   # or None: the model is robust already
+    student, result = evolve(teacher, score, lut, EvolveConfig(target_latency_ms=40.0), train_fn=train)
 
-Algorithm 1 interleaves robust training (stochastic depth: every ResNet and cross-attention
-unit skipped with some probability, so the network tolerates losing any of them) with
-architecture actions. Each round:
+(`slimdiff.prune.run_search` wires these up from one `SearchConfig`.) Algorithm 1 interleaves
+robust training (stochastic depth: every ResNet and cross-attention unit skipped with some
+probability, so the network tolerates losing any of them) with architecture actions. Each round:
 
+0. robust training of the current network (`train_fn`; Algorithm 1's "perform robust
+   training" at every iteration), then its score is measured again;
 1. evaluate every remove action A-_u on the current network:
        dScore(u)   = score(net) - score(net - u)        (score lost; score: higher is better)
        dLatency(u) = LUT(net)   - LUT(net - u)          (ms saved, from the lookup table)
-   and rank units by dScore / dLatency (score lost per ms saved);
-2. if LUT(net) > target: remove argmin dScore / dLatency (the least useful per ms);
-   else: add a copy of argmax dScore / dLatency (the most useful per ms), inserted right after
-   the unit it copies;
-3. optionally run robust training between rounds (`train_fn`).
+   and rank units by dScore+ / dLatency, dScore+ = dScore when it exceeds `score_tolerance`,
+   else 0 (score lost per ms saved);
+2. if LUT(net) > target: remove argmin dScore+ / dLatency (the least useful per ms);
+   else: add a copy of argmax dScore+ / dLatency (the most useful per ms), inserted right
+   after the unit it copies.
+After the last action, `train_fn` runs once more, so the result is trained in its final form.
 
 Interpretations (the paper leaves them open; each is a parameter or stated here):
-- Only units whose removal saves time (dLatency > 0) are ranked; ties break by forward order.
-- An add must keep LUT(net) <= target (so adds never undo the target); the next best unit is
-  tried when a copy is refused by `insert_unit` or does not fit. A copy is first assumed to
-  cost what removing its source saves (same signature, same table entry), which skips hopeless
-  copies without building them; a built copy is then checked with the table itself. When no
-  add fits, the search stops: the target is met and no unit can be afforded. The loop also
-  stops after `max_rounds`, and raises when the network is over target and no removal saves time.
-- Robust training happens before the search (`robust_train`) or between rounds (`train_fn`);
-  the paper interleaves it with every evolving iteration, which `train_fn` reproduces.
+- Only units whose removal saves time (dLatency > 0) are ranked.
+- A negative dScore (the score rose without the unit) is measurement noise on a finite prompt
+  set, not a reason to prefer the unit: it counts as 0, like any dScore <= `score_tolerance`.
+  Dividing it by dLatency would rank the unit saving the fewest milliseconds first.
+- Ties (e.g. several units at dScore+ = 0) go to the unit saving the most milliseconds for a
+  removal, and to the cheapest copy for an add; then forward order.
+- Only useful units (dScore+ > 0) are copied. An add must keep LUT(net) <= target (so adds
+  never undo the target); the next best unit is tried when a copy is refused by `insert_unit`
+  or does not fit. A copy is first assumed to cost what removing its source saves (same
+  signature, same table entry), which skips hopeless copies without building them; a built copy
+  is then checked with the table itself. When no add fits, the search stops: the target is met
+  and no useful unit can be afforded. The loop also stops after `max_rounds`, and raises when
+  the network is over target and no removal saves time.
 - Unit names are positional (an edit can renumber a layer's units), so each action also
   records the teacher unit it concerns (`unit_sources` of the edited network).
 - `allow_add=False` gives the remove-only variant.
@@ -37,7 +45,8 @@ The network edits go through an `Editor` (default: `slimdiff.unet`'s `remove_uni
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
 
 from .criteria import CANDIDATE_KINDS, as_slim
 
@@ -48,12 +57,16 @@ class EvolveConfig:
     max_rounds: int = 100  # architecture actions at most
     allow_add: bool = True  # SnapFusion adds copies of useful units when under target
     kinds: tuple[str, ...] = CANDIDATE_KINDS  # unit kinds the actions touch (paper: ResNet, cross-attn)
+    score_tolerance: float = 0.0  # a dScore at or below this counts as 0 (the score's noise level)
 
     def __post_init__(self):
         if not self.target_latency_ms > 0:
             raise ValueError(f"target_latency_ms must be > 0, got {self.target_latency_ms}")
         if self.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
+        if not self.score_tolerance >= 0:
+            raise ValueError(f"score_tolerance must be >= 0, got {self.score_tolerance}")
+        self.kinds = tuple(self.kinds)
         bad = [k for k in self.kinds if k not in CANDIDATE_KINDS]
         if bad:
             raise ValueError(f"kinds {bad} are not action kinds; valid: {list(CANDIDATE_KINDS)}")
@@ -76,12 +89,14 @@ class Action:
 class EvolveResult:
     target_latency_ms: float
     actions: list[Action]
-    rounds: list[dict]  # per round: {unit: {"d_score", "d_latency", "ratio"}}
+    rounds: list[dict]  # per round: {unit: {"d_score", "d_latency", "ratio"}} (ratio: the ranked dScore+ / dLatency)
     initial_latency: float
     final_latency: float
     initial_score: float
     final_score: float
     stop_reason: str
+    evolve_config: dict = dataclasses.field(default_factory=dict)  # the EvolveConfig
+    trainings: int = 0  # robust-training runs (train_fn calls)
     measured_latency_ms: float | None = None  # wall-clock of the result, when measured
 
     def to_recipe(self) -> dict:
@@ -117,8 +132,9 @@ class UNetEditor:
         return insert_unit(model, unit, after=unit)
 
 
-def _rank(d_score: float, d_latency: float) -> float:
-    return d_score / d_latency
+def _ratio(d_score: float, d_latency: float, tolerance: float) -> float:
+    """dScore+ / dLatency: score lost per ms saved, a gain (noise) or a loss <= tolerance as 0."""
+    return (d_score if d_score > tolerance else 0.0) / d_latency
 
 
 def evolve(
@@ -130,26 +146,39 @@ def evolve(
     train_fn: Callable[[object], object] | None = None,
     progress: Callable[[Action], None] | None = None,
 ):
-    """Run Algorithm 1's architecture rounds (module docstring). Returns (model, EvolveResult).
+    """Run Algorithm 1 (module docstring). Returns (model, EvolveResult).
 
     `score_fn(model) -> float` (higher is better; e.g. `toy_alignment_score(...)`);
-    `lut.predict(model) -> ms`; `train_fn(model) -> model` runs robust training between
-    rounds (None: the model was robust-trained beforehand); `progress(action)` is called per action.
+    `lut.predict(model) -> ms`; `train_fn(model) -> model` robust-trains the network at the start
+    of every round and after the last action (None: the model was robust-trained beforehand);
+    `progress(action)` is called per action.
     """
     if editor is None:
         editor = UNetEditor(config.kinds)
     if isinstance(editor, UNetEditor):
         model = as_slim(model)
-    target = config.target_latency_ms
+    target, tol = config.target_latency_ms, config.score_tolerance
     actions: list[Action] = []
     rounds: list[dict] = []
+    trainings = 0
+
+    def train(net):
+        nonlocal trainings
+        trainings += 1
+        return train_fn(net)
+
     initial_latency, initial_score = float(lut.predict(model)), float(score_fn(model))
     latency, score = initial_latency, initial_score
     stop = f"max_rounds ({config.max_rounds}) reached"
+    untrained_edit = False  # an action since the last robust training
     for r in range(config.max_rounds):
         if latency <= target and not config.allow_add:
             stop = "target met"
             break
+        # 0. robust training of the current network, then its score again
+        if train_fn is not None:
+            model = train(model)
+            score, untrained_edit = float(score_fn(model)), False
         # 1. evaluate every remove action on the current network
         evals: dict[str, dict] = {}
         for u in editor.candidates(model):
@@ -159,23 +188,25 @@ def evolve(
                 continue
             d_l = latency - float(lut.predict(pruned))
             d_s = score - float(score_fn(pruned))
-            evals[u] = {"d_score": d_s, "d_latency": d_l, "ratio": _rank(d_s, d_l) if d_l > 0 else None}
+            evals[u] = {"d_score": d_s, "d_latency": d_l, "ratio": _ratio(d_s, d_l, tol) if d_l > 0 else None}
         rounds.append(evals)
-        useful = [u for u, e in evals.items() if e["ratio"] is not None]  # forward order kept
-        # 2a. over target: remove the least useful unit per ms
+        order = {u: k for k, u in enumerate(evals)}
+        useful = [u for u, e in evals.items() if e["ratio"] is not None]
+        # 2a. over target: remove the least useful unit per ms; ties: the most ms saved
         if latency > target:
             if not useful:
                 raise ValueError(
                     f"latency {latency:.3f} ms is over the target {target:.3f} ms and no removable unit "
                     f"saves time (candidates: {list(evals)})"
                 )
-            u = min(useful, key=lambda n: evals[n]["ratio"])  # min() keeps the first of ties
+            u = min(useful, key=lambda n: (evals[n]["ratio"], -evals[n]["d_latency"], order[n]))
             new = editor.remove(model, u)
             kind = "remove"
-        # 2b. under target: add a copy of the most useful unit that still fits
+        # 2b. under target: add a copy of the most useful unit that still fits; ties: the cheapest
         else:
             new, u = None, None
-            for cand in sorted(useful, key=lambda n: -evals[n]["ratio"]):  # stable: forward order on ties
+            worth = [n for n in useful if evals[n]["ratio"] > 0]  # copying a unit worth nothing buys nothing
+            for cand in sorted(worth, key=lambda n: (-evals[n]["ratio"], evals[n]["d_latency"], order[n])):
                 if latency + evals[cand]["d_latency"] > target:  # a copy costs what removing u saves
                     continue
                 try:
@@ -189,30 +220,33 @@ def evolve(
                 stop = "target met; no addition fits under it"
                 break
             kind = "add"
-        # 3. execute, (optionally) robust-train, and re-measure
-        if train_fn is not None:
-            new = train_fn(new)
+        # 3. execute and re-measure
         new_latency, new_score = float(lut.predict(new)), float(score_fn(new))
         teacher_unit = getattr(model, "unit_sources", {}).get(u, u)
         act = Action(r, kind, u, teacher_unit, evals[u]["d_score"], evals[u]["d_latency"], latency, new_latency, score)
         actions.append(act)
         if progress is not None:
             progress(act)
-        model, latency, score = new, new_latency, new_score
+        model, latency, score, untrained_edit = new, new_latency, new_score, True
     else:
         if latency > target:
             stop += f"; target not met ({latency:.3f} ms > {target:.3f} ms)"
-    result = EvolveResult(target, actions, rounds, initial_latency, latency, initial_score, score, stop)
+    # 4. the result in its final form gets its robust training too
+    if train_fn is not None and untrained_edit:
+        model = train(model)
+        score = float(score_fn(model))
+    result = EvolveResult(target, actions, rounds, initial_latency, latency, initial_score, score, stop,
+                          evolve_config=dataclasses.asdict(config), trainings=trainings)
     return model, result
 
 
 def robust_train(model, stochastic_depth: float, out, pipeline: str = "toy", progress: bool = True,
                  **config_kwargs):
     """Robust training (SnapFusion): distil a copy of `model` from `model` itself with every
-    channel-preserving ResNet and cross-attention unit skipped with probability
-    `stochastic_depth` per step (`slimdiff.distill`'s `stochastic_depth` setting). `pipeline`
-    provides tokenizer / text encoder / VAE / schedule; `config_kwargs` go to `DistillConfig`
-    (e.g. `max_steps`, `batch_size`, `data`). Returns the trained copy (eval mode)."""
+    removable ResNet and cross-attention unit skipped with probability `stochastic_depth` per
+    step (`slimdiff.distill`'s `stochastic_depth` setting; a skipped unit computes what its
+    removal does). `pipeline` provides tokenizer / text encoder / VAE / schedule; `config_kwargs`
+    go to `DistillConfig` (e.g. `max_steps`, `batch_size`, `data`). Returns the trained copy (eval mode)."""
     import copy
 
     from slimdiff.distill import DistillConfig, distill
@@ -226,25 +260,88 @@ def robust_train(model, stochastic_depth: float, out, pipeline: str = "toy", pro
     return result.student.eval()
 
 
-def toy_alignment_score(
-    base="toy",
-    split: str = "validation",
-    num_images: int = 32,
-    steps: int = 20,
-    seed: int = 0,
-    **evaluate_kwargs,
-) -> Callable[[object], float]:
-    """score_fn(unet) -> the toy judge's text alignment of `base` (a pipeline name or directory)
-    with `unet` in place (`slimdiff.eval.evaluate`). Defaults: the validation split (the test
-    split stays unseen by the search), 32 images, 20 sampler steps, fixed seed."""
-    from slimdiff.eval.runner import evaluate, resolve_pipeline
+@dataclasses.dataclass
+class RobustTrainer:
+    """`train_fn` for `evolve`: robust training (`robust_train`) of `first_steps` optimiser steps
+    on the first call (before round 0) and `steps` on every later one (between rounds), each run
+    in its own directory `out/train_<k>`. `distill` holds further `DistillConfig` settings."""
 
-    pipe = resolve_pipeline(base)  # loaded once; each call swaps its U-Net
+    stochastic_depth: float  # skip probability per unit and step (SnapFusion gives no value)
+    out: str  # work directory of the training runs
+    pipeline: str = "toy"  # tokenizer / text encoder / VAE / schedule source
+    first_steps: int = 200  # before the first architecture round
+    steps: int = 50  # before every later round and after the last action
+    distill: dict = dataclasses.field(default_factory=dict)  # e.g. {"batch_size": 8, "data": "toy", "seed": 0}
+    progress: bool = False
+    calls: int = 0  # training runs so far
 
-    def score(unet) -> float:
-        pipe.unet = unet
-        out = evaluate(pipe, split=split, num_images=num_images, steps=steps, seed=seed,
-                       progress=False, **evaluate_kwargs)
-        return float(out["alignment"])
+    def __post_init__(self):
+        if not 0.0 < self.stochastic_depth < 1.0:
+            raise ValueError(f"stochastic_depth must be in (0, 1), got {self.stochastic_depth}")
+        for name in ("first_steps", "steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"RobustTrainer.{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
-    return score
+    def __call__(self, model):
+        steps = self.first_steps if self.calls == 0 else self.steps
+        out = Path(self.out) / f"train_{self.calls}"
+        self.calls += 1
+        kwargs = {"checkpoint_every": 0, **self.distill, "max_steps": steps}
+        return robust_train(model, self.stochastic_depth, out, pipeline=self.pipeline, progress=self.progress,
+                            **kwargs)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "progress"}
+
+
+SCORE_KEYS = ("alignment_score", "alignment")  # the judge's continuous alignment first, else the fraction
+
+
+@dataclasses.dataclass
+class ToyAlignmentScore:
+    """score_fn(unet) -> the toy judge's text alignment of images that `base` (a pipeline name or
+    directory) generates with `unet` in place (`slimdiff.eval.evaluate`, fixed prompts and seeds).
+
+    The score is the continuous `alignment_score` (the judge's mean probability of the caption's
+    attributes) when the judge gives it, else the fraction of attributes found (`alignment`),
+    which saturates: a search on it sees many ties at dScore = 0. Defaults: the validation split
+    (the test split stays unseen by the search), 32 images, 20 sampler steps, fixed seed."""
+
+    base: str = "toy"
+    split: str = "validation"
+    num_images: int = 32
+    steps: int = 20
+    seed: int = 0
+    key: str | None = None  # the result key used (set by the first call)
+
+    def __post_init__(self):
+        if self.num_images < 1 or self.steps < 1:
+            raise ValueError(f"num_images and steps must be >= 1, got {self.num_images}, {self.steps}")
+        self._pipe = None
+
+    def __call__(self, unet) -> float:
+        from slimdiff.eval.runner import evaluate, resolve_pipeline
+
+        if self._pipe is None:
+            self._pipe = resolve_pipeline(self.base)  # loaded once; each call swaps its U-Net
+        self._pipe.unet = unet
+        out = evaluate(self._pipe, split=self.split, num_images=self.num_images, steps=self.steps, seed=self.seed,
+                       progress=False)
+        self.key = next(k for k in SCORE_KEYS if k in out)
+        return float(out[self.key])
+
+    def to_dict(self) -> dict:
+        return {"name": "toy_alignment", **dataclasses.asdict(self)}
+
+
+def toy_alignment_score(base="toy", split: str = "validation", num_images: int = 32, steps: int = 20,
+                        seed: int = 0) -> ToyAlignmentScore:
+    """`ToyAlignmentScore(base, split, num_images, steps, seed)`: the default evolve score."""
+    return ToyAlignmentScore(str(base), split, num_images, steps, seed)
+
+
+def describe_score(score_fn) -> dict[str, Any]:
+    """The recipe entry of a score function: its `to_dict()`, else its name."""
+    if hasattr(score_fn, "to_dict"):
+        return score_fn.to_dict()
+    return {"name": getattr(score_fn, "__qualname__", type(score_fn).__name__), "settings": "not recorded"}

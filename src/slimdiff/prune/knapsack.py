@@ -9,20 +9,22 @@ parameters, FLOPs or milliseconds its removal saves), choose the set S that
 exactly by dynamic programming over discretised costs.
 
 Cost discretisation (stated, and conservative):
-    quantum q = max(total_cost / resolution, smallest positive cost gap allowed by integers)
+    quantum q = 1                          when every cost is an integer and total_cost <= resolution,
+              = total_cost / resolution    otherwise
     item cost  c_i = floor(cost_i / q)       (rounded down)
     budget     B   = ceil(budget / q)        (rounded up)
 Any set whose discretised cost reaches B really removes >= budget (floor/ceil only
-under-count), so the returned set always meets the real budget. When every cost is an integer
-and the total is at most `resolution`, q = 1 and the solution is exactly optimal; otherwise it
-is optimal among the sets whose rounded-down cost reaches the rounded-up budget, which can miss
+under-count), so the returned set meets the real budget; `solve` checks that it does on the
+real costs and raises otherwise. With q = 1 the solution is exactly optimal; otherwise it is
+optimal among the sets whose rounded-down cost reaches the rounded-up budget, which can miss
 a real optimum only when that optimum's slack is below n * q (n = number of candidates).
 
 Ties: among sets of equal summed score, the one removing the least cost wins; among those, the
 one that leaves out later candidates (in the given order). So the result is deterministic.
 
 Well-formedness: some sets are not removable together (dependent units). `solve_valid` takes a
-`validate(names)` callable (normally `slimdiff.unet.remove_units` on the model) and repairs a
+`validate(names)` callable (normally `slimdiff.unet.check_removal` on the model: a structural
+check that builds nothing) and repairs a
 refused choice: it finds the unit whose addition first makes the set refused (adding units in
 the chosen order), keeps that unit (takes it out of the candidates) and solves again. Each
 repair removes one candidate, so at most n solves happen; every repair is recorded.
@@ -99,8 +101,8 @@ def solve(
 
     # 2. discretise: item costs rounded down, budget rounded up (see module docstring)
     q = _quantum(cost_list, resolution)
-    w = [int(math.floor(c / q + 1e-9)) for c in cost_list]
-    need = int(math.ceil(budget / q - 1e-9))
+    w = [int(math.floor(c / q)) for c in cost_list]  # no tolerance: a float error may only under-count
+    need = int(math.ceil(budget / q))
     cap = sum(w)
     if cap < need:
         raise BudgetError(
@@ -133,10 +135,15 @@ def solve(
             c -= w[i]
     assert c == 0, "knapsack reconstruction did not return to cost 0"
     chosen.reverse()
+    # 6. the real costs of the choice meet the real budget (what the discretisation guarantees)
+    real = float(sum(costs[n] for n in chosen))
+    if real < budget:
+        raise RuntimeError(f"knapsack chose {chosen} costing {real!r} < budget {budget!r} (quantum {q!r}): "
+                           "the discretisation under-counted; please report this instance")
     return KnapsackSolution(
         chosen=chosen,
         score=float(sum(scores[n] for n in chosen)),
-        cost=float(sum(costs[n] for n in chosen)),
+        cost=real,
         budget=float(budget),
         quantum=q,
     )

@@ -7,7 +7,7 @@
 3. cost of each candidate under the budget metric (the budget accounting below);
 4. choose the set minimising the summed score while removing at least `ratio` of the whole
    U-Net's metric: exact 0/1 knapsack (`slimdiff.prune.knapsack`), checked and repaired with
-   `remove_units`;
+   `check_removal` (structural; no tensor copied);
 5. remove it, and measure the budget actually removed.
 
 Budget accounting. A budget is a pruning ratio of one metric of the WHOLE U-Net (stem and
@@ -65,10 +65,6 @@ class Budget:
         return f"{self.metric}={self.ratio:g}"
 
 
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float]]:
     """(total FLOPs, FLOPs per unit) of one forward at the model's sample size (`slimdiff.profile`)."""
     from slimdiff.profile import ProfileSettings, profile_unet
@@ -85,7 +81,7 @@ def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float
 def metric_function(metric: str, lut=None, context_length: int = 77) -> Callable[[object], float]:
     """model -> value of `metric` for a whole U-Net (params; FLOPs; LUT-predicted ms)."""
     if metric == "params":
-        return lambda m: float(count_params(m))
+        return lambda m: float(m.num_parameters())
     if metric == "flops":
         return lambda m: model_flops(m, context_length)[0]
     if metric == "latency":
@@ -125,7 +121,7 @@ class BudgetAccount:
         model = as_slim(model)
         if metric == "params":
             per_unit = {u.name: float(u.params) for u in model.units()}
-            total = float(count_params(model))
+            total = float(model.num_parameters())
         elif metric == "flops":
             total, per_unit = model_flops(model, context_length)
         elif metric == "latency":
@@ -152,11 +148,11 @@ def lut_wallclock_ms(models: dict, lut) -> dict[str, float]:
     (latent, text length, batch, threads, warm-up, repeats), all timed round-robin."""
     from slimdiff.profile import model_latencies
 
-    from .calibration import cross_attention_dim
+    from slimdiff.unet import text_width
 
     s = lut.settings
     first = next(iter(models.values()))
-    return model_latencies(models, s.latent, cross_attention_dim(first), batch=s.batch,
+    return model_latencies(models, s.latent, text_width(first), batch=s.batch,
                            context_length=s.context_length, warmup=s.warmup, repeats=s.repeats,
                            clock=s.clock, threads=s.threads)
 
@@ -230,7 +226,7 @@ def laptop_select(
     text tokens for FLOPs counting. `measure=False` skips measuring the edited network (the
     measured ratio is then NaN); `wallclock=True` also times teacher and student (latency).
     """
-    from slimdiff.unet import remove_units
+    from slimdiff.unet import check_removal, remove_units
 
     model = as_slim(model)
     # 1. candidates
@@ -252,7 +248,7 @@ def laptop_select(
         {u: scores[u] for u in candidates},
         {u: account.unit_costs[u] for u in candidates},
         account.required(budget.ratio),
-        validate=lambda names: remove_units(model, names),
+        validate=lambda names: check_removal(model, names),  # structural: no tensor is copied
         resolution=resolution,
     )
     # 5. edit and measure

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from slimdiff.io import atomic_path, atomic_write, to_jsonable
+from slimdiff.io import atomic_write, to_jsonable
 
 # y order of unit positions inside a block; positions not listed go below, in order of appearance
 ROW_ORDER = (
@@ -84,6 +84,8 @@ def plot_unit_scores(
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
 
+    from slimdiff.report.plots import save_figure
+
     names = list(all_units) if all_units is not None else list(scores)
     blocks, rows = layout(names)
     grid = np.full((len(rows), len(blocks)), np.nan)
@@ -116,12 +118,7 @@ def plot_unit_scores(
     ax.set_xlabel("block (forward order)")
     ax.set_title(title + ("   (x = removed; grey = not scored)" if removed else "   (grey = not scored)"))
     fig.colorbar(im, ax=ax, label="score (lower = removed first)")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def search_markdown(recipe: dict, kinds: dict[str, str] | None = None) -> str:

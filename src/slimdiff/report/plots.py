@@ -21,10 +21,17 @@ NON_LOSS_KEYS = {"step", "epoch", "lr", "learning_rate", "time", "time_s", "elap
                  "samples_per_s", "grad_norm", "tokens", "images"}
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    fig.tight_layout()
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: float | None = None, tight: bool = True) -> Path:
+    """Write `fig` as a PNG atomically (temporary name, then rename) and close it: the one
+    figure-saving helper. `tight`: `fig.tight_layout()` first (False: the caller laid it out);
+    `dpi`: default the figure's own."""
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        fig.savefig(tmp, format="png", dpi=dpi or fig.dpi)
+    plt.close(fig)  # a no-op for a Figure pyplot does not manage
     return Path(path)
 
 
@@ -53,7 +60,7 @@ def plot_bars(
         for label in ax.get_xticklabels():
             label.set_rotation(20)
             label.set_ha("right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -115,4 +122,4 @@ def plot_loss_curves(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -16,6 +16,14 @@ from .structure import UnitInfo, blocks_from_diffusers_config, block_names_of, i
 from .structure import name_to_path, validate
 
 
+def num_params(module: nn.Module) -> int:
+    """Parameters (elements) of a module: `ModelMixin.num_parameters()` for diffusers models,
+    the same count for a plain `nn.Module` such as one unit."""
+    if hasattr(module, "num_parameters"):
+        return int(module.num_parameters())
+    return sum(p.numel() for p in module.parameters())
+
+
 def _is_slim(model: nn.Module) -> bool:
     from .model import SlimUNet2DConditionModel
 
@@ -113,8 +121,33 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
         module = get_module(model, name)
         infos.append(UnitInfo(
             name=name, kind=unit["type"], block=block, in_channels=t.in_channels, out_channels=t.out_channels,
-            level=t.level, params=sum(p.numel() for p in module.parameters()),
+            level=t.level, params=num_params(module),
             cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["type"] == "attn" else None,
             skip=unit.get("skip"), type=unit["type"],
         ))
     return infos
+
+
+DEFAULT_TEXT_WIDTH = 768  # SD-1.x's CLIP width, used only when no unit reads the text (its width is then moot)
+
+
+def text_widths(model: nn.Module) -> set[int]:
+    """The text-embedding widths D (the `encoder_hidden_states` (B, L, D)) that the attention
+    units of a slim or diffusers U-Net read: `cross_attention_dim` per unit, not the config's
+    single value (a slim config has none; a diffusers one may list one per block). Empty when no
+    unit reads the text."""
+    return {u.cross_attention_dim for u in list_units(model) if u.kind == "attn" and u.cross_attention_dim}
+
+
+def text_width(model: nn.Module) -> int:
+    """The one text-embedding width D a U-Net reads (`text_widths`). Raises ValueError when its
+    units read several; when none reads the text, the config's `cross_attention_dim` if it is a
+    single number, else `DEFAULT_TEXT_WIDTH` (any width then runs)."""
+    dims = text_widths(model)
+    if len(dims) > 1:
+        raise ValueError(f"the U-Net's attention units read text of different widths {sorted(dims)}; "
+                         "one width is supported")
+    if dims:
+        return int(dims.pop())
+    dim = getattr(model.config, "cross_attention_dim", None)
+    return int(dim) if isinstance(dim, int) else DEFAULT_TEXT_WIDTH

@@ -27,6 +27,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
+from .access import num_params
 from .structure import (
     ROLES,
     UNIT_ROLES,
@@ -222,7 +223,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
             role = role_of(unit)
             infos.append(UnitInfo(
                 name=name, kind=role, block=block, in_channels=t.in_channels,
-                out_channels=t.out_channels, level=t.level, params=sum(p.numel() for p in module.parameters()),
+                out_channels=t.out_channels, level=t.level, params=num_params(module),
                 cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if role == "attn" else None,
                 skip=unit.get("skip"), type=unit["type"],
             ))

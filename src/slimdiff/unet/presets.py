@@ -138,7 +138,7 @@ def apply_preset(teacher: nn.Module, name: str):
         "reference": preset.reference,
         "removed": list(preset.remove),
         "inserted": [list(pair) for pair in preset.insert],
-        "teacher_params": sum(p.numel() for p in teacher.parameters()),
-        "student_params": sum(p.numel() for p in student.parameters()),
+        "teacher_params": teacher.num_parameters(),
+        "student_params": student.num_parameters(),
     }
     return student, info

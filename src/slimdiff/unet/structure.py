@@ -277,6 +277,30 @@ _FIXED = {
     "dual_cross_attention": False, "num_attention_heads": None, "class_embeddings_concat": False,
 }
 
+# settings diffusers passes only to block types slimdiff does not build (Simple*/K*/ResnetDownsample
+# blocks, UNetMidBlock2DSimpleCrossAttn) or to embeddings it refuses: the SD-1.x/2.x blocks never
+# read them, so a non-default value would be silently dropped on import; it is refused instead.
+# key -> the accepted (default) values
+_UNUSED = {
+    "resnet_out_scale_factor": (1.0,), "resnet_skip_time_act": (False,), "cross_attention_norm": (None,),
+    "mid_block_only_cross_attention": (None, False), "addition_time_embed_dim": (None,),
+    "projection_class_embeddings_input_dim": (None,),
+}
+
+
+def check_supported_config(cfg: dict) -> None:
+    """Raise `UNetEditError` (one line, naming the key and value) for a diffusers UNet config
+    setting that slimdiff's import would not reproduce."""
+    for key, want in _FIXED.items():
+        if cfg.get(key, want) != want:
+            raise UNetEditError(f"unsupported UNet config: {key}={cfg[key]!r} (slimdiff supports {want!r})")
+    if cfg.get("attention_type", "default") != "default":
+        raise UNetEditError(f"unsupported UNet config: attention_type={cfg['attention_type']!r}")
+    for key, accepted in _UNUSED.items():
+        if key in cfg and cfg[key] not in accepted:
+            raise UNetEditError(f"unsupported UNet config: {key}={cfg[key]!r}; the SD-1.x/2.x block types "
+                                f"slimdiff builds do not use it (accepted: {' or '.join(map(repr, accepted))})")
+
 
 def _per_block(value: Any, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
@@ -312,11 +336,7 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
     `get_up_block` (diffusers 0.42) for the SD-1.x/2.x block types, passing exactly the
     kwargs they pass, so import is lossless. Skips follow diffusers' stack pairing.
     """
-    for key, want in _FIXED.items():
-        if cfg.get(key, want) != want:
-            raise UNetEditError(f"unsupported UNet config: {key}={cfg[key]!r} (slimdiff supports {want!r})")
-    if cfg.get("attention_type", "default") != "default":
-        raise UNetEditError(f"unsupported UNet config: attention_type={cfg['attention_type']!r}")
+    check_supported_config(cfg)
     down_types, up_types = list(cfg["down_block_types"]), list(cfg["up_block_types"])
     for t in down_types:
         if t not in SUPPORTED_DOWN:
