@@ -90,10 +90,6 @@ def _say(msg: str, log: Callable[[str], None] | None) -> None:
         log(msg)
 
 
-def _num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _gflops(unet, latent: int, context_length: int) -> float:
     """GFLOPs (2 x MACs, attention matmuls included) of one U-Net forward at batch 1."""
     from slimdiff.profile import ProfileSettings, profile_unet
@@ -110,7 +106,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     from slimdiff.eval.compare import write as write_compare
     from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
     from slimdiff.report import plot_bars, plot_loss_curves, write_report
-    from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
+    from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student, text_width
 
     s = config.resolved()
     out = Path(config.out)
@@ -194,7 +190,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
 
     _say("[5/5] measuring latency and writing the report", log)
     # one CFG step (batch 2) per model, timed round-robin so the machine's load hits all alike
-    unet_ms = model_latencies(unets, latent, teacher.config.cross_attention_dim, batch=2, context_length=context,
+    unet_ms = model_latencies(unets, latent, text_width(teacher), batch=2, context_length=context,
                               warmup=1, repeats=s["latency_repeats"])
     e2e_ms = {}
     for name, unet in unets.items():
@@ -211,7 +207,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
             **{k: r.get(k) for k in QUALITY_KEYS},
             "ci": {k: r["ci"][k] for k in QUALITY_KEYS if k in r.get("ci", {})},
             "differs_from_teacher": sorted(r.get("marks", {})),
-            "params": _num_params(unet),
+            "params": unet.num_parameters(),
             "gflops": _gflops(unet, latent, context),
             "unet_latency_ms": unet_ms[name],
             "pipeline_latency_ms": e2e_ms[name],
