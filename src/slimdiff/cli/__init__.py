@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "units": "units",
     "profile": "profile",
     "prune": "prune",
+    "prune-vae": "prune_vae",
     "distill": "distill",
     "generate": "generate",
     "evaluate": "evaluate",
