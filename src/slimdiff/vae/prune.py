@@ -83,7 +83,11 @@ def prune_decoder(vae, config: VaePruneConfig | None = None) -> tuple[nn.Module,
     the settings, the widths, parameter counts and, per group of coupled channels, its layers (`name:out` / `name:in`: which dimension) and
     the kept indices.
     """
-    import torch_pruning as tp
+    try:
+        import torch_pruning as tp
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("VAE decoder pruning needs Torch-Pruning: pip install 'slimdiff[vae]' "
+                                  "(or pip install torch-pruning)") from None
 
     config = config or VaePruneConfig()
     # 1. checks: a VAE with a diffusers decoder; widths the ratio allows (before any tracing)
