@@ -111,6 +111,7 @@ def test_bad_input_is_a_one_line_error(tiny_pipe, pruned, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="holds no prompt"):
         distill_vae(make(tiny_pipe, pruned, tmp_path / "o", tmp_path / "empty.txt"), progress=False)
+    capsys.readouterr()
     code = main(["distill-vae", "--teacher", str(tiny_pipe), "--student", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "o2"), "--quiet"])
     err = capsys.readouterr().err
