@@ -146,3 +146,20 @@ def test_bad_input_is_a_one_line_error(tiny_vae, tiny_pipe, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("slimdiff prune-vae: error:") and err.count("\n") == 1, err
+
+
+def test_generate_with_vae_decodes_with_it(tiny_pipe, tmp_path, capsys):
+    from slimdiff.eval.runner import generate
+
+    student, info = prune_decoder(load_vae(tiny_pipe), VaePruneConfig(ratio=0.5))
+    save_vae(student, tmp_path / "v", recipe=info)
+    kw = dict(steps=2, guidance=1.0, progress=False)
+    plain = generate(str(tiny_pipe), ["a red circle"], **kw)[0]
+    slim = generate(str(tiny_pipe), ["a red circle"], vae=str(tmp_path / "v"), **kw)[0]
+    assert plain.size == slim.size and list(plain.getdata()) != list(slim.getdata())
+    # a VAE module in memory gives the same images as its saved directory
+    assert list(generate(str(tiny_pipe), ["a red circle"], vae=student,
+                         **kw)[0].getdata()) == list(slim.getdata())
+    assert main(["generate", str(tiny_pipe), "a red circle", "--steps", "1", "--vae", str(tmp_path / "v"),
+                 "--out", str(tmp_path / "img")]) == 0
+    assert (tmp_path / "img" / "000_a_red_circle.png").is_file()
