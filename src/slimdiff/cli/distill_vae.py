@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.distill import COMMON_OPTIONS, add_options, option_values
+
 # (flag, VaeDistillConfig field, argparse kwargs); defaults and meanings: slimdiff.vae.distill
 _OPTIONS = [
     ("--latents", "latents", dict(choices=["unet", "data", "both"], help="unet: U-Net generations (default, "
@@ -31,17 +33,8 @@ _OPTIONS = [
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),
     ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
     ("--batch-size", "batch_size", dict(type=int, help="latents per process and micro-step (default 8)")),
-    ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),
     ("--lr", "learning_rate", dict(type=float, help="AdamW learning rate (default 1e-4)")),
-    ("--lr-scheduler", "lr_scheduler", dict(help="diffusers schedule name (default constant)")),
-    ("--lr-warmup-steps", "lr_warmup_steps", dict(type=int, help="warm-up steps (default 0)")),
-    ("--max-grad-norm", "max_grad_norm", dict(type=float, help="gradient clipping norm (default 1; 0: off)")),
-    ("--mixed-precision", "mixed_precision", dict(choices=["no", "fp16", "bf16"], help="default no (float32)")),
-    ("--seed", "seed", dict(type=int, help="default 0")),
-    ("--cpu", "cpu", dict(action="store_true", default=None, help="run on the CPU")),
-    ("--checkpoint-every", "checkpoint_every", dict(type=int, help="steps between checkpoints (default 500; 0: none)")),
-    ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
-    ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
+    *COMMON_OPTIONS,
 ]
 
 
@@ -54,19 +47,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="toy or a pipeline directory (a VAE dir with --latents data)")
     p.add_argument("--student", required=True, help="a `slimdiff prune-vae` output or a VAE directory")
     p.add_argument("--out", required=True, help="output directory")
-    for flag, field, kwargs in _OPTIONS:
-        p.add_argument(flag, dest=field, **{"default": None, **kwargs})
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(p, _OPTIONS)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from slimdiff.vae.distill import VaeDistillConfig, distill_vae
 
-    values = {"teacher": args.teacher, "student": args.student, "out": args.out}
-    values.update({f: getattr(args, f) for _, f, _ in _OPTIONS if getattr(args, f) is not None})
-    if values.get("max_grad_norm") == 0:
-        values["max_grad_norm"] = None
+    values = {"teacher": args.teacher, "student": args.student, "out": args.out, **option_values(args, _OPTIONS)}
     result = distill_vae(VaeDistillConfig(**values), progress=not args.quiet)
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
     print(f"distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms}); decoder PSNR vs "

@@ -113,6 +113,16 @@ def install_portable_model_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int) -> Path | None:
+    """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
+    none at the last step (the run's output follows), with the run's config and global batch."""
+    if not cfg.checkpoint_every or step % cfg.checkpoint_every or step >= cfg.max_steps:
+        return None
+    state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
+             "config": cfg.to_dict()}
+    return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep)
+
+
 def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int) -> Path | None:
     """Every process calls this; returns the final dir on the main process."""
     root = Path(root)

@@ -369,23 +369,14 @@ class Trainer:
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.trainable)
-            record = step_record(acc, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
+            record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
                                  self.lr_scheduler.get_last_lr()[0], grad_norm, t0)
-            log.write(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
-            bar.update(1)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-                self._save_checkpoint(step + 1)
+            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world)
         elapsed = time.perf_counter() - t0
         bar.close()
         steps_done = cfg.max_steps - self.start_step
         steps_per_sec = steps_done / elapsed if elapsed > 0 else float("nan")
         return self._finish(record, steps_per_sec, log.path)
-
-    def _save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "micro_batch_global": self.cfg.batch_size * self.world, "num_processes": self.world,
-                 "config": self.cfg.to_dict()}
-        ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.cfg.checkpoints_keep)
 
     # ------------------------------------------------------------------------------ outputs
 
@@ -520,14 +511,19 @@ def optimizer_step(acc, model, optimizer, trainable, step: int, grad_accum: int,
     return sums, grad_norm
 
 
-def step_record(acc, sums: dict[str, torch.Tensor], step: int, epoch: int, lr: float, grad_norm, t0: float) -> dict:
-    """The log record of a step: every term, averaged over micro-steps and processes."""
+def finish_step(acc, log: JsonlLog, bar, sums: dict[str, torch.Tensor], step: int, epoch: int, lr: float,
+                grad_norm, t0: float) -> dict:
+    """Log optimiser step `step` (every term, averaged over micro-steps and processes) and advance
+    the progress bar; returns the record."""
     keys = sorted(sums)
     values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
     record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(keys, values))}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
     record["time_s"] = round(time.perf_counter() - t0, 4)
+    log.write(record)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
+    bar.update(1)
     return record
 
 

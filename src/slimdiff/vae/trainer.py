@@ -1,7 +1,7 @@
 """The decoder-distillation run (`distill_vae`): latents, models, the loop, the outputs.
 
 Built from the distillation trainer's generic pieces (`make_accelerator`, `optimizer_step`,
-`step_record`, `GlobalBatchSampler`, `JsonlLog`; `checkpoint.resume_point` / `save_checkpoint`).
+`finish_step`, `GlobalBatchSampler`, `JsonlLog`; `checkpoint.resume_point` / `maybe_save`).
 See `slimdiff.vae.distill` for the method and the settings.
 """
 
@@ -22,10 +22,10 @@ from slimdiff.distill.trainer import (
     JsonlLog,
     _plot,
     _progress_bar,
+    finish_step,
     make_accelerator,
     optimizer_step,
     random_generator,
-    step_record,
 )
 from slimdiff.io import atomic_path
 from slimdiff.vae.distill import VaeDistillConfig, VaeDistillResult, _Decoding, decoded, psnr
@@ -143,15 +143,9 @@ class VaeTrainer:
             sums, grad_norm = optimizer_step(acc, self.model, self.optimizer, self.trainable, step, cfg.grad_accum,
                                              cfg.max_grad_norm, lambda p: self._micro_step(next(batches)))
             self.lr_scheduler.step()
-            record = step_record(acc, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
+            record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
                                  self.lr_scheduler.get_last_lr()[0], grad_norm, t0)
-            log.write(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
-            bar.update(1)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-                state = {"step": step + 1, "micro_batch_global": cfg.batch_size * self.world,
-                         "num_processes": self.world, "config": cfg.to_dict()}
-                ckpt.save_checkpoint(acc, self.out / "checkpoints", step + 1, state, cfg.checkpoints_keep)
+            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world)
         elapsed = time.perf_counter() - t0
         bar.close()
         steps_per_sec = (cfg.max_steps - self.start_step) / elapsed if elapsed > 0 else float("nan")
