@@ -80,8 +80,8 @@ def prune_decoder(vae, config: VaePruneConfig | None = None) -> tuple[nn.Module,
 
     Returns `(student, info)`: `student` a `SlimAutoencoderKL` (a plain `AutoencoderKL` when no
     width changed), in eval mode, on `vae`'s device; `info` (JSON-ready, for recipe.json) holds
-    the settings, the widths, parameter counts and, per group of coupled channels, its layers (`name:out` / `name:in`: which dimension) and
-    the kept indices.
+    the settings, the widths, parameter counts and, per group of coupled channels, its layers
+    (`name:out` / `name:in`: which dimension of the layer) and the kept indices.
     """
     try:
         import torch_pruning as tp
