@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -156,10 +157,19 @@ def test_generate_with_vae_decodes_with_it(tiny_pipe, tmp_path, capsys):
     kw = dict(steps=2, guidance=1.0, progress=False)
     plain = generate(str(tiny_pipe), ["a red circle"], **kw)[0]
     slim = generate(str(tiny_pipe), ["a red circle"], vae=str(tmp_path / "v"), **kw)[0]
-    assert plain.size == slim.size and list(plain.getdata()) != list(slim.getdata())
+    assert plain.size == slim.size and not np.array_equal(np.asarray(plain), np.asarray(slim))
     # a VAE module in memory gives the same images as its saved directory
-    assert list(generate(str(tiny_pipe), ["a red circle"], vae=student,
-                         **kw)[0].getdata()) == list(slim.getdata())
+    assert np.array_equal(np.asarray(generate(str(tiny_pipe), ["a red circle"], vae=student, **kw)[0]),
+                          np.asarray(slim))
     assert main(["generate", str(tiny_pipe), "a red circle", "--steps", "1", "--vae", str(tmp_path / "v"),
                  "--out", str(tmp_path / "img")]) == 0
     assert (tmp_path / "img" / "000_a_red_circle.png").is_file()
+
+
+def test_evaluate_with_vae_records_it(tiny_pipe, tmp_path):
+    from slimdiff.eval.runner import evaluate
+
+    student, info = prune_decoder(load_vae(tiny_pipe), VaePruneConfig(ratio=0.5))
+    save_vae(student, tmp_path / "v", recipe=info)
+    result = evaluate(str(tiny_pipe), num_images=2, steps=1, batch_size=2, progress=False, vae=str(tmp_path / "v"))
+    assert result["settings"]["vae"] == str(tmp_path / "v") and "alignment" in result
