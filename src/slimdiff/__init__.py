@@ -13,9 +13,14 @@ def __getattr__(name):
         from . import unet
 
         return getattr(unet, name)
+    if name in ("load_vae", "SlimAutoencoderKL"):
+        from . import vae
+
+        return getattr(vae, name)
     if name == "ModelMixin":
-        # diffusers' pipeline loader resolves ["slimdiff", "SlimUNet2DConditionModel"] in
-        # model_index.json, then looks up its loadable base classes (ModelMixin) in this module.
+        # diffusers' pipeline loader resolves ["slimdiff", "SlimUNet2DConditionModel"] (or
+        # "SlimAutoencoderKL") in model_index.json, then looks up its loadable base classes
+        # (ModelMixin) in this module.
         from diffusers import ModelMixin
 
         return ModelMixin

@@ -15,8 +15,13 @@ SUBCOMMANDS = {
     "units": "units",
     "profile": "profile",
     "prune": "prune",
+    "prune-vae": "prune_vae",
     "distill": "distill",
+<<<<<<< HEAD
     "step-distill": "step_distill",
+=======
+    "distill-vae": "distill_vae",
+>>>>>>> vae
     "generate": "generate",
     "evaluate": "evaluate",
     "compare": "compare",

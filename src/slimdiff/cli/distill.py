@@ -12,6 +12,19 @@ from __future__ import annotations
 
 import argparse
 
+# options of every training command (fields of both DistillConfig and VaeDistillConfig)
+COMMON_OPTIONS = [
+    ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),
+    ("--lr-scheduler", "lr_scheduler", dict(help="diffusers schedule name (default constant)")),
+    ("--lr-warmup-steps", "lr_warmup_steps", dict(type=int, help="warm-up steps (default 0)")),
+    ("--max-grad-norm", "max_grad_norm", dict(type=float, help="gradient clipping norm (default 1; 0: off)")),
+    ("--mixed-precision", "mixed_precision", dict(choices=["no", "fp16", "bf16"], help="default no (float32)")),
+    ("--seed", "seed", dict(type=int, help="default 0")),
+    ("--cpu", "cpu", dict(action="store_true", default=None, help="run on the CPU")),
+    ("--checkpoint-every", "checkpoint_every", dict(type=int, help="steps between checkpoints (default 500; 0: none)")),
+    ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
+    ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
+]
 # (flag, DistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.config
 _OPTIONS = [
     ("--pipeline", "pipeline", dict(metavar="DIR", help="tokenizer/text encoder/VAE/scheduler source "
@@ -42,20 +55,11 @@ _OPTIONS = [
                                                     "skip each removable ResNet/attention unit with probability P")),
     ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
     ("--batch-size", "batch_size", dict(type=int, help="per process and micro-step (default 8)")),
-    ("--grad-accum", "grad_accum", dict(type=int, help="micro-steps per optimiser step (default 1)")),
     ("--lr", "learning_rate", dict(type=float, help="AdamW learning rate (default 5e-5)")),
     ("--weight-decay", "adam_weight_decay", dict(type=float, help="AdamW weight decay (default 0.01)")),
-    ("--lr-scheduler", "lr_scheduler", dict(help="diffusers schedule name (default constant)")),
-    ("--lr-warmup-steps", "lr_warmup_steps", dict(type=int, help="warm-up steps (default 0)")),
-    ("--max-grad-norm", "max_grad_norm", dict(type=float, help="gradient clipping norm (default 1; 0: off)")),
-    ("--mixed-precision", "mixed_precision", dict(choices=["no", "fp16", "bf16"], help="default no (float32)")),
     ("--ema-decay", "ema_decay", dict(type=float, help="EMA of the student weights, e.g. 0.9999 (default off)")),
     ("--gradient-checkpointing", "gradient_checkpointing", dict(action="store_true", default=None)),
-    ("--seed", "seed", dict(type=int, help="default 0")),
-    ("--cpu", "cpu", dict(action="store_true", default=None, help="run on the CPU")),
-    ("--checkpoint-every", "checkpoint_every", dict(type=int, help="steps between checkpoints (default 500; 0: none)")),
-    ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
-    ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
+    *COMMON_OPTIONS,
 ]
 
 
@@ -69,10 +73,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="a `slimdiff prune` output, a UNet dir or a pipeline dir")
     p.add_argument("--data", required=True, help="toy | image folder (metadata.jsonl/.csv) | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
-    for flag, field, kwargs in _OPTIONS:
+    add_options(p, _OPTIONS)
+    p.set_defaults(func=run)
+
+
+def add_options(p: argparse.ArgumentParser, options: list) -> None:
+    """Register `(flag, config field, kwargs)` options (default None: the config's own) and --quiet."""
+    for flag, field, kwargs in options:
         p.add_argument(flag, dest=field, **{"default": None, **kwargs})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+
+
+def option_values(args: argparse.Namespace, options: list) -> dict:
+    """The config fields of `options` given on the command line (--max-grad-norm 0: None, no clipping)."""
+    values = {field: getattr(args, field) for _, field, _ in options if getattr(args, field) is not None}
+    if values.get("max_grad_norm") == 0:
+        values["max_grad_norm"] = None
+    return values
 
 
 def parse_feat_map(pairs: list[str]) -> dict[str, str]:
@@ -89,14 +106,10 @@ def parse_feat_map(pairs: list[str]) -> dict[str, str]:
 def config_from_args(args: argparse.Namespace):
     from slimdiff.distill import DistillConfig
 
-    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out}
-    for _, field, _ in _OPTIONS:
-        if getattr(args, field) is not None:
-            values[field] = getattr(args, field)
+    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out,
+              **option_values(args, _OPTIONS)}
     if "feat_map" in values:
         values["feat_map"] = parse_feat_map(values["feat_map"])
-    if values.get("max_grad_norm") == 0:
-        values["max_grad_norm"] = None
     return DistillConfig(**values)
 
 

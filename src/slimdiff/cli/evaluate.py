@@ -45,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clip-dir", help="local transformers CLIP directory for the CLIP score")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
+    p.add_argument("--vae", metavar="DIR", help="decode with this VAE (a prune-vae / distill-vae output)")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--grid", help="image grid PNG (default: next to --json, else ./evaluate_grid.png)")
     p.add_argument("--no-grid", action="store_true", help="do not write the image grid")
@@ -76,7 +77,7 @@ def run(args) -> int:
         seed=args.seed, batch_size=args.batch_size, scheduler=args.scheduler, toy=toy, prompts=prompts,
         ref_images=args.ref_images, inception_weights=args.inception_weights, clip_dir=args.clip_dir,
         grid=grid, reference=args.reference, base=args.base, device=args.device, fid_dims=args.fid_dims,
-        images_dir=args.save_images,
+        images_dir=args.save_images, vae=args.vae,
     )
     if args.accelerate:
         result["settings"].update(model=args.model, accelerate=args.accelerate)

@@ -29,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="image width in pixels (default: the pipeline's)")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
+    p.add_argument("--vae", metavar="DIR", help="decode with this VAE (a prune-vae / distill-vae output)")
     p.add_argument("--out", default="images", help="output directory (default: ./images)")
     p.set_defaults(func=run)
     return p
@@ -51,7 +52,7 @@ def run(args) -> int:
     images = generate(
         model, prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
         batch_size=args.batch_size, height=args.height, width=args.width, base=args.base,
-        device=args.device,
+        device=args.device, vae=args.vae,
     )
     paths = save_images(images, prompts, args.out)
     print(f"wrote {len(images)} image(s) to {args.out}" + (f" (grid: {paths[-1]})" if len(paths) > len(images) else ""))

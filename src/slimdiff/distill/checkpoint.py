@@ -55,6 +55,32 @@ def resolve_resume(resume: str | None, out: str | Path) -> Path | None:
     return path
 
 
+def resume_point(cfg, out: Path, world: int) -> tuple[Path | None, int]:
+    """(checkpoint dir or None, start step) of a run with settings `cfg` (its `resume`,
+    `batch_size`, `max_steps` and `resume_mismatches(saved_config)`) and `world` processes.
+
+    Refuses to start over a run's checkpoints without `resume`, and a checkpoint whose settings
+    or global batch differ (ValueError naming each difference)."""
+    resume_dir = resolve_resume(cfg.resume, out)
+    if cfg.resume is None and list_checkpoints(out / "checkpoints"):
+        raise ValueError(f"{out} holds checkpoints of an earlier run; continue it with --resume latest, "
+                         f"or choose another --out (or delete {out / 'checkpoints'})")
+    if resume_dir is None:
+        return None, 0
+    state = read_train_state(resume_dir)
+    problems = cfg.resume_mismatches(state["config"])
+    if state["micro_batch_global"] != cfg.batch_size * world:
+        problems.append(f"global batch: checkpoint {state['micro_batch_global']}, now "
+                        f"{cfg.batch_size} x {world} processes = {cfg.batch_size * world}")
+    if problems:
+        raise ValueError(f"--resume {resume_dir}: the run's settings differ from the checkpoint's: "
+                         + "; ".join(problems))
+    if state["step"] > cfg.max_steps:
+        raise ValueError(f"--resume {resume_dir}: checkpoint is at step {state['step']}, "
+                         f"beyond max_steps {cfg.max_steps}")
+    return resume_dir, state["step"]
+
+
 def read_train_state(path: Path) -> dict:
     return read_json(path / "train_state.json")
 
@@ -85,6 +111,16 @@ def install_portable_model_hooks(accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int) -> Path | None:
+    """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
+    none at the last step (the run's output follows), with the run's config and global batch."""
+    if not cfg.checkpoint_every or step % cfg.checkpoint_every or step >= cfg.max_steps:
+        return None
+    state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
+             "config": cfg.to_dict()}
+    return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep)
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int) -> Path | None:

@@ -165,15 +165,21 @@ class DistillConfig:
 
         `max_steps` may change only with a schedule that does not depend on the total.
         """
-        allowed = set(RESUMABLE_CHANGES)
-        if self.lr_scheduler not in ("constant", "constant_with_warmup"):
-            allowed.discard("max_steps")
-        mine = self.to_dict()
+        return config_mismatches(self.to_dict(), saved, RESUMABLE_CHANGES, PATH_FIELDS, self.lr_scheduler)
 
-        def same(k):
-            a, b = saved.get(k), mine[k]
-            if k in PATH_FIELDS and isinstance(a, str) and isinstance(b, str):
-                return os.path.realpath(a) == os.path.realpath(b)
-            return a == b
 
-        return [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in mine if k not in allowed and not same(k)]
+def config_mismatches(mine: dict[str, Any], saved: dict[str, Any], resumable: tuple[str, ...],
+                      path_fields: tuple[str, ...], lr_scheduler: str) -> list[str]:
+    """The settings of `mine` that differ from a checkpoint's `saved` ones, except `resumable`
+    (`max_steps` only with a constant schedule); `path_fields` are compared as real paths."""
+    allowed = set(resumable)
+    if lr_scheduler not in ("constant", "constant_with_warmup"):
+        allowed.discard("max_steps")
+
+    def same(k):
+        a, b = saved.get(k), mine[k]
+        if k in path_fields and isinstance(a, str) and isinstance(b, str):
+            return os.path.realpath(a) == os.path.realpath(b)
+        return a == b
+
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in mine if k not in allowed and not same(k)]

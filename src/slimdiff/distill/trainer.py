@@ -204,24 +204,7 @@ class Trainer:
         self.dtype = DTYPES[cfg.mixed_precision]
 
         # 2. resume: find the checkpoint first, so a mismatched config fails before loading anything
-        self.resume_dir = ckpt.resolve_resume(cfg.resume, self.out)
-        self.start_step = 0
-        if cfg.resume is None and ckpt.list_checkpoints(self.out / "checkpoints"):
-            raise ValueError(f"{self.out} holds checkpoints of an earlier run; continue it with --resume latest, "
-                             f"or choose another --out (or delete {self.out / 'checkpoints'})")
-        if self.resume_dir is not None:
-            state = ckpt.read_train_state(self.resume_dir)
-            problems = cfg.resume_mismatches(state["config"])
-            if state["micro_batch_global"] != cfg.batch_size * self.world:
-                problems.append(f"global batch: checkpoint {state['micro_batch_global']}, now "
-                                f"{cfg.batch_size} x {self.world} processes = {cfg.batch_size * self.world}")
-            if problems:
-                raise ValueError(f"--resume {self.resume_dir}: the run's settings differ from the checkpoint's: "
-                                 + "; ".join(problems))
-            self.start_step = state["step"]
-            if self.start_step > cfg.max_steps:
-                raise ValueError(f"--resume {self.resume_dir}: checkpoint is at step {self.start_step}, "
-                                 f"beyond max_steps {cfg.max_steps}")
+        self.resume_dir, self.start_step = ckpt.resume_point(cfg, self.out, self.world)
 
         # 3. models and pipeline parts (checks: paths, teacher/student compatibility)
         self.parts: Parts = load_parts(cfg, teacher, student, pipeline)
@@ -467,46 +450,19 @@ class Trainer:
         t0 = time.perf_counter()
         for step in range(self.start_step, cfg.max_steps):
             self._on_step_start(step)
-            sums: dict[str, torch.Tensor] = {}
-            grad_norm = None
-            for micro in range(cfg.grad_accum):
-                position = step * cfg.grad_accum + micro
-                items = next(batches)
-                with acc.accumulate(self.model):
-                    terms = self._micro_step(items, position)
-                    acc.backward(terms["loss"])  # accelerate divides by grad_accum
-                    if acc.sync_gradients and cfg.max_grad_norm is not None:
-                        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-                    self.optimizer.step()  # a no-op until the last micro-step
-                    self.optimizer.zero_grad(set_to_none=True)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+            sums, grad_norm = optimizer_step(acc, self.model, self.optimizer, self.trainable, step, cfg.grad_accum,
+                                             cfg.max_grad_norm, lambda p: self._micro_step(next(batches), p))
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.trainable)
-            # log: every term, averaged over micro-steps and processes
-            keys = sorted(sums)
-            values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
-            record = {"step": step + 1, "epoch": sampler.epoch_of(position), "lr": self.lr_scheduler.get_last_lr()[0],
-                      **dict(zip(keys, values))}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            record["time_s"] = round(time.perf_counter() - t0, 4)
-            log.write(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
-            bar.update(1)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-                self._save_checkpoint(step + 1)
+            record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
+                                 self.lr_scheduler.get_last_lr()[0], grad_norm, t0)
+            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world)
         elapsed = time.perf_counter() - t0
         bar.close()
         steps_done = cfg.max_steps - self.start_step
         steps_per_sec = steps_done / elapsed if elapsed > 0 else float("nan")
         return self._finish(record, steps_per_sec, log.path)
-
-    def _save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "micro_batch_global": self.cfg.batch_size * self.world, "num_processes": self.world,
-                 "config": self.cfg.to_dict()}
-        ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.cfg.checkpoints_keep)
 
     # ------------------------------------------------------------------------------ outputs
 
@@ -605,6 +561,12 @@ class Trainer:
 
 
 def _make_accelerator(cfg: DistillConfig):
+    # stochastic depth leaves skipped units without gradient in some steps
+    return make_accelerator(cfg.mixed_precision, cfg.grad_accum, cfg.cpu, find_unused_parameters=cfg.stochastic_depth > 0)
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int, cpu: bool, find_unused_parameters: bool = False):
+    """The `Accelerator` of a training run (state reset first for in-process runs)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -613,10 +575,45 @@ def _make_accelerator(cfg: DistillConfig):
         # in-process runs (tests, `slimdiff demo`) may differ in mixed precision / accumulation
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    # stochastic depth leaves skipped units without gradient in some steps
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.stochastic_depth > 0)
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                       cpu=cfg.cpu, kwargs_handlers=[ddp])
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       cpu=cpu, kwargs_handlers=[ddp])
+
+
+def optimizer_step(acc, model, optimizer, trainable, step: int, grad_accum: int, max_grad_norm: float | None,
+                   micro_step) -> tuple[dict[str, torch.Tensor], Any]:
+    """One optimiser step of `grad_accum` micro-steps; `micro_step(position)` returns the loss terms
+    of micro-batch `position = step * grad_accum + micro` (`terms["loss"]` is backpropagated).
+    Returns the terms averaged over the micro-steps and the clipped gradient norm (None: no clipping)."""
+    sums: dict[str, torch.Tensor] = {}
+    grad_norm = None
+    for micro in range(grad_accum):
+        with acc.accumulate(model):
+            terms = micro_step(step * grad_accum + micro)
+            acc.backward(terms["loss"])  # accelerate divides by grad_accum
+            if acc.sync_gradients and max_grad_norm is not None:
+                grad_norm = acc.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()  # a no-op until the last micro-step
+            optimizer.zero_grad(set_to_none=True)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / grad_accum
+    return sums, grad_norm
+
+
+def finish_step(acc, log: JsonlLog, bar, sums: dict[str, torch.Tensor], step: int, epoch: int, lr: float,
+                grad_norm, t0: float) -> dict:
+    """Log optimiser step `step` (every term, averaged over micro-steps and processes) and advance
+    the progress bar; returns the record."""
+    keys = sorted(sums)
+    values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
+    record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(keys, values))}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record["time_s"] = round(time.perf_counter() - t0, 4)
+    log.write(record)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
+    bar.update(1)
+    return record
 
 
 def _noise_scheduler(config: dict):

@@ -100,6 +100,15 @@ def resolve_pipeline(model, base: str | os.PathLike | None = None) -> DiffusionP
     )
 
 
+def with_vae(pipe: DiffusionPipeline, vae) -> DiffusionPipeline:
+    """`pipe`, or a copy of it decoding with `vae` (see `slimdiff.vae.pipeline_with_vae`)."""
+    if vae is None:
+        return pipe
+    from slimdiff.vae import pipeline_with_vae
+
+    return pipeline_with_vae(pipe, vae)
+
+
 def make_scheduler(name: str, pipe: DiffusionPipeline):
     """A scheduler of kind `name` (see SCHEDULERS) with the pipeline's noise schedule."""
     if name not in SCHEDULERS:
@@ -194,6 +203,7 @@ def generate(
     progress: bool = True,
     base: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    vae=None,
 ) -> list[Image.Image]:
     """One image per prompt, in order. Image i uses its own generator seeded with `seed + i`.
 
@@ -203,12 +213,12 @@ def generate(
     `steps`/`guidance` None: `default_sampling` (20 steps, 5.0 on the toy world; the field's
     25 steps, 7.5 otherwise, METHODS.md section 7). `device`: move the pipeline there first
     (e.g. "cuda"); the noise is drawn on the CPU either way, so images match across devices
-    up to floating-point differences.
+    up to floating-point differences. `vae`: decode with this VAE instead (`slimdiff.vae.load_vae`).
     """
     prompts = list(prompts)
     if not prompts:
         raise ValueError("generate needs at least one prompt")
-    pipe = resolve_pipeline(pipe_or_model, base=base)
+    pipe = with_vae(resolve_pipeline(pipe_or_model, base=base), vae)
     if device is not None:
         pipe.to(device)
     default_steps, default_guidance = default_sampling(pipe)
@@ -297,6 +307,7 @@ def evaluate(
     judge=None,
     return_images: bool = False,
     teacher_images=None,
+    vae=None,
 ) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
     """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict.
 
@@ -319,6 +330,7 @@ def evaluate(
     `teacher_images`: the teacher's images for the same prompts and seeds (toy: adds the fidelity
     metrics `psnr_to_teacher`, `feature_cos_to_teacher`; `slimdiff.eval.compare` passes them).
     Toy metrics carry 95% bootstrap intervals in `result["ci"]` (see `slimdiff.eval.toy`).
+    `vae`: decode with this VAE instead of the pipeline's (a module or a `load_vae` argument).
     Everything but `timing` is a function of the arguments: the same seed gives the same numbers.
     """
     # 1. check every input before the long generation: weights, pipeline, judge, prompts
@@ -332,7 +344,7 @@ def evaluate(
         image_files(ref_images)
     if clip_dir is not None:
         metrics.resolve_clip_dir(clip_dir)
-    pipe = resolve_pipeline(model, base=base)
+    pipe = with_vae(resolve_pipeline(model, base=base), vae)
     if device is not None:
         pipe.to(device)
     toy = is_toy_pipeline(pipe) if toy is None else toy
@@ -407,6 +419,7 @@ def evaluate(
     # 5. settings, so the JSON says how its numbers were made
     result["settings"] = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "vae": None if vae is None else str(vae) if isinstance(vae, (str, os.PathLike)) else type(vae).__name__,
         "world": "toy" if toy else "prompts",
         "split": split if toy else None,
         "num_images": num_images,
