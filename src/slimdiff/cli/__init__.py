@@ -17,11 +17,8 @@ SUBCOMMANDS = {
     "prune": "prune",
     "prune-vae": "prune_vae",
     "distill": "distill",
-<<<<<<< HEAD
     "step-distill": "step_distill",
-=======
     "distill-vae": "distill_vae",
->>>>>>> vae
     "generate": "generate",
     "evaluate": "evaluate",
     "compare": "compare",
