@@ -46,6 +46,6 @@ def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     text_encoder = components.build_text_encoder(
         hidden_size=TINY_CROSS_ATTENTION_DIM, num_layers=1, num_heads=2, intermediate_size=32, seed=seed
     )
-    vae = components.build_vae(block_out_channels=(4, 4, 8, 8), norm_num_groups=4, sample_size=64, seed=seed)
+    vae = components.build_vae(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, sample_size=64, seed=seed)
     pipe = components.assemble_pipeline(unet, vae, text_encoder)
     return components.save_pipeline(pipe, path)

@@ -96,7 +96,7 @@ def test_data_latents_and_the_perceptual_term(tiny_pipe, pruned, prompts, tmp_pa
     torch.manual_seed(0)
     save_file({f"features.{k}": v for k, v in VGG16Features().features.state_dict().items()}, str(weights))
     result = distill_vae(make(tiny_pipe, pruned, tmp_path / "d", prompts, latents="both", data="toy", toy_size=16,
-                              resolution=16, max_steps=2, lambda_perc=0.5, perceptual_net="vgg16",
+                              resolution=64, max_steps=2, lambda_perc=0.5, perceptual_net="vgg16",
                               perceptual_weights=str(weights)), progress=False)
     pool = load_file(str(tmp_path / "d" / "latents.safetensors"))
     assert pool["train"].shape == (16, 4, 8, 8) and pool["eval"].shape == (8, 4, 8, 8)

@@ -108,13 +108,13 @@ def test_a_pipeline_with_the_pruned_vae_generates(tiny_pipe, tmp_path, capsys):
     assert main(["prune-vae", str(tiny_pipe), "--ratio", "0.5", "--out", str(tmp_path / "o")]) == 0
     assert "of the teacher's" in capsys.readouterr().out
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "o" / "pipeline")  # plain diffusers loader
-    assert type(pipe.vae) is SlimAutoencoderKL and decoder_widths(pipe.vae) == (4, 8)
+    assert type(pipe.vae) is SlimAutoencoderKL and decoder_widths(pipe.vae) == (4, 4, 8, 8)
     assert json.loads((tmp_path / "o" / "pipeline" / "model_index.json").read_text())["vae"] == \
         ["slimdiff", "SlimAutoencoderKL"]
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                  output_type="np").images
-    assert image.shape == (1, 16, 16, 3) and float(image.std()) > 0
+    assert image.shape == (1, 64, 64, 3) and float(image.std()) > 0
     # the same VAE placed into the teacher pipeline in memory decodes the same latents alike
     teacher = StableDiffusionPipeline.from_pretrained(tiny_pipe)
     swapped = pipeline_with_vae(teacher, tmp_path / "o")
