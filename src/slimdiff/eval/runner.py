@@ -317,6 +317,9 @@ def evaluate(
         raise ValueError("ref_images was given but not inception_weights: FID needs both")
     if inception_weights is not None:
         resolve_weights(inception_weights)
+        if num_images < metrics.IS_SPLITS:  # no silent change of the IS protocol's 10 splits
+            raise ValueError(f"the Inception Score needs num_images >= {metrics.IS_SPLITS} (its splits), "
+                             f"got {num_images}")
     if ref_images is not None:
         image_files(ref_images)
     if clip_dir is not None:
@@ -358,7 +361,7 @@ def evaluate(
         net = load_inception(inception_weights, device=metric_device)
         if ref_images is not None:
             scorers.append(metrics.FIDScorer(net, ref_images, dims=fid_dims))
-        scorers.append(metrics.ISScorer(net, splits=min(metrics.IS_SPLITS, num_images), seed=seed))
+        scorers.append(metrics.ISScorer(net, seed=seed))
     if clip_dir is not None:
         scorers.append(metrics.CLIPScorer(clip_dir, device=metric_device))
 
