@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Library errors name the offending value; print them without a traceback.
+    except (ValueError, OSError, KeyError) as e:
+        # Library errors name the offending value (OSError: the file and why, e.g. a full disk);
+        # print them without a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"slimdiff {args.command}: error: {msg}", file=sys.stderr)
         return 2

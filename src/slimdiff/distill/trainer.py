@@ -41,7 +41,7 @@ from slimdiff.distill.features import FeatureRecorder, check_shapes, default_fea
 from slimdiff.distill.loading import Parts, load_parts
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
-from slimdiff.io import atomic_write
+from slimdiff.io import atomic_write, check_disjoint, to_jsonable
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams
@@ -112,8 +112,16 @@ class GlobalBatchSampler(Sampler):
             yield rows[self.rank * self.b:(self.rank + 1) * self.b]
 
 
+class NonFiniteLossError(ValueError):
+    """The loss (or the weights) became NaN or infinite: the run diverged and is stopped."""
+
+
 class JsonlLog:
-    """The per-step log: one JSON object a line, flushed every step; truncated on resume."""
+    """The per-step log: one JSON object a line, flushed every step; truncated on resume.
+
+    On resume a partial last line (a kill mid-write) is dropped; a damaged line before it is an
+    error naming the file and line. Records are strict JSON (no NaN / Infinity).
+    """
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -123,15 +131,24 @@ class JsonlLog:
             atomic_write(path, "")
         else:  # keep the steps the checkpoint covers; a killed run may have logged past it
             kept = []
-            if path.is_file():
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if n == len(lines):
+                        break  # the partial last line of a killed run
+                    raise ValueError(f"{path}:{n} is not valid JSON; the log is damaged (delete the line to resume)")
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
             atomic_write(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
                 f.flush()
 
 
@@ -148,7 +165,13 @@ class Trainer:
         self.device = acc.device
         self.dtype = DTYPES[cfg.mixed_precision]
 
-        # 2. resume: find the checkpoint first, so a mismatched config fails before loading anything
+        # 2. outputs apart from the inputs; resume: find the checkpoint first, so a mismatched
+        # config fails before loading anything (junk of killed saves is removed first)
+        check_disjoint(self.out, {f"--{k}": _source_path(getattr(cfg, k)) for k in ("teacher", "student", "pipeline")}
+                       | {"--data": cfg.data if cfg.data != "toy" else None})
+        if acc.is_main_process:
+            ckpt.remove_junk(self.out / "checkpoints")
+        acc.wait_for_everyone()
         self.resume_dir = ckpt.resolve_resume(cfg.resume, self.out)
         self.start_step = 0
         if cfg.resume is None and ckpt.list_checkpoints(self.out / "checkpoints"):
@@ -268,10 +291,17 @@ class Trainer:
                              "use DDP or drop --ema-decay")
         self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
         self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
-        acc.register_for_checkpointing(self.lr_scheduler, *([self.ema] if self.ema else []))
         ckpt.install_portable_model_hooks(acc)
-        if self.resume_dir is not None:
-            acc.load_state(str(self.resume_dir))
+        if self.resume_dir is not None:  # LR schedule and EMA: JSON + safetensors, never pickles
+            try:
+                acc.load_state(str(self.resume_dir))
+                self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
+                if self.ema is not None:
+                    self.ema.load_state_dict(ckpt.load_state(self.resume_dir, "ema"))
+            except (ValueError, FileNotFoundError):
+                raise
+            except Exception as e:  # torch / safetensors errors that name no file
+                raise ValueError(f"checkpoint {self.resume_dir} could not be loaded ({type(e).__name__}: {e})") from None
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -401,6 +431,8 @@ class Trainer:
             # log: every term, averaged over micro-steps and processes
             keys = sorted(sums)
             values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
+            if not all(np.isfinite(values)):
+                self._stop_diverged(step + 1, dict(zip(keys, values)))
             record = {"step": step + 1, "epoch": sampler.epoch_of(position), "lr": self.lr_scheduler.get_last_lr()[0],
                       **dict(zip(keys, values))}
             if grad_norm is not None:
@@ -418,9 +450,27 @@ class Trainer:
         return self._finish(record, steps_per_sec, log.path)
 
     def _save_checkpoint(self, step: int) -> None:
+        self._check_finite_weights(step)
         state = {"step": step, "micro_batch_global": self.cfg.batch_size * self.world, "num_processes": self.world,
                  "config": self.cfg.to_dict()}
-        ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.cfg.checkpoints_keep)
+        states = {"lr_scheduler": self.lr_scheduler.state_dict(), **({"ema": self.ema.state_dict()} if self.ema else {})}
+        ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.cfg.checkpoints_keep,
+                             states=states)
+
+    def _check_finite_weights(self, step: int) -> None:
+        """Stop before NaN / inf weights are saved (a checkpoint or the result)."""
+        tensors = [*self.trainable, *(self.ema.shadow if self.ema is not None else [])]
+        bad = next((i for i, q in enumerate(tensors) if not torch.isfinite(q.detach()).all()), None)
+        if bad is not None:
+            self._stop_diverged(step, {"weights": float("nan")})
+
+    def _stop_diverged(self, step: int, terms: dict[str, float]) -> None:
+        found = ckpt.list_checkpoints(self.out / "checkpoints")
+        last = f"the last good checkpoint is {found[-1][1]} (resume it with a lower --lr)" if found else \
+            "no checkpoint was written yet"
+        shown = ", ".join(f"{k} {v}" for k, v in terms.items() if not np.isfinite(v))
+        raise NonFiniteLossError(f"distill stopped at step {step}: non-finite values ({shown}); the run diverged "
+                                 f"(learning rate too high?). Nothing was saved as the result; {last}")
 
     # ------------------------------------------------------------------------------ outputs
 
@@ -436,6 +486,7 @@ class Trainer:
             self.stochastic.remove()
         if cfg.gradient_checkpointing and hasattr(student, "disable_gradient_checkpointing"):
             student.disable_gradient_checkpointing()
+        self._check_finite_weights(cfg.max_steps)
         if self.ema is not None:
             self.ema.copy_to(self.trainable)
         student.eval().requires_grad_(False)
@@ -513,6 +564,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _source_path(name: str | None) -> Path | None:
+    """The directory a --teacher / --student / --pipeline name reads (None for built-ins)."""
+    if name is None:
+        return None
+    from slimdiff.unet.io import resolve_source
+
+    try:
+        return resolve_source(name)[1]
+    except (ValueError, FileNotFoundError):
+        return Path(name)  # load_parts reports it
 
 
 def _make_accelerator(cfg: DistillConfig):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import check_disjoint, read_json, remove_stale_temps, temp_prefix, write_json
 
 from .builtins import BUILTIN_CONFIGS, build_builtin
 from .export import slim_to_diffusers_names, to_diffusers
@@ -101,9 +101,14 @@ def load_pipeline(name_or_path: str | os.PathLike, unet: nn.Module | None = None
 
 
 def _write_dir(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file)."""
+    """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file).
+
+    What a killed earlier write left (`.<name>.tmp-*` beside `path`, temporaries inside it) is removed first.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         write(tmp)
         for src in sorted(tmp.rglob("*")):
@@ -138,12 +143,10 @@ def save_unet(model: nn.Module, path: str | os.PathLike, recipe: dict | None = N
     return kind
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    """Hard-link big files where the file system allows (no duplicate storage), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _copy(src: str, dst: str) -> str:
+    """Copy a file (contents only: the new file's mode follows the umask). Never a hard link: an
+    output must not share its inode with the teacher's (or the installed toy assets') files."""
+    shutil.copyfile(src, dst)
     return dst
 
 
@@ -151,9 +154,9 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
                             saved_unet: str | os.PathLike | None = None) -> Path:
     """Write a complete pipeline directory at `out`: `source`'s components with `unet` replaced.
 
-    The other components are reused (hard-linked or copied); model_index.json names the unet
+    The other components are copied (not hard-linked); model_index.json names the unet
     class that was saved (`["diffusers", "UNet2DConditionModel"]` or slimdiff's). `saved_unet`:
-    a directory where `save_unet(unet, ...)` already wrote it, linked instead of saving again.
+    a directory where `save_unet(unet, ...)` already wrote it, copied instead of saving again.
     """
     kind, src = resolve_source(source)
     if kind != "pipeline":
@@ -165,11 +168,11 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
             if entry.name in ("unet", "model_index.json") or entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+                shutil.copytree(entry, tmp / entry.name, copy_function=_copy)
             else:
-                _link_or_copy(str(entry), str(tmp / entry.name))
+                _copy(str(entry), str(tmp / entry.name))
         if saved_unet is not None:
-            shutil.copytree(saved_unet, tmp / "unet", copy_function=_link_or_copy,
+            shutil.copytree(saved_unet, tmp / "unet", copy_function=_copy,
                             ignore=lambda d, names: [n for n in names if n in ("recipe.json", "pipeline")
                                                      or n.startswith(".")])
             cls_name = read_json(tmp / "unet" / "config.json")["_class_name"]
@@ -195,8 +198,44 @@ def save_student(student: nn.Module, out: str | os.PathLike, source: str | os.Pa
     recipe = {"teacher": str(source), **recipe, "slimdiff_version": __version__}
     if "inheritance" not in recipe and hasattr(student, "inheritance"):
         recipe["inheritance"] = dict(student.inheritance)
-    kind = save_unet(student, out, recipe=recipe)
-    written = {"unet": str(out), "unet_class": kind, "recipe": str(out / "recipe.json")}
-    if resolve_source(source)[0] == "pipeline":
+    kind, src = resolve_source(source)
+    check_disjoint(out, {"teacher": src})
+    check_same_model(out, recipe)
+    unet_kind = save_unet(student, out, recipe=recipe)
+    written = {"unet": str(out), "unet_class": unet_kind, "recipe": str(out / "recipe.json")}
+    if kind == "pipeline":
         written["pipeline"] = str(save_pipeline_with_unet(source, student, out / "pipeline", saved_unet=out))
     return written
+
+
+_VOLATILE = ("slimdiff_version", "inheritance", "unet_class")  # recipe keys that do not name the model
+
+
+def check_same_model(out: str | os.PathLike, recipe: dict) -> None:
+    """ValueError when `out` already holds a model other than the one `recipe` describes.
+
+    Rewriting the same student (same teacher and settings) is allowed, so a rerun after a kill
+    completes it; writing another model over an existing output is refused, since a kill midway
+    would leave `out/` and `out/pipeline/unet` holding different models.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return
+    old_path = out / "recipe.json"
+    if old_path.is_file():
+        try:
+            old = read_json(old_path)
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            from slimdiff.io import to_jsonable
+
+            new = to_jsonable(recipe)
+            differs = sorted(k for k in {*old, *new} - set(_VOLATILE) if old.get(k) != new.get(k))
+            if not differs:
+                return
+            shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differs[:3])
+            raise ValueError(f"{out} already holds another student ({shown}); choose another --out or delete it")
+    if (out / "config.json").is_file() or (out / "model_index.json").is_file():
+        raise ValueError(f"{out} already holds a model without a slimdiff recipe.json; choose another --out "
+                         f"or delete it")
