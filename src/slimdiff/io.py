@@ -32,9 +32,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~current_umask())  # as open() would create it (mkstemp: 0600)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # mkstemp (and safetensors) create 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,10 +49,19 @@ def temp_prefix(path: str | os.PathLike) -> str:
     return f".{Path(path).name}{TEMP_MARK}"
 
 
-def current_umask() -> int:
+def file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 minus the umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def apply_file_modes(directory: str | os.PathLike) -> None:
+    """Give every file under `directory` the umask's mode (writers such as safetensors use 0600)."""
+    mode = file_mode()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
 
 
 def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import apply_file_modes, read_json, write_json
 
 PREFIX = "checkpoint-"
 _DDP_PREFIX = "module."
@@ -259,6 +259,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict,
             for name, state in (states or {}).items():
                 save_state(tmp, name, state)
             write_json(tmp / "train_state.json", train_state)
+            apply_file_modes(tmp)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"could not write checkpoint {final} ({type(e).__name__}: {e}); its partial files were "

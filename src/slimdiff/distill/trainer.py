@@ -41,7 +41,7 @@ from slimdiff.distill.features import FeatureRecorder, check_shapes, default_fea
 from slimdiff.distill.loading import Parts, load_parts
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
-from slimdiff.io import atomic_write, check_disjoint, to_jsonable
+from slimdiff.io import apply_file_modes, atomic_write, check_disjoint, to_jsonable
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams
@@ -557,6 +557,7 @@ class Trainer:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         StableDiffusionPipeline(**comps).save_pretrained(tmp, safe_serialization=True)
+        apply_file_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

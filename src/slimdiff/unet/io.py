@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from slimdiff.io import check_disjoint, read_json, remove_stale_temps, temp_prefix, write_json
+from slimdiff.io import apply_file_modes, check_disjoint, read_json, remove_stale_temps, temp_prefix, write_json
 
 from .builtins import BUILTIN_CONFIGS, build_builtin
 from .export import slim_to_diffusers_names, to_diffusers
@@ -93,8 +93,22 @@ def load_pipeline(name_or_path: str | os.PathLike, unet: nn.Module | None = None
     if kind != "pipeline":
         raise ValueError(f"{name_or_path!r} is not a pipeline: pass `toy` or a directory with model_index.json")
     if unet is not None:
+        check_text_width(unet, path, name_or_path)
         return StableDiffusionPipeline.from_pretrained(path, unet=unet)
     return StableDiffusionPipeline.from_pretrained(path)
+
+
+def check_text_width(unet: nn.Module, pipeline_dir: Path, name: Any) -> None:
+    """ValueError when the U-Net's cross-attention reads text of another width than the
+    pipeline's text encoder gives (it would fail later, deep inside a matmul)."""
+    config = pipeline_dir / "text_encoder" / "config.json"
+    width = read_json(config).get("hidden_size") if config.is_file() else None
+    reads = sorted({m.to_k.in_features for m in unet.modules()
+                    if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")})
+    if width is not None and reads and reads != [width]:
+        raise ValueError(f"the U-Net's cross-attention reads text of width {reads[0] if len(reads) == 1 else reads}, "
+                         f"but the text encoder of {name} gives {width}: host it in a pipeline of its teacher "
+                         f"(--base)")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -111,6 +125,7 @@ def _write_dir(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         write(tmp)
+        apply_file_modes(tmp)
         for src in sorted(tmp.rglob("*")):
             if src.is_file():
                 dst = path / src.relative_to(tmp)
@@ -231,7 +246,9 @@ def check_same_model(out: str | os.PathLike, recipe: dict) -> None:
             from slimdiff.io import to_jsonable
 
             new = to_jsonable(recipe)
-            differs = sorted(k for k in {*old, *new} - set(_VOLATILE) if old.get(k) != new.get(k))
+            first = ("teacher", "preset", "edits", "search")  # how the student was made: shown first
+            differs = sorted((k for k in {*old, *new} - set(_VOLATILE) if old.get(k) != new.get(k)),
+                             key=lambda k: (first.index(k) if k in first else len(first), k))
             if not differs:
                 return
             shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differs[:3])
