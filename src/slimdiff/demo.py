@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import read_json, to_jsonable, write_json
 
 MODELS = ("teacher", "pruned", "distilled")
 
@@ -103,8 +103,16 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
 
     s = config.resolved()
     out = Path(config.out)
+    saved = out / "demo_config.json"  # a rerun resumes finished stages: only with the same settings
+    if saved.is_file():
+        old = read_json(saved)
+        differs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in to_jsonable(s).items()
+                   if k != "out" and old.get(k) != v]
+        if differs:
+            raise ValueError(f"{out} holds a demo run with other settings ({'; '.join(differs)}); its stages would "
+                             f"be reused: choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "demo_config.json", s)
+    write_json(saved, s)
     t_start = time.perf_counter()
 
     # 1. the teacher pipeline and its U-Net profile (per block: params, FLOPs, latency)

@@ -23,10 +23,17 @@ SUBCOMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the command and the value (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slimdiff import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="slimdiff",
         description="Make Stable-Diffusion-class U-Nets smaller and faster.",
     )

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from slimdiff.eval import metrics
 from slimdiff.eval.images import image_files, resize, to_pil, to_tensor
 from slimdiff.eval.inception import load_inception, resolve_weights
+from slimdiff.eval.prompts import check_prompts
 
 # scheduler name -> diffusers class; built with `.from_config(pipe.scheduler.config)`
 SCHEDULERS = {
@@ -138,6 +139,7 @@ def iter_generate(
     """Yield `(start, prompts, images)` per batch; image `start + j` is seeded with `seed + start + j`."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    check_prompts(getattr(pipe, "tokenizer", None), prompts)  # not UTF-8: refused; unknown words: warned
     own_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
     bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
@@ -249,7 +251,11 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
