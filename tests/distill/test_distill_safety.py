@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from slimdiff.distill import DistillConfig, distill
 from slimdiff.distill import checkpoint as ckpt
 from slimdiff.distill import trainer as trainer_mod
-from slimdiff.distill.trainer import JsonlLog, NonFiniteLossError, Trainer
+from slimdiff.distill.checkpoint import JsonlLog
+from slimdiff.distill.trainer import NonFiniteLossError, Trainer
 
 
 class Payload:

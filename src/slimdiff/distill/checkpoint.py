@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimdiff.io import apply_file_modes, read_json, write_json
+from slimdiff.io import apply_file_modes, atomic_write, read_json, to_jsonable, write_json
 
 PREFIX = "checkpoint-"
 _DDP_PREFIX = "module."
@@ -277,3 +277,42 @@ def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict,
     remove_junk(root)
     accelerator.wait_for_everyone()
     return final
+
+
+# ---------------------------------------------------------------------------------- the step log
+
+
+class JsonlLog:
+    """The per-step log: one JSON object a line, flushed every step; truncated on resume.
+
+    On resume a partial last line (a kill mid-write) is dropped; a damaged line before it is an
+    error naming the file and line. Records are strict JSON (no NaN / Infinity).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            atomic_write(path, "")
+        else:  # keep the steps the checkpoint covers; a killed run may have logged past it
+            kept = []
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if n == len(lines):
+                        break  # the partial last line of a killed run
+                    raise ValueError(f"{path}:{n} is not valid JSON; the log is damaged (delete the line to resume)")
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+            atomic_write(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+                f.flush()

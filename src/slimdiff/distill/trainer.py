@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -35,13 +34,14 @@ from torch.utils.data import DataLoader, Sampler
 from slimdiff.data import build_dataset, collate_items
 from slimdiff.data.cache import BatchEncoder, CachedDataset, EncodingCache, sample_latents
 from slimdiff.distill import checkpoint as ckpt
+from slimdiff.distill.checkpoint import JsonlLog
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.ema import EMA
 from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
 from slimdiff.distill.loading import Parts, load_parts
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
-from slimdiff.io import apply_file_modes, atomic_write, check_disjoint, to_jsonable
+from slimdiff.io import apply_file_modes, check_disjoint
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams
@@ -114,42 +114,6 @@ class GlobalBatchSampler(Sampler):
 
 class NonFiniteLossError(ValueError):
     """The loss (or the weights) became NaN or infinite: the run diverged and is stopped."""
-
-
-class JsonlLog:
-    """The per-step log: one JSON object a line, flushed every step; truncated on resume.
-
-    On resume a partial last line (a kill mid-write) is dropped; a damaged line before it is an
-    error naming the file and line. Records are strict JSON (no NaN / Infinity).
-    """
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        if resume_step is None:
-            atomic_write(path, "")
-        else:  # keep the steps the checkpoint covers; a killed run may have logged past it
-            kept = []
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if n == len(lines):
-                        break  # the partial last line of a killed run
-                    raise ValueError(f"{path}:{n} is not valid JSON; the log is damaged (delete the line to resume)")
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
-            atomic_write(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
-                f.flush()
 
 
 class Trainer:
