@@ -124,8 +124,8 @@ def checkpoint_problems(path: str | Path) -> list[str]:
         read_train_state(path)
     except (OSError, ValueError) as e:
         problems.append(str(e))
-    if not (path / "model.safetensors").is_file():
-        problems.append(f"{path / 'model.safetensors'} is missing")
+    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model")) for p in path.iterdir()):
+        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP writes pytorch_model_fsdp_*)
     for f in sorted(path.iterdir()) if path.is_dir() else []:
         if re.fullmatch(r"custom_checkpoint_\d+\.pkl", f.name):
             problems.append(f"{f} is pickled state, which could run code when loaded: not loaded (written by "
