@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import read_json, to_jsonable, write_json
 
 MODELS = ("teacher", "pruned", "distilled")
 # the report's quality columns (slimdiff.eval.toy): continuous first, then the saturating ones
@@ -110,14 +110,15 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
 
     s = config.resolved()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "demo_config.json"
-    if saved.is_file():  # a rerun resumes only the same demo: other settings would mix results
+    saved = out / "demo_config.json"  # a rerun resumes finished stages: only with the same settings
+    if saved.is_file():
         old = read_json(saved)
-        differ = {k: (old.get(k), v) for k, v in s.items() if k in _eval_key(s) and old.get(k) != v}
-        if differ:
-            raise ValueError(f"{out} holds a demo with other settings {differ} (saved, new): "
-                             f"use another --out or delete it")
+        differs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in to_jsonable(s).items()
+                   if k != "out" and old.get(k) != v]
+        if differs:
+            raise ValueError(f"{out} holds a demo run with other settings ({'; '.join(differs)}); its stages would "
+                             f"be reused: choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
     write_json(saved, s)
     t_start = time.perf_counter()
 

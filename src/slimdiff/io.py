@@ -2,6 +2,8 @@
 
 Every file slimdiff writes goes through `atomic_write` (write to a temporary name in the same
 directory, fsync, then `os.replace`), so a killed job never leaves a half-written file.
+Temporary names are `.<name>.tmp-<random>`, so `remove_stale_temps` can clear what a killed job
+left behind; written files get the usual mode (0666 minus the umask), not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,15 +29,77 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # mkstemp (and safetensors) create 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+TEMP_MARK = ".tmp-"  # temporary names: .<name>.tmp-<random>[suffix]
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The prefix of `path`'s temporary names (files and directories) in its parent directory."""
+    return f".{Path(path).name}{TEMP_MARK}"
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def apply_file_modes(directory: str | os.PathLike) -> None:
+    """Give every file under `directory` the umask's mode (writers such as safetensors use 0600)."""
+    mode = file_mode()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporaries (`.<name>.tmp-*`, files or folders) a killed job left in `directory`.
+
+    `name`: only those of this target name; None: all. Returns what was removed. Call it before
+    writing, not while another job writes into the same directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = f".{name}{TEMP_MARK}*" if name is not None else f".*{TEMP_MARK}*"
+    removed = []
+    for stale in directory.glob(pattern):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
+def check_disjoint(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], flag: str = "--out") -> None:
+    """ValueError when the output directory `out` is, contains or lies inside one of `inputs`.
+
+    `inputs`: what each input is called (e.g. "--student") -> its path; None and names that are
+    not existing paths (built-ins such as `toy`, globs) are skipped. Writing there would
+    overwrite or mix with the input (e.g. `distill --out` equal to `--student`).
+    """
+    target = Path(out).expanduser().resolve()
+    for what, source in inputs.items():
+        if source is None or not Path(source).expanduser().exists():
+            continue
+        src = Path(source).expanduser().resolve()
+        if target == src or src in target.parents or target in src.parents:
+            relation = "is" if target == src else "lies inside" if src in target.parents else "contains"
+            raise ValueError(f"{flag} {out} {relation} the {what} {source}: writing there would overwrite or "
+                             f"mix with the input; choose another {flag}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -49,7 +115,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths, tuples and numpy/torch scalars -> plain JSON types."""
+    """Dataclasses, paths, tuples and numpy/torch scalars -> plain JSON types.
+
+    Non-finite floats (NaN, inf) become None: JSON has no literal for them, and json.dumps
+    would write `NaN`, which no strict JSON reader accepts."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
@@ -59,18 +128,23 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Atomically write `obj` (dataclasses allowed) as pretty JSON."""
-    return atomic_write(path, json.dumps(to_jsonable(obj), indent=indent, sort_keys=False) + "\n")
+    return atomic_write(path, json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"JSON file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a damaged or truncated file
+        raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged") from None

@@ -161,3 +161,43 @@ def test_cache_stores_encodings_and_skips_both_encoders(tmp_path):
     # the latent is sampled from the cached distribution: mean + std * eps, scaled
     z = sample_latents(m1, torch.ones(3, 1, 4, 4), scaling_factor=0.5)
     assert torch.allclose(z, (m1[:, :1] + 1.0) * 0.5)
+
+
+def noise_png(seed: int, size=(64, 64)) -> bytes:
+    """A noisy PNG (a truncated copy of it is detectably short of pixel data)."""
+    buf = io.BytesIO()
+    Image.effect_noise(size, 60 + seed).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# damaged files are named: a corrupt image (imagefolder, webdataset) and a truncated shard
+
+
+def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path):
+    good, bad = noise_png(1), noise_png(2)
+    (tmp_path / "a.png").write_bytes(good)
+    (tmp_path / "b.png").write_bytes(bad[: len(bad) // 3])  # truncated
+    (tmp_path / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": n, "text": "x"}) + "\n" for n in ("a.png", "b.png")))
+    ds = build_dataset(str(tmp_path), resolution=16)
+    assert ds[0]["pixel_values"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match=r"data item 1: .*b\.png is not a readable image"):
+        ds[1]
+
+
+def test_a_truncated_shard_is_reported_and_a_corrupt_sample_named(tmp_path):
+    samples = {f"{i:03d}": {"png": noise_png(i), "txt": b"a red circle"} for i in range(3)}
+    shard = tmp_path / "s-000.tar"
+    write_tar(shard, samples)
+    with tarfile.open(shard) as tar:
+        start = tar.getmember("002.png").offset_data
+    whole = shard.read_bytes()
+    for cut, message in ((start + 1000, "damaged or truncated"), (start - 512, "truncated: no end-of-archive")):
+        shard.write_bytes(whole[:cut])  # a copy cut inside 002.png, or at its header (reads as 2 samples)
+        with pytest.raises(ValueError, match=rf"s-000\.tar is {message}"):
+            build_dataset(str(shard), resolution=16)
+    samples["001"]["png"] = b"not an image"
+    write_tar(shard, samples)
+    ds = build_dataset(str(shard), resolution=16)
+    with pytest.raises(ValueError, match=r"data item 1: sample '001' of .*s-000\.tar is not a readable image"):
+        ds[1]

@@ -101,9 +101,10 @@ def test_bad_input_stops_before_training(make_config, tiny_pipe, tmp_path):
         (dict(feat_map={"down.0": "down.7"}), ValueError, "'down.7' does not exist"),
         (dict(feat_map={"down.0": "up.3"}), ValueError, r"down.0 \(1, 8, 4, 4\) vs teacher up.3"),
         (dict(freeze=["up.9"]), ValueError, "--freeze 'up.9'"),
-        (dict(data=str(tmp_path)), ValueError, "has no captions"),
+        (dict(data=str(tmp_path / "data")), ValueError, "has no captions"),
         (dict(lambda_perc=1.0, perceptual_net="vgg16"), ValueError, "--perceptual-weights"),
     ]
+    (tmp_path / "data").mkdir()
     mismatch = tmp_path / "wide"
     UNet2DConditionModel(**{**tiny_unet_config(), "cross_attention_dim": 24}).save_pretrained(mismatch)
     cases.append((dict(student=str(mismatch)), ValueError, "cross_attention_dim: teacher \\[16\\], student \\[24\\]"))

@@ -129,13 +129,13 @@ def test_evaluate_real_model_metrics_stream(tiny_pipe, tmp_path, inception_file,
     ref.mkdir()
     for i in range(3):
         Image.new("RGB", (24, 24), (40 * i, 100, 200)).save(ref / f"{i}.png")
-    kwargs = dict(toy=False, prompts=PROMPTS, num_images=3, batch_size=2, seed=0, inception_weights=inception_file,
+    kwargs = dict(toy=False, prompts=PROMPTS * 4, num_images=10, batch_size=5, seed=0, inception_weights=inception_file,
                   ref_images=ref, clip_dir=tiny_clip_dir, fid_dims=64, **FAST)
     first = runner.evaluate(tiny_pipe, grid=tmp_path / "grid.png", images_dir=tmp_path / "images", **kwargs)
     assert {"fid", "is", "is_std", "clip_score"} <= set(first) and "alignment" not in first
     assert first["fid"] > 0 and first["is"] >= 1 - 1e-5 and -1 <= first["clip_score"] <= 1
     assert first["settings"]["world"] == "prompts" and first["settings"]["guidance"] == 7.5
-    assert len(list((tmp_path / "images").glob("*.png"))) == 3 and (tmp_path / "grid.png").is_file()
+    assert len(list((tmp_path / "images").glob("*.png"))) == 10 and (tmp_path / "grid.png").is_file()
     second = runner.evaluate(tiny_pipe, **kwargs)
     assert {k: first[k] for k in ("fid", "is", "clip_score")} == {k: second[k] for k in ("fid", "is", "clip_score")}
     assert [r["metric"] for r in runner.summary_rows(first)] == ["fid", "is", "clip_score"]

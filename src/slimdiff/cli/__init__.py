@@ -27,10 +27,17 @@ SUBCOMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the command and the value (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slimdiff import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="slimdiff",
         description="Make Stable-Diffusion-class U-Nets smaller and faster.",
     )
@@ -55,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Library errors name the offending value; print them without a traceback.
+    except (ValueError, OSError, KeyError) as e:
+        # Library errors name the offending value (OSError: the file and why, e.g. a full disk);
+        # print them without a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"slimdiff {args.command}: error: {msg}", file=sys.stderr)
         return 2

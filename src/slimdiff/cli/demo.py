@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 def add_parser(subparsers) -> None:
     from slimdiff.unet.presets import PRESETS
@@ -18,15 +20,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="toy", help="teacher pipeline: toy (default) or a local pipeline directory")
     p.add_argument("--preset", default="bk-small", choices=list(PRESETS), help="pruning preset (default: bk-small)")
     p.add_argument("--quick", action="store_true", help="a ~3-minute version: fewer steps and images")
-    p.add_argument("--distill-steps", type=int, default=None, help="optimiser steps (default 600; quick 100)")
-    p.add_argument("--batch-size", type=int, default=64, help="distillation batch (default 64)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--distill-steps", type=positive_int, default=None, help="optimiser steps (default 600; quick 100)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="distillation batch (default 64)")
+    p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--feat-loss", choices=["plain", "normalized"], default="normalized",
                    help="feature KD: BK-SDM plain or LAPTOP-Diff normalized (default)")
-    p.add_argument("--num-images", type=int, default=None, help="test prompts per model (default 256; quick 32)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the toy pipeline's)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the toy pipeline's)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, noise and evaluation (default 0)")
+    p.add_argument("--num-images", type=positive_int, default=None, help="test prompts per model (default 256; quick 32)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the toy pipeline's)")
+    p.add_argument("--guidance", type=nonnegative_float, default=None, help="CFG scale (default: the toy pipeline's)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data, noise and evaluation (default 0)")
     p.set_defaults(func=run)
 
 

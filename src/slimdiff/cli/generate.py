@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_int
+
 SCHEDULER_NAMES = ("ddim", "dpm", "pndm", "euler", "ddpm")  # = slimdiff.eval.runner.SCHEDULERS
 
 
@@ -16,17 +18,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="'toy', a diffusers pipeline directory, or a prune/distill output directory")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (quote each)")
     p.add_argument("--prompts-file", help="more prompts, one per line")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model recipe's, else 20 on the toy "
-                                              "world, else 25)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model recipe's, "
-                                                  "else 5.0 on the toy world, else 7.5)")
+    p.add_argument("--steps", type=positive_int, help="denoising steps (default: the model recipe's, else 20 on the "
+                                                       "toy world, else 25)")
+    p.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale (default: the model "
+                                                              "recipe's, else 5.0 on the toy world, else 7.5)")
     p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
                                                         "deepcache-lib:N, tome:R (needs slimdiff[peers])")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="image i uses seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default: 8)")
-    p.add_argument("--height", type=int, help="image height in pixels (default: the pipeline's)")
-    p.add_argument("--width", type=int, help="image width in pixels (default: the pipeline's)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per pipeline call (default: 8)")
+    p.add_argument("--height", type=positive_int, help="image height in pixels (default: the pipeline's)")
+    p.add_argument("--width", type=positive_int, help="image width in pixels (default: the pipeline's)")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
     p.add_argument("--vae", metavar="DIR", help="decode with this VAE (a prune-vae / distill-vae output)")

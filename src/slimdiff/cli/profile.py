@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.checks import nonnegative_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,25 +21,25 @@ def add_parser(subparsers) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL", help="sd15-arch, sd21-arch, toy, a pipeline or UNet directory")
-    p.add_argument("--resolution", type=int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--resolution", type=positive_int, default=512, help="image side in pixels (default 512)")
     p.add_argument(
         "--latent-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="latent side; default resolution // VAE factor (the pipeline's VAE when MODEL has one, else 8)",
     )
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="images per forward (default 1)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported (default 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed calls before timing (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed calls; the median is reported (default 3)")
     p.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall",
         help="wall: elapsed time (default); cpu: process CPU time, needs --threads 1: on a shared machine "
         "it leaves out the time other jobs hold the core",
     )
-    p.add_argument("--context-length", type=int, default=77, help="text tokens (default 77)")
+    p.add_argument("--context-length", type=positive_int, default=77, help="text tokens (default 77)")
     p.add_argument("--no-latency", action="store_true", help="parameters and FLOPs only (one forward)")
     p.add_argument("--by", choices=["block", "unit"], default="block", help="table and plot rows")
     p.add_argument("--json", metavar="FILE", help="write every number and the settings as JSON")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.checks import nonnegative_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("toy", help="the embedded toy world: train its pipeline and judge, render scenes (evaluate: `slimdiff evaluate toy`)")
@@ -18,17 +20,17 @@ def add_parser(subparsers) -> None:
     t = sub.add_parser("train", help="train the toy pipeline (vae, unet + text encoder) and the judge")
     t.add_argument("--out", required=True, help="run directory (checkpoints, logs, pipeline/, judge/)")
     t.add_argument("--stage", default="all", choices=["vae", "unet", "judge", "all"])
-    t.add_argument("--steps", type=int, default=None, help="U-Net training steps (default: the recipe's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=positive_int, default=None, help="U-Net training steps (default: the recipe's)")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    t.add_argument("--threads", type=int, default=None,
+    t.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: the recipe's; 1 is fastest when other jobs share the cores)")
     t.set_defaults(func=run_train)
 
     r = sub.add_parser("render", help="render scenes of a split with their captions")
     r.add_argument("--split", default="test")
-    r.add_argument("-n", type=int, default=16)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-n", type=positive_int, default=16)
+    r.add_argument("--seed", type=nonnegative_int, default=0)
     r.add_argument("--out", required=True, help="PNG grid to write; captions are printed")
     r.set_defaults(func=run_render)
 

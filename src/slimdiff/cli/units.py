@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.checks import positive_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,8 +19,8 @@ def add_parser(subparsers) -> None:
         "latent size for a --resolution image (512px -> 64x64 latent at level 0, 32x32 at level 1, ...).",
     )
     p.add_argument("model", metavar="MODEL", help="sd15-arch, sd21-arch, toy, a pipeline or UNet directory")
-    p.add_argument("--resolution", type=int, default=512, help="image side in pixels (default 512)")
-    p.add_argument("--vae-factor", type=int, default=8, help="image pixels per latent pixel (SD: 8)")
+    p.add_argument("--resolution", type=positive_int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--vae-factor", type=positive_int, default=8, help="image pixels per latent pixel (SD: 8)")
     p.add_argument("--json", metavar="FILE", help="also write the listing as JSON")
     p.set_defaults(func=run)
 

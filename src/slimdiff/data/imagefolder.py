@@ -83,6 +83,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         path, caption = self.items[i]
-        with Image.open(path) as image:
-            pixels = image_to_tensor(image, self.resolution)
+        try:
+            with Image.open(path) as image:
+                pixels = image_to_tensor(image, self.resolution)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt data
+            raise ValueError(f"data item {i}: {path} is not a readable image ({type(e).__name__}: {e}); "
+                             f"replace or remove it (a distill run resumes from its last checkpoint)") from None
         return {"index": i, "pixel_values": pixels, "caption": caption}

@@ -62,11 +62,25 @@ def split_key(member_name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
+def _has_end_marker(shard: Path, members: list[tarfile.TarInfo], size: int) -> bool:
+    """A whole tar ends with two zero 512-byte blocks after its last member; a copy cut at a
+    member boundary reads as a shorter archive without error, so this is how it is detected."""
+    end = 0
+    if members:
+        last = members[-1]
+        end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    with open(shard, "rb") as f:
+        f.seek(end)
+        tail = f.read(2 * tarfile.BLOCKSIZE)
+    return len(tail) == 2 * tarfile.BLOCKSIZE and not any(tail)
+
+
 class WebDatasetShards(Dataset):
     def __init__(self, source: str, resolution: int, caption_column: str = "text"):
         self.shards = expand_shards(source)
         self.resolution = resolution
         self.items: list[tuple[int, int, int, str]] = []  # (shard index, data offset, size, caption)
+        self.keys: list[str] = []  # sample keys, for error messages
         digest = hashlib.sha1()
         for s, shard in enumerate(self.shards):
             try:
@@ -75,7 +89,19 @@ class WebDatasetShards(Dataset):
                 raise ValueError(f"{shard} is not an uncompressed tar shard ({e})") from None
             with tar:
                 samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in tar.getmembers():
+                try:
+                    members = tar.getmembers()
+                except (tarfile.TarError, EOFError, OSError) as e:
+                    raise ValueError(f"{shard} is damaged or truncated ({e})") from None
+                size = shard.stat().st_size
+                if not _has_end_marker(shard, members, size):
+                    raise ValueError(f"{shard} is truncated: no end-of-archive marker after its last member "
+                                     f"{members[-1].name if members else None!r}; samples after it would be lost")
+                for member in members:
+                    if member.isfile() and member.offset_data + member.size > size:
+                        raise ValueError(f"{shard} is truncated: member {member.name!r} needs bytes up to "
+                                         f"{member.offset_data + member.size}, the file has {size}; "
+                                         f"its samples would be lost")
                     if member.isfile():
                         key, ext = split_key(member.name)
                         samples.setdefault(key, {})[ext] = member
@@ -86,6 +112,7 @@ class WebDatasetShards(Dataset):
                                          f"it has {sorted(parts)}")
                     caption = self._caption(tar, shard, key, parts, caption_column)
                     self.items.append((s, image.offset_data, image.size, caption))
+                    self.keys.append(key)
                     digest.update(f"{shard.name}|{key}|{image.size}|{caption}\n".encode())
         if not self.items:
             raise ValueError(f"webdataset {source!r} holds no samples")
@@ -122,8 +149,12 @@ class WebDatasetShards(Dataset):
         shard, offset, size, caption = self.items[i]
         f = self._file(shard)
         f.seek(offset)
-        with Image.open(io.BytesIO(f.read(size))) as image:
-            pixels = image_to_tensor(image, self.resolution)
+        try:
+            with Image.open(io.BytesIO(f.read(size))) as image:
+                pixels = image_to_tensor(image, self.resolution)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt data
+            raise ValueError(f"data item {i}: sample {self.keys[i]!r} of {self.shards[shard]} is not a readable "
+                             f"image ({type(e).__name__}: {e})") from None
         return {"index": i, "pixel_values": pixels, "caption": caption}
 
     def __getstate__(self):  # open files are not picklable (DataLoader workers, spawn)

@@ -2,30 +2,43 @@
 
     out/checkpoints/checkpoint-<step>/
         model.safetensors        student weights (unwrapped names: loads with 1 or N processes)
-        optimizer.bin            AdamW state (trainable parameters only)
-        custom_checkpoint_0.pkl  LR schedule; custom_checkpoint_1.pkl: EMA (when on)
-        random_states_<rank>.pkl RNG states of each process
+        optimizer.bin            AdamW state (trainable parameters only; loaded with weights_only=True)
+        lr_scheduler.json        LR schedule state
+        ema.safetensors/.json    EMA shadow weights and counters (when on)
+        random_states_<rank>.pkl RNG states of each process (accelerate's; weights_only=True)
         train_state.json         step, global batch, processes and the DistillConfig
 
+No state is pickled by slimdiff: accelerate's `register_for_checkpointing` would write
+`custom_checkpoint_<i>.pkl` and read it back with `weights_only=False`, which runs any code a
+crafted file holds; a checkpoint with such a file is refused unread.
 Written into `.tmp-checkpoint-<step>` and renamed when complete, so a directory named
-`checkpoint-<step>` is always whole; a kill mid-save leaves only a temp dir, removed next save.
-The data position needs no state of its own: batches, noise, timesteps and dropped units are
-pure functions of (seed, step) (see trainer), so the step is the data position.
+`checkpoint-<step>` is always whole; a failed save (e.g. a full disk) removes its temp dir, and
+temp dirs or incomplete `checkpoint-*` dirs a kill left behind are removed at the next save.
+`--resume latest` takes the newest checkpoint that passes `checkpoint_problems` (damaged ones
+are skipped with a warning naming them). The data position needs no state of its own: batches,
+noise, timesteps and dropped units are pure functions of (seed, step) (see trainer).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import struct
+import warnings
+import zipfile
 from pathlib import Path
+from typing import Any
 
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import apply_file_modes, atomic_write, read_json, to_jsonable, write_json
 
 PREFIX = "checkpoint-"
 _DDP_PREFIX = "module."
+_TMP, _DELETE = f".tmp-{PREFIX}", f".tmp-delete-{PREFIX}"  # saving / being deleted
 
 
 def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
@@ -42,16 +55,35 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
 
 
 def resolve_resume(resume: str | None, out: str | Path) -> Path | None:
-    """The checkpoint dir to resume from: `latest` (None when the run has none yet) or a path."""
+    """The checkpoint dir to resume from: `latest` (None when the run has none yet) or a path.
+
+    `latest` skips damaged checkpoints (a warning names each) and takes the newest intact one;
+    ValueError when every checkpoint is damaged. A named checkpoint must be intact.
+    """
     if resume is None:
         return None
     if resume == "latest":
         found = list_checkpoints(Path(out) / "checkpoints")
-        return found[-1][1] if found else None
+        skipped = []
+        for _, path in reversed(found):
+            problems = checkpoint_problems(path)
+            if not problems:
+                if skipped:
+                    warnings.warn(f"--resume latest: skipped damaged checkpoint(s) {'; '.join(skipped)}; "
+                                  f"resuming from {path}", stacklevel=2)
+                return path
+            skipped.append(f"{path} ({problems[0]})")
+        if skipped:
+            raise ValueError(f"--resume latest: no intact checkpoint under {Path(out) / 'checkpoints'}: "
+                             + "; ".join(skipped))
+        return None
     path = Path(resume)
     if not (path / "train_state.json").is_file():
         raise FileNotFoundError(f"--resume {resume!r}: not a checkpoint directory (no train_state.json); "
                                 f"use 'latest' or an {Path(out) / 'checkpoints' / (PREFIX + 'N')} directory")
+    problems = checkpoint_problems(path)
+    if problems:
+        raise ValueError(f"--resume {resume}: the checkpoint is damaged: {'; '.join(problems)}")
     return path
 
 
@@ -85,6 +117,126 @@ def read_train_state(path: Path) -> dict:
     return read_json(path / "train_state.json")
 
 
+# ---------------------------------------------------------------------------------- integrity
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unreadable (bad header, truncated data), or None: reads the header only."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{path} is truncated (header of {n} bytes, file of {size})"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{path} is not a readable safetensors file ({type(e).__name__})"
+    if 8 + n + end > size:
+        return f"{path} is truncated ({size} bytes, its header needs {8 + n + end})"
+    return None
+
+
+def checkpoint_problems(path: str | Path) -> list[str]:
+    """What is missing or damaged in a checkpoint directory (empty when it looks intact).
+
+    Fast structural checks, no tensor is loaded: train_state.json parses; every .safetensors
+    header matches its size; every torch file (.bin, .pkl: zip archives) has its central
+    directory (a truncated one has not); no pickled `custom_checkpoint_*.pkl` (refused unread).
+    """
+    path = Path(path)
+    problems = []
+    try:
+        read_train_state(path)
+    except (OSError, ValueError) as e:
+        problems.append(str(e))
+    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model")) for p in path.iterdir()):
+        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP writes pytorch_model_fsdp_*)
+    for f in sorted(path.iterdir()) if path.is_dir() else []:
+        if re.fullmatch(r"custom_checkpoint_\d+\.pkl", f.name):
+            problems.append(f"{f} is pickled state, which could run code when loaded: not loaded (written by "
+                            f"slimdiff < 0.2 or by hand); delete it only if you trust it came from an older run")
+        elif f.suffix == ".safetensors":
+            problem = safetensors_problem(f)
+            if problem:
+                problems.append(problem)
+        elif f.suffix in (".bin", ".pkl") and not zipfile.is_zipfile(f):
+            problems.append(f"{f} is truncated or not a torch file")
+        elif f.suffix == ".json" and f.name != "train_state.json":
+            try:
+                read_json(f)
+            except ValueError as e:
+                problems.append(str(e))
+    return problems
+
+
+def remove_junk(root: str | Path) -> list[Path]:
+    """Delete what killed saves or rotations left under `root`: temp dirs and `checkpoint-N` dirs
+    without train_state.json (written last, so such a dir never was a whole checkpoint)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    junk = [p for p in root.iterdir() if p.is_dir() and (
+        p.name.startswith((_TMP, _DELETE)) or (re.fullmatch(rf"{PREFIX}\d+", p.name)
+                                               and not (p / "train_state.json").is_file()))]
+    for p in junk:
+        shutil.rmtree(p, ignore_errors=True)
+    return junk
+
+
+# ---------------------------------------------------------------------------------- state files
+
+
+def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """`obj` with every tensor replaced by {"__tensor__": name}, the tensors collected in `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {str(k): _split_tensors(v, tensors, f"{key}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"state entry {key} is a {type(obj).__name__}: only tensors and JSON values are saved")
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(directory: str | Path, name: str, state: dict) -> None:
+    """Write a state dict as `name.json` (+ `name.safetensors` for its tensors): nothing pickled."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(state, tensors, "state")
+    if tensors:
+        save_file(tensors, str(directory / f"{name}.safetensors"))
+    write_json(directory / f"{name}.json", skeleton)
+
+
+def load_state(directory: str | Path, name: str) -> dict:
+    """Read what `save_state` wrote; errors name the file."""
+    directory = Path(directory)
+    skeleton = read_json(directory / f"{name}.json")
+    tensors = {}
+    if (directory / f"{name}.safetensors").is_file():
+        try:
+            tensors = load_file(str(directory / f"{name}.safetensors"))
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{directory / (name + '.safetensors')} is damaged ({e})") from None
+    try:
+        return _join_tensors(skeleton, tensors)
+    except KeyError as e:
+        raise ValueError(f"{directory / (name + '.json')} names tensor {e} that {name}.safetensors lacks") from None
+
+
 def _strip(state: dict) -> dict:
     return {k[len(_DDP_PREFIX):] if k.startswith(_DDP_PREFIX) else k: v for k, v in state.items()}
 
@@ -113,36 +265,96 @@ def install_portable_model_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int) -> Path | None:
+def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None) -> Path | None:
     """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
-    none at the last step (the run's output follows), with the run's config and global batch."""
+    none at the last step (the run's output follows), with the run's config and global batch.
+
+    `states()`: name -> state dict saved beside it with `save_state` (LR schedule, EMA; no pickles);
+    `before_save()`: a check run first (e.g. that no weight is NaN)."""
     if not cfg.checkpoint_every or step % cfg.checkpoint_every or step >= cfg.max_steps:
         return None
+    if before_save is not None:
+        before_save()
     state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
              "config": cfg.to_dict()}
-    return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep)
+    return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep,
+                           states=states() if states is not None else None)
 
 
-def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int) -> Path | None:
-    """Every process calls this; returns the final dir on the main process."""
+def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int,
+                    states: dict[str, dict] | None = None) -> Path | None:
+    """Every process calls this; returns the final dir on the main process.
+
+    `states`: name -> state dict (tensors and JSON values) saved with `save_state`, e.g. the LR
+    schedule and the EMA. A save that fails (a full disk, ...) removes its partial directory and
+    raises OSError naming it; the earlier checkpoints are kept.
+    """
     root = Path(root)
-    tmp, final = root / f".tmp-{PREFIX}{step}", root / f"{PREFIX}{step}"
+    tmp, final = root / f"{_TMP}{step}", root / f"{PREFIX}{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_junk(root)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            for name, state in (states or {}).items():
+                save_state(tmp, name, state)
+            write_json(tmp / "train_state.json", train_state)
+            apply_file_modes(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"could not write checkpoint {final} ({type(e).__name__}: {e}); its partial files were "
+                      f"removed, the earlier checkpoints are kept (disk full?)") from e
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
-    write_json(tmp / "train_state.json", train_state)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, root / f"{_DELETE}{step}")
     os.replace(tmp, final)  # the checkpoint appears whole or not at all
     for _, old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(f".tmp-{PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        doomed = root / f"{_DELETE}{old.name[len(PREFIX):]}"
+        os.replace(old, doomed)  # renamed first: a kill mid-delete leaves a temp name, not a bad checkpoint
+    remove_junk(root)
     accelerator.wait_for_everyone()
     return final
+
+
+# ---------------------------------------------------------------------------------- the step log
+
+
+class JsonlLog:
+    """The per-step log: one JSON object a line, flushed every step; truncated on resume.
+
+    On resume a partial last line (a kill mid-write) is dropped; a damaged line before it is an
+    error naming the file and line. Records are strict JSON (no NaN / Infinity).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            atomic_write(path, "")
+        else:  # keep the steps the checkpoint covers; a killed run may have logged past it
+            kept = []
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if n == len(lines):
+                        break  # the partial last line of a killed run
+                    raise ValueError(f"{path}:{n} is not valid JSON; the log is damaged (delete the line to resume)")
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+            atomic_write(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+                f.flush()

@@ -8,6 +8,7 @@ Defaults follow BK-SDM (METHODS.md section 2) unless a comment says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -92,6 +93,12 @@ class DistillConfig:
             bad("data", "give 'toy', an image folder or webdataset .tar shard(s)")
         if not self.out:
             bad("out", "give an output directory")
+        for name in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc", "learning_rate",
+                     "adam_weight_decay", "adam_epsilon", "caption_dropout", "stochastic_depth"):
+            if not math.isfinite(getattr(self, name)):
+                bad(name, "a finite number")
+        if self.max_grad_norm is not None and not math.isfinite(self.max_grad_norm):
+            bad("max_grad_norm", "a finite positive number, or None for no clipping")
         for name in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc"):
             if getattr(self, name) < 0:
                 bad(name, "loss weights must be >= 0")

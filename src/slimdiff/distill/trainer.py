@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -35,13 +34,14 @@ from torch.utils.data import DataLoader, Sampler
 from slimdiff.data import build_dataset, collate_items
 from slimdiff.data.cache import BatchEncoder, CachedDataset, EncodingCache, sample_latents
 from slimdiff.distill import checkpoint as ckpt
+from slimdiff.distill.checkpoint import JsonlLog
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.ema import EMA
 from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
 from slimdiff.distill.loading import Parts, load_parts
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
-from slimdiff.io import atomic_write
+from slimdiff.io import apply_file_modes, check_disjoint
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DATA, _NOISE, _DEPTH = 0, 1, 2  # independent random streams
@@ -115,27 +115,8 @@ class GlobalBatchSampler(Sampler):
             yield rows[self.rank * self.b:(self.rank + 1) * self.b]
 
 
-class JsonlLog:
-    """The per-step log: one JSON object a line, flushed every step; truncated on resume."""
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        if resume_step is None:
-            atomic_write(path, "")
-        else:  # keep the steps the checkpoint covers; a killed run may have logged past it
-            kept = []
-            if path.is_file():
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            atomic_write(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+class NonFiniteLossError(ValueError):
+    """The loss (or the weights) became NaN or infinite: the run diverged and is stopped."""
 
 
 class _CallerState:
@@ -203,7 +184,13 @@ class Trainer:
         self.device = acc.device
         self.dtype = DTYPES[cfg.mixed_precision]
 
-        # 2. resume: find the checkpoint first, so a mismatched config fails before loading anything
+        # 2. outputs apart from the inputs; resume: find the checkpoint first, so a mismatched
+        # config fails before loading anything (junk of killed saves is removed first)
+        check_disjoint(self.out, {f"--{k}": _source_path(getattr(cfg, k)) for k in ("teacher", "student", "pipeline")}
+                       | {"--data": cfg.data if cfg.data != "toy" else None})
+        if acc.is_main_process:
+            ckpt.remove_junk(self.out / "checkpoints")
+        acc.wait_for_everyone()
         self.resume_dir, self.start_step = ckpt.resume_point(cfg, self.out, self.world)
 
         # 3. models and pipeline parts (checks: paths, teacher/student compatibility)
@@ -307,10 +294,17 @@ class Trainer:
                              "use DDP or drop --ema-decay")
         self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
         self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
-        acc.register_for_checkpointing(self.lr_scheduler, *([self.ema] if self.ema else []))
         ckpt.install_portable_model_hooks(acc)
-        if self.resume_dir is not None:
-            acc.load_state(str(self.resume_dir))
+        if self.resume_dir is not None:  # LR schedule and EMA: JSON + safetensors, never pickles
+            try:
+                acc.load_state(str(self.resume_dir))
+                self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
+                if self.ema is not None:
+                    self.ema.load_state_dict(ckpt.load_state(self.resume_dir, "ema"))
+            except (ValueError, FileNotFoundError):
+                raise
+            except Exception as e:  # torch / safetensors errors that name no file
+                raise ValueError(f"checkpoint {self.resume_dir} could not be loaded ({type(e).__name__}: {e})") from None
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -456,13 +450,33 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.trainable)
             record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
-                                 self.lr_scheduler.get_last_lr()[0], grad_norm, t0)
-            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world)
+                                 self.lr_scheduler.get_last_lr()[0], grad_norm, t0, on_nonfinite=self._stop_diverged)
+            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world, states=self._checkpoint_states,
+                            before_save=lambda: self._check_finite_weights(step + 1))
         elapsed = time.perf_counter() - t0
         bar.close()
         steps_done = cfg.max_steps - self.start_step
         steps_per_sec = steps_done / elapsed if elapsed > 0 else float("nan")
         return self._finish(record, steps_per_sec, log.path)
+
+    def _checkpoint_states(self) -> dict[str, dict]:
+        """What a checkpoint holds beside accelerate's model/optimizer state (JSON + safetensors)."""
+        return {"lr_scheduler": self.lr_scheduler.state_dict(), **({"ema": self.ema.state_dict()} if self.ema else {})}
+
+    def _check_finite_weights(self, step: int) -> None:
+        """Stop before NaN / inf weights are saved (a checkpoint or the result)."""
+        tensors = [*self.trainable, *(self.ema.shadow if self.ema is not None else [])]
+        bad = next((i for i, q in enumerate(tensors) if not torch.isfinite(q.detach()).all()), None)
+        if bad is not None:
+            self._stop_diverged(step, {"weights": float("nan")})
+
+    def _stop_diverged(self, step: int, terms: dict[str, float]) -> None:
+        found = ckpt.list_checkpoints(self.out / "checkpoints")
+        last = f"the last good checkpoint is {found[-1][1]} (resume it with a lower --lr)" if found else \
+            "no checkpoint was written yet"
+        shown = ", ".join(f"{k} {v}" for k, v in terms.items() if not np.isfinite(v))
+        raise NonFiniteLossError(f"distill stopped at step {step}: non-finite values ({shown}); the run diverged "
+                                 f"(learning rate too high?). Nothing was saved as the result; {last}")
 
     # ------------------------------------------------------------------------------ outputs
 
@@ -478,6 +492,7 @@ class Trainer:
             self.stochastic.remove()
         if cfg.gradient_checkpointing and hasattr(student, "disable_gradient_checkpointing"):
             student.disable_gradient_checkpointing()
+        self._check_finite_weights(cfg.max_steps)
         if self.ema is not None:
             self.ema.copy_to(self.trainable)
         student.eval().requires_grad_(False)
@@ -551,6 +566,7 @@ class Trainer:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         StableDiffusionPipeline(**comps).save_pretrained(tmp, safe_serialization=True)
+        apply_file_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -558,6 +574,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _source_path(name: str | None) -> Path | None:
+    """The directory a --teacher / --student / --pipeline name reads (None for built-ins)."""
+    if name is None:
+        return None
+    from slimdiff.unet.io import resolve_source
+
+    try:
+        return resolve_source(name)[1]
+    except (ValueError, FileNotFoundError):
+        return Path(name)  # load_parts reports it
 
 
 def _make_accelerator(cfg: DistillConfig):
@@ -601,11 +629,14 @@ def optimizer_step(acc, model, optimizer, trainable, step: int, grad_accum: int,
 
 
 def finish_step(acc, log: JsonlLog, bar, sums: dict[str, torch.Tensor], step: int, epoch: int, lr: float,
-                grad_norm, t0: float) -> dict:
+                grad_norm, t0: float, on_nonfinite=None) -> dict:
     """Log optimiser step `step` (every term, averaged over micro-steps and processes) and advance
-    the progress bar; returns the record."""
+    the progress bar; returns the record. `on_nonfinite(step, terms)` is called (and should raise)
+    before a NaN / inf term is logged."""
     keys = sorted(sums)
     values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
+    if on_nonfinite is not None and not all(np.isfinite(values)):
+        on_nonfinite(step, dict(zip(keys, values)))
     record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(keys, values))}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)

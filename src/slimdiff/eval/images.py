@@ -83,25 +83,65 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, size, size): shorter side resized to `size` (bicubic, antialiased), centre crop.
+
+    The field's FID preprocessing (METHODS.md section 7): 512px generations and reference images
+    of any aspect ratio both become `size` x `size` (256) before the Inception.
+    """
+    h, w = images.shape[-2:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        images = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        images = images[..., top : top + size, left : left + size].clamp(0, 1)
+    return images
+
+
 def image_batches(
-    images: ImagesLike | str | os.PathLike, batch_size: int, size: tuple[int, int] | None = None
+    images: ImagesLike | str | os.PathLike, batch_size: int, size: int | None = None
 ) -> Iterator[torch.Tensor]:
     """Float batches (B, 3, H, W) in [0, 1] of in-memory images or of a folder (streamed from disk).
 
-    A folder's images are resized (bicubic, no crop) to `size` (H, W), default the first
-    image's size, so any folder stacks; in-memory images are resized only when `size` is given.
+    `size`: every image is resized and centre-cropped to `size` x `size` (`resize_center_crop`).
+    None: images are used at their own size, and a folder whose images differ in size is refused
+    (ValueError naming two files and their sizes) rather than squashed to one of them.
+    A file that is not a readable image raises ValueError naming it.
     """
+    if size is not None and size < 1:
+        raise ValueError(f"image size must be >= 1 pixel, got {size}")
     if isinstance(images, (str, os.PathLike)):
         files = image_files(images)
+        first: tuple[Path, tuple[int, int]] | None = None
         for i in range(0, len(files), batch_size):
-            batch = [Image.open(f).convert("RGB") for f in files[i : i + batch_size]]
-            if size is None:
-                size = (batch[0].height, batch[0].width)
-            h, w = size
-            yield to_tensor([im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC) for im in batch])
+            batch = []
+            for f in files[i : i + batch_size]:
+                x = to_tensor([open_image(f)])  # (1, 3, H, W)
+                if size is not None:
+                    x = resize_center_crop(x, size)
+                elif first is None:
+                    first = (f, tuple(x.shape[-2:]))
+                elif tuple(x.shape[-2:]) != first[1]:
+                    raise ValueError(
+                        f"reference images differ in size: {first[0]} is {first[1][1]}x{first[1][0]}, {f} is "
+                        f"{x.shape[-1]}x{x.shape[-2]} (WxH); give a size (FID: fid_size / --fid-size) to resize "
+                        f"and centre-crop them all"
+                    )
+                batch.append(x)
+            yield torch.cat(batch)
         return
     x = to_tensor(images)
     if size is not None:
-        x = resize(x, size)
+        x = resize_center_crop(x, size)
     for i in range(0, x.shape[0], batch_size):
         yield x[i : i + batch_size]
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB PIL image, fully decoded; ValueError naming the file when it is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated data
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None

@@ -8,6 +8,8 @@ Weights are never downloaded: pass the local file `pt_inception-2015-12-05-67268
 shapes loads, e.g. torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`.
 
     net = load_inception("weights/pt_inception-2015-12-05-6726825d.pth")
+    # network parity: equal to torch-fidelity's FeatureExtractorInceptionV3 (torchmetrics' FID
+    # extractor) on the same weights; inputs are resized to 299 and scaled as pytorch-fid does
     feats = net(images)                  # (N, 2048) pool3 features, images (N, 3, H, W) in [0, 1]
     feats = net.pool(images, dims=768)   # (N, 768) an earlier layer (pytorch-fid's --dims)
     logits = net.logits(images)          # (N, 1008) unbiased logits, for the Inception Score
@@ -274,7 +276,13 @@ def resolve_weights(weights: str | os.PathLike) -> Path:
 def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """Build FIDInceptionV3 and load the local weights file; errors name the path and the file expected."""
     path = resolve_weights(weights)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or pickled code (refused by weights_only)
+        raise ValueError(f"{path} is not a readable FID Inception-v3 weights file ({FID_WEIGHTS_NAME}): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not an FID Inception-v3 state dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     net = FIDInceptionV3()

@@ -6,12 +6,16 @@ never downloaded: each real-model metric takes a local path and raises FileNotFo
 naming it and the file it expects.
 
     judge_fid(gen, ref, judge)                       # toy world: Fréchet distance on judge features
-    fid(gen, "coco_val_256/", inception_weights="pt_inception-2015-12-05-6726825d.pth")
+    fid(gen, "coco_val/", inception_weights="pt_inception-2015-12-05-6726825d.pth")   # at 256x256
     inception_score(gen, inception_weights=...)      # -> (mean, std) over splits
     clip_score(gen, prompts, clip_dir="clip-vit-large-patch14/")   # mean raw cosine
 
 For generation runs too large to hold in memory, the scorers accumulate batch by batch:
     scorer = FIDScorer(weights, ref_images="coco_val_256/"); scorer.update(batch); scorer.result()
+
+FID protocol (METHODS.md section 7): generated and reference images are both resized (shorter
+side, bicubic) and centre-cropped to `FID_SIZE` = 256 before the Inception, which resizes them
+to 299 itself. `size=None` keeps the images' own size and refuses reference sets of mixed sizes.
 
 Fréchet distance (Heusel et al. 2017, eq. 6), computed by torchmetrics' FrechetInceptionDistance:
     d^2 = ||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))
@@ -29,11 +33,12 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-from slimdiff.eval.images import ImagesLike, image_batches, to_tensor
+from slimdiff.eval.images import ImagesLike, image_batches, resize_center_crop, to_tensor
 from slimdiff.eval.inception import FIDInceptionV3, InceptionFeatures, InceptionLogits, load_inception
 
 DEFAULT_BATCH = 32  # images per feature-extractor forward
 IS_SPLITS = 10  # the field's Inception Score splits (Salimans et al. 2016)
+FID_SIZE = 256  # the field's FID resolution: 512px generations resized to 256 (METHODS.md section 7)
 
 
 class FeatureModule(nn.Module):
@@ -76,17 +81,24 @@ class FrechetScorer:
 
     key = "frechet_distance"
 
-    def __init__(self, feature_module: nn.Module):
+    def __init__(self, feature_module: nn.Module, size: int | None = None):
+        if size is not None and size < 1:
+            raise ValueError(f"size must be >= 1 pixel (or None: the images' own size), got {size}")
+        self.size = size  # every image is resized and centre-cropped to size x size first (None: as is)
         self.device = _module_device(feature_module)
         self.metric = FrechetInceptionDistance(feature=feature_module, normalize=True).to(self.device)
 
     @torch.no_grad()
     def add_reference(self, images: torch.Tensor) -> None:
-        self.metric.update(images.to(self.device), real=True)
+        self.metric.update(self._prepare(images), real=True)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
-        self.metric.update(images.to(self.device), real=False)
+        self.metric.update(self._prepare(images), real=False)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        return images if self.size is None else resize_center_crop(images, self.size)
 
     def value(self) -> float:
         counts = {"generated": int(self.metric.fake_features_num_samples),
@@ -106,21 +118,23 @@ def frechet_distance(
     ref_images: ImagesLike | str | os.PathLike,
     feature_module,
     batch_size: int = DEFAULT_BATCH,
+    size: int | None = None,
 ) -> float:
     """Fréchet distance between the feature distributions of two image sets (or folders).
 
     `feature_module`: an nn.Module mapping float images (N, 3, H, W) in [0, 1] to (N, D)
     features, or any object with a `features(images)` method (wrapped in FeatureModule).
-    Images are fed at their own size: resize beforehand if the extractor needs a fixed one.
+    `size`: both sets resized and centre-cropped to size x size first; None: fed at their own
+    size (a reference folder of mixed sizes is refused).
     """
-    ref_batches = image_batches(ref_images, batch_size)
+    ref_batches = image_batches(ref_images, batch_size, size=size)
     first = next(ref_batches)
     device = _module_device(feature_module)
     scorer = FrechetScorer(as_feature_module(feature_module, first[:2].to(device)))
     scorer.add_reference(first)
     for batch in ref_batches:
         scorer.add_reference(batch)
-    for batch in image_batches(gen_images, batch_size):
+    for batch in image_batches(gen_images, batch_size, size=size):
         scorer.update(batch)
     return scorer.value()
 
@@ -144,7 +158,9 @@ def judge_fid(
 class FIDScorer(FrechetScorer):
     """FID of generated batches against a reference set, with pytorch-fid's Inception-v3.
 
-    `ref_images`: a folder (streamed; resized to `ref_size` (H, W) when given) or images.
+    `ref_images`: a folder (streamed) or images. `size`: generated and reference images are
+    resized and centre-cropped to size x size (FID_SIZE = 256, the field's protocol); None: their
+    own size, and a reference folder of mixed sizes is refused.
     `dims`: the feature layer (2048 = pool3, the standard; 64 / 192 / 768 as pytorch-fid's --dims).
     """
 
@@ -154,20 +170,21 @@ class FIDScorer(FrechetScorer):
         self,
         inception: str | os.PathLike | FIDInceptionV3,
         ref_images: ImagesLike | str | os.PathLike,
-        ref_size: tuple[int, int] | None = None,
+        size: int | None = FID_SIZE,
         dims: int = 2048,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH,
     ):
         net = inception if isinstance(inception, FIDInceptionV3) else load_inception(inception, device=device)
-        super().__init__(InceptionFeatures(net, dims))
-        for batch in image_batches(ref_images, batch_size, size=ref_size):
+        super().__init__(InceptionFeatures(net, dims), size=size)
+        for batch in image_batches(ref_images, batch_size, size=size):
             self.add_reference(batch)
 
 
 class ISScorer:
     """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over splits.
 
+    Images are resized and centre-cropped to `size` (256, as FID; METHODS.md section 7).
     Uses the 1008 unbiased logits of the FID Inception (as torch-fidelity). torchmetrics keeps
     the logits of every image (4 KB each) and shuffles them before splitting; the shuffle is
     seeded by `seed`, so the score is reproducible.
@@ -179,14 +196,21 @@ class ISScorer:
         splits: int = IS_SPLITS,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        size: int | None = FID_SIZE,
     ):
+        if splits < 1:
+            raise ValueError(f"splits must be >= 1, got {splits}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be >= 1 pixel (or None: the images' own size), got {size}")
+        self.size = size  # images resized and centre-cropped to size x size first, as for FID
         net = inception if isinstance(inception, FIDInceptionV3) else load_inception(inception, device=device)
         self.device, self.splits, self.seed, self.count = _module_device(net), splits, seed, 0
         self.metric = InceptionScore(feature=InceptionLogits(net), splits=splits, normalize=False).to(self.device)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
-        self.metric.update(images.to(self.device))
+        images = images.to(self.device)
+        self.metric.update(images if self.size is None else resize_center_crop(images, self.size))
         self.count += images.shape[0]
 
     def value(self) -> tuple[float, float]:
@@ -209,14 +233,16 @@ def fid(
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device = "cpu",
     dims: int = 2048,
+    size: int | None = FID_SIZE,
 ) -> float:
     """FID with pytorch-fid's Inception-v3 loaded from a local file (images or folders).
 
+    `size`: both sets resized and centre-cropped to size x size first (256, the field's protocol).
     `dims`: the feature layer (2048 = pool3, the standard; 64 / 192 / 768 as pytorch-fid's --dims).
     Needs more than `dims` images per set for a full-rank covariance (the field uses 30K).
     """
     net = load_inception(inception_weights, device=device)
-    return frechet_distance(gen_images, ref_images, InceptionFeatures(net, dims), batch_size=batch_size)
+    return frechet_distance(gen_images, ref_images, InceptionFeatures(net, dims), batch_size=batch_size, size=size)
 
 
 def inception_score(

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from slimdiff.eval import metrics
 from slimdiff.eval.images import image_files, resize, to_pil, to_tensor
 from slimdiff.eval.inception import load_inception, resolve_weights
+from slimdiff.eval.prompts import check_prompts
 from slimdiff.eval.toy import reference_scores, toy_scores
 
 # scheduler name -> diffusers class; built with `.from_config(pipe.scheduler.config)`
@@ -154,6 +155,7 @@ def iter_generate(
     """Yield `(start, prompts, images)` per batch; image `start + j` is seeded with `seed + start + j`."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    check_prompts(getattr(pipe, "tokenizer", None), prompts)  # not UTF-8: refused; unknown words: warned
     own_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
     bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
@@ -266,7 +268,11 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +346,9 @@ def evaluate(
         raise ValueError("ref_images was given but not inception_weights: FID needs both")
     if inception_weights is not None:
         resolve_weights(inception_weights)
+        if num_images < metrics.IS_SPLITS:  # no silent change of the IS protocol's 10 splits
+            raise ValueError(f"the Inception Score needs num_images >= {metrics.IS_SPLITS} (its splits), "
+                             f"got {num_images}")
     if ref_images is not None:
         image_files(ref_images)
     if clip_dir is not None:
@@ -381,7 +390,7 @@ def evaluate(
         net = load_inception(inception_weights, device=metric_device)
         if ref_images is not None:
             scorers.append(metrics.FIDScorer(net, ref_images, dims=fid_dims))
-        scorers.append(metrics.ISScorer(net, splits=min(metrics.IS_SPLITS, num_images), seed=seed))
+        scorers.append(metrics.ISScorer(net, seed=seed))
     if clip_dir is not None:
         scorers.append(metrics.CLIPScorer(clip_dir, device=metric_device))
 

@@ -172,8 +172,9 @@ def pipeline_calibration(
     if images is not None:
         vae = pipe.vae
         px = unet_size * pipe.vae_scale_factor  # the pixel size the U-Net's latents decode to
-        if images.shape[-1] != px:
-            images = F.interpolate(images.float(), size=(px, px), mode="bilinear", align_corners=False)
+        if tuple(images.shape[-2:]) != (px, px):  # refused, not resized silently (STYLE habit 6)
+            raise ValueError(f"calibration images are {images.shape[-1]}x{images.shape[-2]}, the U-Net's latents "
+                             f"decode to {px}x{px}: resize them first")
         x0 = vae.encode(images.float() * 2 - 1).latent_dist.mean * vae.config.scaling_factor
     # 3. x_t with fixed noise at spread timesteps
     t = spread_timesteps(n, config.num_train_timesteps)
@@ -191,7 +192,13 @@ def toy_calibration(pipe, config: CalibrationConfig | None = None) -> Calibratio
     config = config or CalibrationConfig()
     scenes = world.sample_scenes(config.split, config.size, seed=config.seed)
     prompts = [world.caption(s) for s in scenes]
-    images = world.to_tensor(world.render_batch(scenes)) if config.use_images else None
+    images = None
+    if config.use_images:
+        images = world.to_tensor(world.render_batch(scenes))  # (N, 3, R, R) at the world's resolution
+        size = pipe.unet.config.sample_size
+        px = (size if isinstance(size, int) else size[0]) * pipe.vae_scale_factor
+        if images.shape[-1] != px:  # square renders: resized to the pipeline's image size, on purpose
+            images = F.interpolate(images.float(), size=(px, px), mode="bilinear", align_corners=False)
     return pipeline_calibration(pipe, prompts, config, images=images)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from slimdiff.io import read_json, write_json
+from slimdiff.io import apply_file_modes, check_disjoint, read_json, remove_stale_temps, temp_prefix, write_json
 
 from .builtins import BUILTIN_CONFIGS, build_builtin
 from .export import slim_to_diffusers_names, to_diffusers
@@ -93,19 +93,39 @@ def load_pipeline(name_or_path: str | os.PathLike, unet: nn.Module | None = None
     if kind != "pipeline":
         raise ValueError(f"{name_or_path!r} is not a pipeline: pass `toy` or a directory with model_index.json")
     if unet is not None:
+        check_text_width(unet, path, name_or_path)
         return StableDiffusionPipeline.from_pretrained(path, unet=unet)
     return StableDiffusionPipeline.from_pretrained(path)
+
+
+def check_text_width(unet: nn.Module, pipeline_dir: Path, name: Any) -> None:
+    """ValueError when the U-Net's cross-attention reads text of another width than the
+    pipeline's text encoder gives (it would fail later, deep inside a matmul)."""
+    config = pipeline_dir / "text_encoder" / "config.json"
+    width = read_json(config).get("hidden_size") if config.is_file() else None
+    reads = sorted({m.to_k.in_features for m in unet.modules()
+                    if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")})
+    if width is not None and reads and reads != [width]:
+        raise ValueError(f"the U-Net's cross-attention reads text of width {reads[0] if len(reads) == 1 else reads}, "
+                         f"but the text encoder of {name} gives {width}: host it in a pipeline of its teacher "
+                         f"(--base)")
 
 
 # ----------------------------------------------------------------------------- saving
 
 
 def _write_dir(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file)."""
+    """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file).
+
+    What a killed earlier write left (`.<name>.tmp-*` beside `path`, temporaries inside it) is removed first.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         write(tmp)
+        apply_file_modes(tmp)
         for src in sorted(tmp.rglob("*")):
             if src.is_file():
                 dst = path / src.relative_to(tmp)
@@ -138,12 +158,10 @@ def save_unet(model: nn.Module, path: str | os.PathLike, recipe: dict | None = N
     return kind
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    """Hard-link big files where the file system allows (no duplicate storage), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _copy(src: str, dst: str) -> str:
+    """Copy a file (contents only: the new file's mode follows the umask). Never a hard link: an
+    output must not share its inode with the teacher's (or the installed toy assets') files."""
+    shutil.copyfile(src, dst)
     return dst
 
 
@@ -151,9 +169,9 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
                             saved_unet: str | os.PathLike | None = None, scheduler: Any = None) -> Path:
     """Write a complete pipeline directory at `out`: `source`'s components with `unet` replaced.
 
-    The other components are reused (hard-linked or copied); model_index.json names the unet
+    The other components are copied (not hard-linked); model_index.json names the unet
     class that was saved (`["diffusers", "UNet2DConditionModel"]` or slimdiff's). `saved_unet`:
-    a directory where `save_unet(unet, ...)` already wrote it, linked instead of saving again.
+    a directory where `save_unet(unet, ...)` already wrote it, copied instead of saving again.
     `scheduler`: a diffusers scheduler written instead of `source`'s (e.g. a step-distilled student's).
     """
     kind, src = resolve_source(source)
@@ -169,11 +187,11 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
                 scheduler.save_pretrained(tmp / "scheduler")
                 continue
             if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+                shutil.copytree(entry, tmp / entry.name, copy_function=_copy)
             else:
-                _link_or_copy(str(entry), str(tmp / entry.name))
+                _copy(str(entry), str(tmp / entry.name))
         if saved_unet is not None:
-            shutil.copytree(saved_unet, tmp / "unet", copy_function=_link_or_copy,
+            shutil.copytree(saved_unet, tmp / "unet", copy_function=_copy,
                             ignore=lambda d, names: [n for n in names if n in ("recipe.json", "pipeline")
                                                      or n.startswith(".")])
             cls_name = read_json(tmp / "unet" / "config.json")["_class_name"]
@@ -201,8 +219,46 @@ def save_student(student: nn.Module, out: str | os.PathLike, source: str | os.Pa
     recipe = {"teacher": str(source), **recipe, "slimdiff_version": __version__}
     if "inheritance" not in recipe and hasattr(student, "inheritance"):
         recipe["inheritance"] = dict(student.inheritance)
-    kind = save_unet(student, out, recipe=recipe)
-    written = {"unet": str(out), "unet_class": kind, "recipe": str(out / "recipe.json")}
-    if resolve_source(source)[0] == "pipeline":
+    kind, src = resolve_source(source)
+    check_disjoint(out, {"teacher": src})
+    check_same_model(out, recipe)
+    unet_kind = save_unet(student, out, recipe=recipe)
+    written = {"unet": str(out), "unet_class": unet_kind, "recipe": str(out / "recipe.json")}
+    if kind == "pipeline":
         written["pipeline"] = str(save_pipeline_with_unet(source, student, out / "pipeline", saved_unet=out))
     return written
+
+
+_VOLATILE = ("slimdiff_version", "inheritance", "unet_class")  # recipe keys that do not name the model
+
+
+def check_same_model(out: str | os.PathLike, recipe: dict) -> None:
+    """ValueError when `out` already holds a model other than the one `recipe` describes.
+
+    Rewriting the same student (same teacher and settings) is allowed, so a rerun after a kill
+    completes it; writing another model over an existing output is refused, since a kill midway
+    would leave `out/` and `out/pipeline/unet` holding different models.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return
+    old_path = out / "recipe.json"
+    if old_path.is_file():
+        try:
+            old = read_json(old_path)
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            from slimdiff.io import to_jsonable
+
+            new = to_jsonable(recipe)
+            first = ("teacher", "preset", "edits", "search")  # how the student was made: shown first
+            differs = sorted((k for k in {*old, *new} - set(_VOLATILE) if old.get(k) != new.get(k)),
+                             key=lambda k: (first.index(k) if k in first else len(first), k))
+            if not differs:
+                return
+            shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differs[:3])
+            raise ValueError(f"{out} already holds another student ({shown}); choose another --out or delete it")
+    if (out / "config.json").is_file() or (out / "model_index.json").is_file():
+        raise ValueError(f"{out} already holds a model without a slimdiff recipe.json; choose another --out "
+                         f"or delete it")

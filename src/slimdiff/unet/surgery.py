@@ -141,6 +141,8 @@ def _remove(model, names, build: bool):
             names_mid = [f"mid.{key_to_name(k)}" for k in keys]
             mid = [_tag(u, n) for n, u in zip(names_mid, old["mid"]) if n not in removed]
             new["mid"] = mid or None
+    if not new["down"] and not new["mid"] and not new["up"]:
+        raise UNetEditError(f"cannot remove {', '.join(names)}: no block would be left (only conv_in and conv_out)")
     for block in new["up"]:
         for layer in block["layers"]:
             for unit in layer:

@@ -45,6 +45,9 @@ class VaeTrainer:
         self.acc = acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum, cfg.cpu)
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
         self.dtype = DTYPES[cfg.mixed_precision]
+        if acc.is_main_process:
+            ckpt.remove_junk(self.out / "checkpoints")
+        acc.wait_for_everyone()
         self.resume_dir, self.start_step = ckpt.resume_point(cfg, self.out, self.world)
 
         # 3. teacher and student VAEs (checks: paths, a VAE each, same latent space and image channels)
@@ -104,10 +107,10 @@ class VaeTrainer:
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_steps)
         self.model, self.optimizer = acc.prepare(decoding, self.optimizer)
-        acc.register_for_checkpointing(self.lr_scheduler)
         ckpt.install_portable_model_hooks(acc)
-        if self.resume_dir is not None:
+        if self.resume_dir is not None:  # the LR schedule as JSON beside accelerate's state (no pickles)
             acc.load_state(str(self.resume_dir))
+            self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
 
     @torch.no_grad()
     def _teacher_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -145,7 +148,8 @@ class VaeTrainer:
             self.lr_scheduler.step()
             record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
                                  self.lr_scheduler.get_last_lr()[0], grad_norm, t0)
-            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world)
+            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world,
+                            states=lambda: {"lr_scheduler": self.lr_scheduler.state_dict()})
         elapsed = time.perf_counter() - t0
         bar.close()
         steps_per_sec = (cfg.max_steps - self.start_step) / elapsed if elapsed > 0 else float("nan")
