@@ -41,3 +41,23 @@ def test_cli_render(tmp_path, capsys):
     assert out.is_file()
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(" a " in line for line in lines)
+
+
+def test_resume_never_unpickles_code_and_names_damaged_files(tmp_path):
+    """A crafted checkpoint whose unpickling would run code is refused, naming the file (issue 12, item 15)."""
+    import pickle
+
+    flag = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(flag), "w"))
+
+    torch.save({"step": Payload()}, tmp_path / "judge.ckpt", pickle_module=pickle)
+    cfg = ToyTrainConfig(judge_steps=1, judge_batch=2, judge_pool=4, judge_pca_scenes=32)
+    with pytest.raises(ValueError, match="judge.ckpt is not a readable slimdiff toy checkpoint"):
+        run(cfg, tmp_path, stage="judge", resume=True)
+    assert not flag.exists()
+    (tmp_path / "judge.ckpt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="judge.ckpt"):
+        run(cfg, tmp_path, stage="judge", resume=True)

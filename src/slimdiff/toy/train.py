@@ -123,6 +123,16 @@ def _edge_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(dx(rec), dx(x)) + F.l1_loss(dy(rec), dy(x))
 
 
+def _load_ckpt(path: Path) -> dict:
+    """A recipe checkpoint, loaded without unpickling code (`weights_only`); a damaged or foreign
+    file is a ValueError naming it."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for truncated / pickled files
+        raise ValueError(f"{path} is not a readable slimdiff toy checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); delete it to start that stage over") from None
+
+
 def _save_ckpt(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -160,7 +170,7 @@ def train_vae(cfg: ToyTrainConfig, out: Path, resume: bool = False):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_lambda(s, cfg.vae_steps, 50))
     step, ckpt = 0, out / "vae.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = _load_ckpt(ckpt)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         step = state["step"]
     vae.train()
@@ -231,7 +241,7 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     """Train U-Net + text encoder on the cached latents; export the EMA pipeline to `out/pipeline`."""
     from diffusers import AutoencoderKL
 
-    data = torch.load(out / "latents.pt", weights_only=True)
+    data = _load_ckpt(out / "latents.pt")
     vae = AutoencoderKL.from_pretrained(out / "vae")
     latents = data["latents"].float() * vae.config.scaling_factor  # (N, 4, 8, 8), ~unit std
     ids = data["ids"]  # (N, 16)
@@ -250,7 +260,7 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     step, ckpt = 0, out / "unet.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = _load_ckpt(ckpt)
         unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
         opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         ema, step = state["ema"], state["step"]
@@ -298,7 +308,7 @@ def export_pipeline(cfg: ToyTrainConfig, out: Path, dest: Path | None = None) ->
     """Write the EMA weights of `out/unet.ckpt` with `out/vae` as a diffusers pipeline directory."""
     from diffusers import AutoencoderKL
 
-    state = torch.load(out / "unet.ckpt", weights_only=True)
+    state = _load_ckpt(out / "unet.ckpt")
     unet, text = _build_unet(cfg), _build_text_encoder(cfg)
     unet.load_state_dict({**unet.state_dict(), **state["ema"]["unet"]})
     text.load_state_dict({**text.state_dict(), **state["ema"]["text"]})
@@ -325,7 +335,7 @@ def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 5)
     step, ckpt = 0, out / "judge.ckpt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = _load_ckpt(ckpt)
         judge.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]), gen.set_state(state["gen"])
         step = state["step"]
