@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "evaluate": "evaluate",
     "demo": "demo",
     "toy": "toy",
+    "assemble": "assemble",
 }
 
 

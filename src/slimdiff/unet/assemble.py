@@ -108,6 +108,9 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
 
     # 1. both models as slim views; same topology; positions and what to take
     s, t = _view(student), _view(teacher)
+    s_inherit = s.inheritance
+    if s is not student and getattr(student, "inheritance", None):  # a diffusers student with a recorded map
+        s_inherit = {k: student.inheritance.get(v, v) for k, v in s.inheritance.items()}
     check_same_topology(t, s)
     where = positions(t, s)
     names, preset = resolve_take(take, where)
@@ -154,6 +157,7 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
     # 4. tensors and their inheritance
     models = {"student": s, "teacher": t}
     states = {k: m.state_dict() for k, m in models.items()}
+    inherits = {"student": s_inherit, "teacher": t.inheritance}
     tensors, inheritance = {}, {}
     for name in model.state_dict():
         unit, rest = split_tensor_name(name)
@@ -164,7 +168,7 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
             which, src_unit = sources[unit]
             src = name_to_path(src_unit) + "." + rest
         tensors[name] = states[which][src]
-        inheritance[name] = models[which].inheritance.get(src, src)
+        inheritance[name] = inherits[which].get(src, src)
     model.load_tensors(tensors, strict=True)
     model.inheritance = inheritance
     model.unit_sources = {n: models[m].unit_sources.get(u, u) for n, (m, u) in sources.items()}
@@ -200,3 +204,27 @@ def _position(block: str, source: str, where: dict) -> str:
         return src
     return next(p for p, b in where.items() if b == src and p not in STEM)
 
+
+
+def assemble_saved(student: str, teacher: str, take: str | Iterable[str], out: str) -> dict:
+    """`assemble` on saved models (the student's recipe.json supplies its inheritance), then
+    `save_student` to `out`: the U-Net, recipe.json (`assemble`, `block_map`, inheritance) and,
+    for a pipeline teacher, `out/pipeline/`. Returns what was written plus the assembly."""
+    from pathlib import Path
+
+    from slimdiff.io import read_json
+
+    from .io import load_unet, save_student, resolve_source
+
+    t_model = load_unet(teacher)
+    s_model = load_unet(student)
+    kind, path = resolve_source(student)
+    s_recipe = read_json(path / "recipe.json") if kind == "unet" and (path / "recipe.json").is_file() else {}
+    s_model.inheritance = s_recipe.get("inheritance") or getattr(s_model, "inheritance", None)
+    model = assemble(s_model, t_model, take)
+    recipe = {"student": str(Path(student)), "assemble": model.assembly, "block_map": model.assembly["block_map"]}
+    history = s_recipe.get("distill_history", []) + ([s_recipe["distill"]] if "distill" in s_recipe else [])
+    if history:  # stage 1 (the student's distillation) stays on record
+        recipe["distill_history"] = history
+    written = save_student(model, out, source=teacher, recipe=recipe)
+    return {**written, "assembly": model.assembly}
