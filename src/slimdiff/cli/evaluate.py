@@ -40,6 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clip-dir", help="local transformers CLIP directory for the CLIP score")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
+    p.add_argument("--unets", metavar="A:K,B:N", help="A-SDM multi-U-Net schedule in MODEL's pipeline: U-Net A for "
+                   "the first K steps, B for the next N (e.g. runs/bk-small:10,toy:15); --steps defaults to K+N")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--grid", help="image grid PNG (default: next to --json, else ./evaluate_grid.png)")
     p.add_argument("--no-grid", action="store_true", help="do not write the image grid")
@@ -59,14 +61,22 @@ def run(args) -> int:
         grid = args.grid or (str(Path(args.json).with_suffix("")) + "_grid.png" if args.json else "evaluate_grid.png")
     toy = {"auto": None, "toy": True, "prompts": False}[args.world]
     prompts = read_prompts(args.prompts) if args.prompts else None
+    model = args.model
+    if args.unets:  # A-SDM multi-U-Net schedule, hosted in MODEL's pipeline
+        from slimdiff.sample import multi_unet_pipeline
+
+        model = multi_unet_pipeline(args.unets, base=args.model, steps=args.steps)
+        args.steps = model.config.total_steps
     # 2. generate and score
     result = evaluate(
-        args.model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
+        model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size, scheduler=args.scheduler, toy=toy, prompts=prompts,
         ref_images=args.ref_images, inception_weights=args.inception_weights, clip_dir=args.clip_dir,
         grid=grid, reference=args.reference, base=args.base, device=args.device, fid_dims=args.fid_dims,
         images_dir=args.save_images,
     )
+    if args.unets:
+        result["settings"]["model"], result["settings"]["unets"] = args.model, args.unets
     # 3. report
     print(text_table(summary_rows(result)))
     if args.json:

@@ -26,6 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="image width in pixels (default: the pipeline's)")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
+    p.add_argument("--unets", metavar="A:K,B:N", help="A-SDM multi-U-Net schedule in MODEL's pipeline: U-Net A for "
+                   "the first K steps, B for the next N (e.g. runs/bk-small:10,toy:15); --steps defaults to K+N")
     p.add_argument("--out", default="images", help="output directory (default: ./images)")
     p.set_defaults(func=run)
     return p
@@ -39,8 +41,14 @@ def run(args) -> int:
     if not prompts:
         raise ValueError("no prompts: give PROMPT arguments or --prompts-file FILE")
     # 2. generate and write
+    model = args.model
+    if args.unets:
+        from slimdiff.sample import multi_unet_pipeline
+
+        model = multi_unet_pipeline(args.unets, base=args.model, steps=args.steps)
+        args.steps = model.config.total_steps
     images = generate(
-        args.model, prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
+        model, prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
         batch_size=args.batch_size, height=args.height, width=args.width, base=args.base,
         device=args.device,
     )
