@@ -38,7 +38,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 IMPLS = ("grouped", "mixed")
-DEFAULT_IMPL = "mixed"  # faster on this project's CPU at SD widths (docs/bench/asdm_speed.md)
+DEFAULT_IMPL = "grouped"  # as fast as the plain conv on this CPU; "mixed" 2x slower with 2 experts (docs/bench/asdm_speed.md)
 ROUTINGS = ("sigmoid", "constant")  # A-SDM's a(x) = sigmoid(R.GAP(x)) | a_i = 1/E (a plain mean; tests)
 INITS = ("cross-layer", "e2")
 UNIT_TYPE = "condconv_resnet"  # the unit type name in a U-Net's `blocks` (registered in slimdiff.unet.model)

@@ -33,7 +33,7 @@ UNIT_TYPE = "gri_attn"  # the unit type name in a U-Net's `blocks` (registered i
 
 @dataclasses.dataclass
 class GRISettings:
-    window: int = 8  # s: regional window side in latent tokens (64x64 map at 512px -> 64 windows)
+    window: int = 16  # s: regional window side in latent tokens (64x64 map at 512px -> 16 windows)
     reduction: int | None = 4  # r: global keys = the map average-pooled r x r; None: no global set
     levels: tuple[int, ...] = (0,)  # U-Net levels whose attention units change (0: 64x64 at 512px)
     units: tuple[str, ...] | None = None  # explicit attention unit names instead of `levels`
@@ -119,7 +119,7 @@ class GRITransformer2DModel(Transformer2DModel):
     `gri_reduction`. Same parameters (and tensor names) as the plain unit.
     """
 
-    def __init__(self, *, gri_window: int = 8, gri_reduction: int | None = 4, **kwargs):
+    def __init__(self, *, gri_window: int = 16, gri_reduction: int | None = 4, **kwargs):
         super().__init__(**kwargs)
         GRISettings(window=gri_window, reduction=gri_reduction)  # validates
         self.gri_window, self.gri_reduction = gri_window, gri_reduction
