@@ -114,3 +114,10 @@ def test_bad_settings_are_one_line_errors(kwargs, match):
 def test_cross_layer_needs_the_teacher():
     with pytest.raises(ValueError, match="pass the teacher"):
         apply_condconv(tiny_unet(), None, CondConvSettings())
+
+
+def test_default_blocks_are_the_shallowest_down_and_up_blocks():
+    teacher = tiny_unet()
+    tiny, _ = apply_preset(teacher, "bk-tiny")
+    cc = apply_condconv(tiny, teacher, CondConvSettings(experts=2))
+    assert {u.block for u in list_units(cc) if u.type == "condconv_resnet"} == {"down.0", "up.2"}

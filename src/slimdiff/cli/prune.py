@@ -47,8 +47,8 @@ def add_parser(subparsers) -> None:
                    help="after the removals, insert a copy of unit SOURCE after unit AFTER (repeatable)")
     # A-SDM unit types (slimdiff.modules), applied to the student after the edits
     p.add_argument("--condconv", type=int, metavar="EXPERTS", help="CLME-CondConv resnets with EXPERTS experts")
-    p.add_argument("--condconv-blocks", nargs="+", metavar="BLOCK", default=["down.0", "up.3"],
-                   help="blocks whose resnets become CondConv (default: down.0 up.3)")
+    p.add_argument("--condconv-blocks", nargs="+", metavar="BLOCK",
+                   help="blocks whose resnets become CondConv (default: down.0 and the last up block)")
     p.add_argument("--condconv-init", choices=["cross-layer", "e2"], default="cross-layer",
                    help="experts from all teacher layers of the block (default), or e2: 1 inherited, rest random")
     p.add_argument("--gri", nargs=2, metavar=("WINDOW", "REDUCTION"), help="GRI attention (REDUCTION 0: no pooling)")
@@ -79,7 +79,8 @@ def add_modules(args: argparse.Namespace, teacher, student, info: dict):
     from slimdiff.modules import CondConvSettings, GRISettings, apply_condconv, apply_gri
 
     if args.condconv is not None:
-        cc = CondConvSettings(experts=args.condconv, blocks=tuple(args.condconv_blocks), init=args.condconv_init)
+        blocks = tuple(args.condconv_blocks) if args.condconv_blocks else None
+        cc = CondConvSettings(experts=args.condconv, blocks=blocks, init=args.condconv_init)
         student, info = apply_condconv(student, teacher, cc), {**info, "condconv": cc.to_dict()}
     if args.gri is not None:
         window, reduction = (int(v) for v in args.gri)

@@ -47,7 +47,8 @@ UNIT_TYPE = "condconv_resnet"  # the unit type name in a U-Net's `blocks` (regis
 @dataclasses.dataclass
 class CondConvSettings:
     experts: int = 2  # experts per 3x3 conv (A-SDM Table 1: "e2")
-    blocks: tuple[str, ...] = ("down.0", "up.3")  # the compressed shallow blocks (A-SDM section 2.3)
+    # the compressed shallow blocks (A-SDM 2.3); None: down.0 and the last up block (up.3; bk-tiny: up.2)
+    blocks: tuple[str, ...] | None = None
     init: str = "cross-layer"  # "cross-layer" (CLME) | "e2": expert 0 inherited, the others random
     routing: str = "sigmoid"  # "sigmoid" (A-SDM) | "constant" (a_i = 1/E)
     impl: str = DEFAULT_IMPL  # "grouped" | "mixed" (same result; see the module docstring)
@@ -56,15 +57,16 @@ class CondConvSettings:
     def __post_init__(self):
         if isinstance(self.experts, bool) or not isinstance(self.experts, int) or self.experts < 1:
             raise ValueError(f"CondConv experts must be an integer >= 1, got {self.experts!r}")
-        if isinstance(self.blocks, str) or not self.blocks:
-            raise ValueError(f"CondConv blocks must be a non-empty list of block names, got {self.blocks!r}")
-        self.blocks = tuple(self.blocks)
+        if self.blocks is not None:
+            if isinstance(self.blocks, str) or not self.blocks:
+                raise ValueError(f"CondConv blocks must be a non-empty list of block names or None, got {self.blocks!r}")
+            self.blocks = tuple(self.blocks)
         for field, valid in (("init", INITS), ("routing", ROUTINGS), ("impl", IMPLS)):
             if getattr(self, field) not in valid:
                 raise ValueError(f"CondConv {field}={getattr(self, field)!r} is invalid; valid: {list(valid)}")
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "blocks": list(self.blocks)}
+        return {**dataclasses.asdict(self), "blocks": list(self.blocks) if self.blocks else None}
 
 
 class CondConv2d(nn.Module):
@@ -151,10 +153,12 @@ class CondConvResnetBlock2D(ResnetBlock2D):
 # ----------------------------------------------------------------------------- applying to a U-Net
 
 
-def condconv_units(model: nn.Module, blocks: tuple[str, ...] | list[str]) -> list[str]:
-    """The plain resnet units of `blocks` in a slim U-Net (raises for unknown blocks)."""
+def condconv_units(model: nn.Module, blocks: tuple[str, ...] | list[str] | None) -> list[str]:
+    """The plain resnet units of `blocks` (None: the shallowest down and up blocks) in a slim U-Net."""
     from slimdiff.unet.structure import block_names_of, iter_units
 
+    if blocks is None:
+        blocks = ("down.0", f"up.{len(model.config.blocks['up']) - 1}")
     valid = block_names_of(model.config.blocks)
     unknown = [b for b in blocks if b not in valid]
     if unknown:
