@@ -148,9 +148,10 @@ def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
              f"Teacher {args.teacher}; distillation {args.distill_steps} steps per stage, batch {args.batch_size}; "
              f"{args.num_images} test-split images per model, seed {args.seed}; {round(seconds)} s.", ""]
     for t, rows in results.items():
-        lines += [f"## {titles[int(t)]}", ""]
-        for name, result in rows.items():
-            lines += [f"### {name}", "", "```", text_table(summary_rows(result)), "```", ""]
+        # one row per model, one column per headline metric of the runner (values as it formats them)
+        table = [{"model": name, **{r["metric"]: r["value"] for r in summary_rows(result)}}
+                 for name, result in rows.items()]
+        lines += [f"## {titles[int(t)]}", "", "```", text_table(table), "```", ""]
     return "\n".join(lines)
 
 
