@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "compare": "compare",
     "demo": "demo",
     "toy": "toy",
+    "assemble": "assemble",
 }
 
 

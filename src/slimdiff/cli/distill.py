@@ -50,7 +50,8 @@ _OPTIONS = [
     ("--perceptual-net", "perceptual_net", dict(choices=["auto", "judge", "vgg16"], help="default auto: the judge "
                                                 "on the toy world, else vgg16")),
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),
-    ("--freeze", "freeze", dict(nargs="+", metavar="NAME", help="units/layers/blocks to keep fixed")),
+    ("--freeze", "freeze", dict(nargs="+", metavar="NAME", help="units/layers/blocks to keep fixed (default: an "
+                                "assembled student's teacher parts; 'none': train everything)")),
     ("--stochastic-depth", "stochastic_depth", dict(type=float, metavar="P", help="SnapFusion robust training: "
                                                     "skip each removable ResNet/attention unit with probability P")),
     ("--max-steps", "max_steps", dict(type=int, help="optimiser steps (default 1000)")),
@@ -110,6 +111,8 @@ def config_from_args(args: argparse.Namespace):
               **option_values(args, _OPTIONS)}
     if "feat_map" in values:
         values["feat_map"] = parse_feat_map(values["feat_map"])
+    if values.get("freeze") == ["none"]:
+        values["freeze"] = []
     return DistillConfig(**values)
 
 

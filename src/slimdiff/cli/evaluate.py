@@ -47,6 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
     p.add_argument("--vae", metavar="DIR", help="decode with this VAE (a prune-vae / distill-vae output)")
+    p.add_argument("--unets", metavar="A:K,B:N", help="A-SDM multi-U-Net schedule in MODEL's pipeline: U-Net A for "
+                   "the first K steps, B for the next N (e.g. runs/bk-small:10,toy:15); --steps defaults to K+N")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--grid", help="image grid PNG (default: next to --json, else ./evaluate_grid.png)")
     p.add_argument("--no-grid", action="store_true", help="do not write the image grid")
@@ -67,11 +69,17 @@ def run(args) -> int:
         grid = args.grid or (str(Path(args.json).with_suffix("")) + "_grid.png" if args.json else "evaluate_grid.png")
     toy = {"auto": None, "toy": True, "prompts": False}[args.world]
     prompts = read_prompts(args.prompts) if args.prompts else None
-    # 2. the pipeline, patched by a training-free accelerator if asked; generate and score
+    # 2. the pipeline (an A-SDM multi-U-Net schedule, a training-free accelerator); generate and score
     model = args.model
     if args.accelerate:
         parse_accelerator(args.accelerate)  # a bad spec fails before loading
-        model = resolve_pipeline(args.model, base=args.base)
+    if args.unets:  # A-SDM multi-U-Net schedule, hosted in MODEL's pipeline
+        from slimdiff.sample import multi_unet_pipeline
+
+        model = multi_unet_pipeline(args.unets, base=args.model, steps=args.steps)
+        args.steps = model.config.total_steps
+    if args.accelerate:
+        model = resolve_pipeline(model, base=args.base)
         apply_accelerator(model, args.accelerate)
     result = evaluate(
         model, split=args.split, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
@@ -82,6 +90,8 @@ def run(args) -> int:
     )
     if args.accelerate:
         result["settings"].update(model=args.model, accelerate=args.accelerate)
+    if args.unets:
+        result["settings"]["model"], result["settings"]["unets"] = args.model, args.unets
     # 3. report
     print(text_table(summary_rows(result)))
     if args.json:

@@ -32,6 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
     p.add_argument("--base", help="pipeline to host a U-Net-only MODEL directory (default: its recipe's teacher)")
     p.add_argument("--vae", metavar="DIR", help="decode with this VAE (a prune-vae / distill-vae output)")
+    p.add_argument("--unets", metavar="A:K,B:N", help="A-SDM multi-U-Net schedule in MODEL's pipeline: U-Net A for "
+                   "the first K steps, B for the next N (e.g. runs/bk-small:10,toy:15); --steps defaults to K+N")
     p.add_argument("--out", default="images", help="output directory (default: ./images)")
     p.set_defaults(func=run)
     return p
@@ -45,10 +47,16 @@ def run(args) -> int:
     prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise ValueError("no prompts: give PROMPT arguments or --prompts-file FILE")
-    # 2. the pipeline, patched by a training-free accelerator if asked
+    # 2. the pipeline (an A-SDM multi-U-Net schedule, a training-free accelerator if asked)
     if args.accelerate:
         parse_accelerator(args.accelerate)  # a bad spec fails before loading
-    model = resolve_pipeline(args.model, base=args.base)
+    model = args.model
+    if args.unets:
+        from slimdiff.sample import multi_unet_pipeline
+
+        model = multi_unet_pipeline(args.unets, base=args.model, steps=args.steps)
+        args.steps = model.config.total_steps
+    model = resolve_pipeline(model, base=args.base)
     apply_accelerator(model, args.accelerate)
     # 3. generate and write
     images = generate(

@@ -59,7 +59,9 @@ class DistillConfig:
     perceptual_weights: str | None = None  # torchvision-format VGG16 state dict (.pth/.bin/.safetensors)
 
     # --- trainable set ---------------------------------------------------------------------
-    freeze: list[str] = dataclasses.field(default_factory=list)  # units/layers/blocks kept fixed (incubation)
+    # units/layers/blocks kept fixed (incubation); None: the student recipe's `assemble.freeze`
+    # (an assembled student's teacher-sourced parts, A-SDM 2.2), else nothing; []: nothing
+    freeze: list[str] | None = None
     stochastic_depth: float = 0.0  # SnapFusion robust training: skip prob. per removable ResNet/attn unit per step
 
     # --- optimisation ----------------------------------------------------------------------
@@ -114,9 +116,10 @@ class DistillConfig:
                 bad("feat_map", "give a non-empty dict student name -> teacher name, or None for the block map")
             if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.feat_map.items()):
                 bad("feat_map", "names must be non-empty strings")
-        if isinstance(self.freeze, str) or not all(isinstance(n, str) and n for n in self.freeze):
-            bad("freeze", "give a list of unit, layer or block names")
-        self.freeze = list(self.freeze)
+        if self.freeze is not None:
+            if isinstance(self.freeze, str) or not all(isinstance(n, str) and n for n in self.freeze):
+                bad("freeze", "give a list of unit, layer or block names, or None for the recipe's default")
+            self.freeze = list(self.freeze)
         if not 0.0 <= self.stochastic_depth < 1.0:
             bad("stochastic_depth", "a probability in [0, 1)")
         if not 0.0 <= self.caption_dropout < 1.0:

@@ -242,14 +242,16 @@ class Trainer:
         self.student.requires_grad_(True)
         from slimdiff.unet import get_module
 
-        for name in cfg.freeze:
+        # None: an assembled student's recorded default (its teacher-sourced parts), else nothing
+        self.frozen = cfg.freeze if cfg.freeze is not None else p.input_recipe.get("assemble", {}).get("freeze", [])
+        for name in self.frozen:
             try:
                 get_module(self.student, name).requires_grad_(False)
             except ValueError as e:
                 raise ValueError(f"--freeze {name!r} does not exist in the student: {e}") from None
         self.trainable = [q for q in self.student.parameters() if q.requires_grad]
         if not self.trainable:
-            raise ValueError(f"--freeze {cfg.freeze} leaves no trainable parameter in the student")
+            raise ValueError(f"--freeze {self.frozen} leaves no trainable parameter in the student")
         self.trainable_params = self.student.num_parameters(only_trainable=True)
 
         # 7. frozen parts on the device: teacher in the mixed-precision dtype, encoders too
@@ -534,6 +536,7 @@ class Trainer:
             "mid_map": self.mid_map,
             "stochastic_depth_units": self.stochastic.units if self.stochastic else [],
             "trainable_params": self.trainable_params,
+            "frozen": self.frozen,
             "num_processes": self.world,
             "global_batch": self.cfg.batch_size * self.world * self.cfg.grad_accum,
             "dataset_size": self.dataset_size,

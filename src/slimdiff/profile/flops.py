@@ -132,23 +132,25 @@ def transformer_flops(
     ff_inner_dim: int | None = None,  # feed-forward hidden width; 4 * inner_dim in SD
     num_layers: int = 1,  # BasicTransformerBlocks per unit (transformer_layers_per_block)
     batch: int = 1,
+    self_attn_keys: int | None = None,  # keys per query in self-attention; None: all N (GRI: s^2 + N/r^2)
 ) -> int:
     """Transformer2DModel: proj_in, per layer [self-attn, cross-attn, GEGLU FF], proj_out.
 
     With N = H*W image tokens, L context tokens, I = inner_dim, D = cross_attention_dim,
     F = ff_inner_dim (all times 2 for FLOPs, times B):
       proj_in, proj_out:  N*C*I each (1x1 conv or linear: the same count)
-      self-attention:     q,k,v,o N*I*I each; QK^T N*N*I; AV N*N*I
+      self-attention:     q,k,v,o N*I*I each; QK^T N*K*I; AV N*K*I (K = self_attn_keys, default N)
       cross-attention:    q,o N*I*I each; k,v L*D*I each; QK^T N*L*I; AV N*L*I
       GEGLU feed-forward: N*I*2F (value and gate in one projection) + N*F*I
     Heads do not change the count (they split I).
     """
     n = height * width
+    keys = n if self_attn_keys is None else self_attn_keys
     inner = inner_dim or channels
     ff = ff_inner_dim or 4 * inner
     per_layer = (
         4 * linear_flops(n, inner, inner, batch)  # self-attn q, k, v, out
-        + 2 * 2 * batch * n * n * inner  # self-attn QK^T and AV
+        + 2 * 2 * batch * n * keys * inner  # self-attn QK^T and AV
         + 2 * linear_flops(n, inner, inner, batch)  # cross-attn q, out
         + 2 * linear_flops(context_length, cross_attention_dim, inner, batch)  # cross-attn k, v
         + 2 * 2 * batch * n * context_length * inner  # cross-attn QK^T and AV
@@ -205,6 +207,8 @@ def analytic_unit_flops(
             ff_inner_dim=blocks[0].ff.net[2].in_features,
             num_layers=len(blocks),
             batch=batch,
+            # GRI attention (slimdiff.modules.gri) attends to fewer keys than the N of full attention
+            self_attn_keys=module.self_attention_keys(height, width) if hasattr(module, "self_attention_keys") else None,
         )
     if kind == "downsample":
         return downsample_flops(module.channels, module.out_channels, height, width, batch)

@@ -114,7 +114,7 @@ def unit_signature(
         processor = "+".join(sorted({type(a.processor).__name__ for a in attns})) or None
     return UnitSignature(
         kind=unit.kind,
-        module=type(unit.module).__name__,
+        module=getattr(unit.module, "signature_label", type(unit.module).__name__),  # new unit types add settings
         in_channels=unit.in_channels,
         out_channels=unit.out_channels,
         height=size,

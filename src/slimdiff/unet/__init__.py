@@ -10,6 +10,7 @@ Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
 `mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
 """
 
+from .assemble import ASSEMBLIES, assemble
 from .access import (
     block_names,
     get_module,
@@ -25,12 +26,12 @@ from .model import SlimUNet2DConditionModel, register_unit_type
 from .structure import UNetEditError, UnitInfo
 from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
 from .presets import PRESETS, apply_preset
-from .surgery import check_removal, insert_unit, remove_units, replace_unit, to_slim
+from .surgery import check_removal, insert_unit, remove_units, replace_unit, replace_units, to_slim
 
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
     "get_module", "module_names", "module_output_tensor", "block_names", "list_units", "num_params", "text_width", "text_widths",
     "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
     "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
-    "PRESETS", "apply_preset",
+    "PRESETS", "apply_preset", "ASSEMBLIES", "assemble", "replace_units",
 ]

@@ -32,7 +32,8 @@ def _is_slim(model: nn.Module) -> bool:
 
 def _diffusers_modules(unet: nn.Module) -> dict[str, nn.Module]:
     """Name -> module for a diffusers UNet2DConditionModel, read off its module tree."""
-    out: dict[str, nn.Module] = {"conv_in": unet.conv_in, "conv_out": unet.conv_out}
+    out: dict[str, nn.Module] = {"conv_in": unet.conv_in, "time_embedding": unet.time_embedding,
+                                 "conv_norm_out": unet.conv_norm_out, "conv_out": unet.conv_out}
     for side, blocks, sampler in (("down", unet.down_blocks, "downsample"), ("up", unet.up_blocks, "upsample")):
         for i, block in enumerate(blocks):
             out[f"{side}.{i}"] = block
@@ -56,12 +57,13 @@ def _diffusers_modules(unet: nn.Module) -> dict[str, nn.Module]:
 
 def _slim_names(model: nn.Module) -> list[str]:
     blocks = model.config.blocks
-    names = ["conv_in"] + block_names_of(blocks) + layer_names_of(blocks)
-    return names + [n for n, _, _ in iter_units(blocks)] + ["conv_out"]
+    names = ["conv_in", "time_embedding"] + block_names_of(blocks) + layer_names_of(blocks)
+    return names + [n for n, _, _ in iter_units(blocks)] + ["conv_norm_out", "conv_out"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
-    """The module named `name` (block, unit, `conv_in`, `conv_out`; layers on slim models).
+    """The module named `name` (block, unit, `conv_in`, `time_embedding`, `conv_norm_out`,
+    `conv_out`; layers on slim models).
 
     Raises ValueError listing the valid names when `name` is unknown.
     """

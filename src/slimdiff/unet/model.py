@@ -63,6 +63,17 @@ def register_unit_type(type_name: str, cls: type[nn.Module], role: str) -> None:
     UNIT_ROLES[type_name], UNIT_CLASSES[type_name] = role, cls
 
 
+def _register_slimdiff_types() -> None:
+    """slimdiff's own unit types (slimdiff.modules): CondConv resnets (A-SDM 2.3), GRI attention (A-SDM 1)."""
+    from slimdiff.modules import condconv, gri
+
+    register_unit_type(condconv.UNIT_TYPE, condconv.CondConvResnetBlock2D, "resnet")
+    register_unit_type(gri.UNIT_TYPE, gri.GRITransformer2DModel, "attn")
+
+
+_register_slimdiff_types()
+
+
 def build_unit(unit: dict) -> nn.Module:
     """Instantiate one unit from its description (`{"type", "kwargs"}`)."""
     role_of(unit)  # raises for an unregistered type

@@ -243,18 +243,25 @@ def replace_unit(model: nn.Module, name: str, unit_type: str, kwargs: dict | Non
     copied (and keep their inheritance); the others keep the new module's own initialisation
     and are recorded as new (None). For new unit types: `register_unit_type` (model.py).
     """
+    return replace_units(model, {name: (unit_type, kwargs)})
+
+
+def replace_units(model: nn.Module, replacements: dict[str, tuple[str, dict | None]]):
+    """`replace_unit` for several units in one rebuild: {unit name: (unit_type, kwargs or None)}."""
     model = _view(model)
     new = copy.deepcopy(dict(model.config.blocks))
-    found = False
+    found = set()
     for unit_name, _, unit in iter_units(new):
-        if unit_name == name:
+        if unit_name in replacements:
+            unit_type, kwargs = replacements[unit_name]
             if role_of({"type": unit_type}) != role_of(unit):
-                raise UNetEditError(f"cannot replace {name} (role {role_of(unit)!r}) by {unit_type!r} "
+                raise UNetEditError(f"cannot replace {unit_name} (role {role_of(unit)!r}) by {unit_type!r} "
                                     f"(role {role_of({'type': unit_type})!r}): roles must match")
             unit["type"], unit["kwargs"] = unit_type, copy.deepcopy(kwargs or unit["kwargs"])
-            found = True
-    if not found:
-        raise UNetEditError(f"unknown unit {name!r}; valid units: {[n for n, _, _ in iter_units(new)]}")
+            found.add(unit_name)
+    missing = [n for n in replacements if n not in found]
+    if missing:
+        raise UNetEditError(f"unknown unit(s) {missing}; valid units: {[n for n, _, _ in iter_units(new)]}")
     for unit_name, _, unit in list(iter_units(new)):  # tag after the swap: names are unchanged
         unit["_from"] = unit_name
     return _rebuild(model, new)
