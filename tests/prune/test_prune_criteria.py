@@ -91,7 +91,7 @@ def test_toy_calibration_on_a_tiny_pipeline(tmp_path):
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline(tmp_path / "pipe"))
     cal = toy_calibration(pipe, CalibrationConfig(size=3, seed=1))
-    assert cal.sample.shape == (3, 4, 8, 8) and cal.encoder_hidden_states.shape == (3, 16, 16)
+    assert cal.sample.shape == (3, 4, 8, 8) and cal.encoder_hidden_states.shape == (3, 24, 16)  # 24 toy tokens
     assert cal.timesteps.tolist() == [166, 500, 833]
     assert len(cal.prompts) == 3 and all(p.startswith("a ") for p in cal.prompts)
     again = toy_calibration(pipe, CalibrationConfig(size=3, seed=1))
