@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_int
-from slimdiff.cli.generate import SCHEDULER_NAMES
+from slimdiff.cli.generate import SCHEDULER_NAMES, add_sampling_options
 
 from slimdiff.toy.world import SPLITS  # light: numpy only
 
@@ -26,12 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=SPLITS, help="toy-world prompt split (default: test)")
     p.add_argument("--num-images", type=positive_int, default=256,
                    help="images to generate and score (default: 256; judge-FID needs >= 160)")
-    p.add_argument("--steps", type=positive_int, help="denoising steps (default: the model recipe's, else 20 on the "
-                                                       "toy world, else 25)")
-    p.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale (default: the model "
-                                                              "recipe's, else 5.0 on the toy world, else 7.5)")
-    p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
-                                                        "deepcache-lib:N, tome:R (needs slimdiff[peers])")
+    add_sampling_options(p)
     p.add_argument("--seed", type=nonnegative_int, default=0, help="scene sampling and image i's seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per pipeline call (default: 16)")

@@ -9,6 +9,16 @@ from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_int
 SCHEDULER_NAMES = ("ddim", "dpm", "pndm", "euler", "ddpm")  # = slimdiff.eval.runner.SCHEDULERS
 
 
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """--steps, --guidance, --accelerate: shared by generate and evaluate."""
+    p.add_argument("--steps", type=positive_int, help="denoising steps (default: the model recipe's, else 20 on the "
+                                                       "toy world, else 25)")
+    p.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale (default: the model "
+                                                              "recipe's, else 5.0 on the toy world, else 7.5)")
+    p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
+                                                        "deepcache-lib:N, tome:R (needs slimdiff[peers])")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate",
@@ -18,12 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="'toy', a diffusers pipeline directory, or a prune/distill output directory")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts (quote each)")
     p.add_argument("--prompts-file", help="more prompts, one per line")
-    p.add_argument("--steps", type=positive_int, help="denoising steps (default: the model recipe's, else 20 on the "
-                                                       "toy world, else 25)")
-    p.add_argument("--guidance", type=nonnegative_float, help="classifier-free guidance scale (default: the model "
-                                                              "recipe's, else 5.0 on the toy world, else 7.5)")
-    p.add_argument("--accelerate", metavar="SPEC", help="training-free peer: deepcache:N (any U-Net), "
-                                                        "deepcache-lib:N, tome:R (needs slimdiff[peers])")
+    add_sampling_options(p)
     p.add_argument("--seed", type=nonnegative_int, default=0, help="image i uses seed + i (default: 0)")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the pipeline's own)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per pipeline call (default: 8)")
