@@ -231,10 +231,9 @@ def encode_latents(cfg: ToyTrainConfig, out: Path, vae=None, chunk: int = 512) -
 # stage 2: U-Net + text encoder
 
 
-def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+def _named_ema(ema, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The EMA's shadow weights by parameter name (the checkpoint and export format)."""
+    return dict(zip((k for k, _ in model.named_parameters()), ema.shadow))
 
 
 def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
@@ -252,8 +251,10 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
-    ema = {"unet": {k: v.detach().clone() for k, v in unet.named_parameters()},
-           "text": {k: v.detach().clone() for k, v in text.named_parameters()}}
+    from slimdiff.distill.ema import EMA  # the project's one EMA; plain (no warm-up of the decay)
+
+    ema = {"unet": EMA(unet.parameters(), cfg.ema_decay, warmup=False),
+           "text": EMA(text.parameters(), cfg.ema_decay, warmup=False)}
     noise_sched = components.train_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod  # (1000,)
     snr = alphas_cumprod / (1 - alphas_cumprod)  # SNR(t) = alpha_bar / (1 - alpha_bar)
@@ -263,7 +264,9 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
         state = _load_ckpt(ckpt)
         unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
         opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
-        ema, step = state["ema"], state["step"]
+        for key, model in (("unet", unet), ("text", text)):
+            ema[key].shadow = [state["ema"][key][k].float() for k, _ in model.named_parameters()]
+        step = state["step"]
         gen.set_state(state["gen"])
         print(f"unet: resumed from {ckpt} at step {step}")
     unet.train(), text.train()
@@ -291,13 +294,14 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(), sched.step()
-        _ema_update(ema["unet"], unet, cfg.ema_decay), _ema_update(ema["text"], text, cfg.ema_decay)
+        ema["unet"].update(unet.parameters()), ema["text"].update(text.parameters())
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         bar.update(1), bar.set_postfix(loss=f"{avg:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             _save_ckpt(ckpt, {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
-                              "sched": sched.state_dict(), "ema": ema, "step": step, "gen": gen.get_state(),
+                              "sched": sched.state_dict(), "step": step,
+                              "ema": {"unet": _named_ema(ema["unet"], unet), "text": _named_ema(ema["text"], text)}, "gen": gen.get_state(),
                               "recipe": dataclasses.asdict(cfg)})
             bar.write(f"step {step}: loss {avg:.4f}, {(time.time() - t_start) / 60:.1f} min this run")
     bar.close()
