@@ -1,8 +1,7 @@
 """One helper per job across the package (issue 12 items 4 and 12): repeated copies drift apart.
 
-Each check names what must be used instead; `demo.py` is listed where it still holds a copy, so
-that a new copy elsewhere fails. (The toy world's training recipe, `toy/train.py`, still keeps
-its own dict-of-tensors EMA; it is not matched here.)
+Each check names what must be used instead, and where the one definition lives, so that a new
+copy anywhere fails.
 """
 
 import re
@@ -22,11 +21,11 @@ def _grep(pattern: str) -> list[str]:
 @pytest.mark.parametrize("pattern, allowed, use", [
     (r"\.savefig\(", ["report/plots.py"], "slimdiff.report.plots.save_figure"),
     (r"^IMAGE_EXTENSIONS\s*=", ["data/common.py"], "slimdiff.data.common.IMAGE_EXTENSIONS"),
-    (r"sum\(\w\.numel\(\) for \w in \w+\.parameters\(\)\)", ["demo.py", "unet/access.py"],
+    (r"sum\(\w\.numel\(\) for \w in \w+\.parameters\(\)\)", ["unet/access.py"],
      "ModelMixin.num_parameters() or slimdiff.unet.num_params"),
     (r"def (time_ms|_sync)\b", ["profile/latency.py"], "slimdiff.profile.latency.time_call"),
     (r"def (cross_attention_dims?|text_width)\b", ["unet/access.py"], "slimdiff.unet.text_width"),
-    (r"class EMA\b|EMAModel\(", ["distill/ema.py"], "slimdiff.distill.ema.EMA"),
+    (r"class EMA\b|EMAModel\(|\.mul_\(\w*decay\)", ["distill/ema.py"], "slimdiff.distill.ema.EMA"),
 ])
 def test_one_definition(pattern, allowed, use):
     assert _grep(pattern) == allowed, f"use {use}"
