@@ -1,9 +1,12 @@
 """Fewer steps end to end (issue 9): step-distilled students against few-step solvers, DeepCache and ToMe.
 
+    python bench/bench_steps.py --bk-small runs/demo/distill --teacher-steps 16 --train-steps 400 \\
+        --batch-size 32 --threads 1                               # the committed run (trains 10 students, ~1 h)
     python bench/bench_steps.py                                   # toy world, everything (trains 11 models)
     python bench/bench_steps.py --dry-run --out /tmp/steps        # tiny settings: proves the script runs
 
-Configurations: the reference (teacher, 25 steps of its own sampler, CFG); the teacher with
+Configurations: the reference (teacher, 25 steps of its own sampler, CFG); the teacher's own DDIM
+(trailing) path of --teacher-steps steps, the one the students learn to shortcut; the teacher with
 DPM-Solver++ at 8 and 4 steps; step-distilled students (student = the teacher's weights) at 8 and 4
 steps: vanilla (p = 0), CFG-aware (p = 0.1), guidance-embedded (one U-Net call per step); a
 distilled bk-small step-distilled CFG-aware and guidance-embedded at 8 and 4 (the combination
@@ -45,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--distill-steps", type=int, default=2000, help="bk-small distillation steps when built here")
     p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps per step-distilled student")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, cosine with 5%% warm-up")
     p.add_argument("--teacher-steps", type=int, default=32, help="teacher DDIM schedule (SnapFusion: 32)")
     p.add_argument("--wemb-cfg-prob", type=float, default=0.5, help="p of the guidance-embedded students")
     p.add_argument("--eval-images", type=int, default=256)
@@ -93,7 +96,9 @@ def step_student(args, name: str, student: str, steps: int, **settings) -> str:
     if not (out / "pipeline" / "model_index.json").is_file():
         step_distill(StepDistillConfig(teacher=args.teacher, student=student, out=str(out), steps=steps,
                                        teacher_steps=args.teacher_steps, max_steps=args.train_steps,
-                                       batch_size=args.batch_size, learning_rate=args.lr, checkpoint_every=500,
+                                       batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler="cosine",
+                                       lr_warmup_steps=args.train_steps // 20, checkpoint_every=100,
+                                       cache_dir=str(Path(args.work) / "cache"),
                                        resume="latest", seed=args.seed, **settings))
     return str(out)
 
@@ -102,6 +107,10 @@ def configurations(args) -> list[dict]:
     """name, model, steps, guidance (None: the model's default), scheduler, accelerate spec, kind."""
     ref_steps = 25
     rows = [dict(name="reference (teacher, 25 steps)", model=args.teacher, steps=ref_steps, kind="reference")]
+    # the path the students learn: the teacher's own DDIM (trailing) steps of --teacher-steps
+    rows.append(dict(name=f"teacher DDIM {args.teacher_steps} (the students' target)", model=args.teacher,
+                     steps=args.teacher_steps, scheduler="ddim", scheduler_overrides={"timestep_spacing": "trailing"},
+                     kind="solver"))
     for n in (8, 4):
         rows.append(dict(name=f"teacher DPM-Solver++ {n}", model=args.teacher, steps=n, scheduler="dpm",
                          kind="solver"))
@@ -141,6 +150,8 @@ def build(row: dict, device):
         from slimdiff.eval.runner import make_scheduler
 
         pipe.scheduler = make_scheduler(row["scheduler"], pipe)
+        if row.get("scheduler_overrides"):
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **row["scheduler_overrides"])
     steps, guidance = default_sampling(pipe)
     row["steps"], row["guidance"] = row.get("steps") or steps, row.get("guidance") or guidance
     apply_accelerator(pipe, row.get("accelerate"))
