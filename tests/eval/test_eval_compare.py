@@ -69,3 +69,15 @@ def test_contrasts_between_named_rows(tiny_pipe, fake_judge):
     assert "b - a" in out["markdown_contrasts"]
     with pytest.raises(ValueError, match="contrast"):
         compare([tiny_pipe], names=["a"], judge=fake_judge, contrasts=[("a", "z")], **FAST)
+
+
+def test_per_model_steps(tiny_pipe, fake_judge):
+    """A sequence of steps gives each model its own; a row sampled as a scalar run is identical."""
+    fast = {**FAST, "steps": [2, 1]}
+    out = compare([tiny_pipe, tiny_pipe], names=["two", "one"], judge=fake_judge, reference=False, **fast)
+    assert [r["steps"] for r in out["rows"]] == [2, 1]
+    alone = compare([tiny_pipe], names=["one"], judge=fake_judge, reference=False, **{**FAST, "steps": 1})
+    assert out["rows"][1]["all_correct"] == alone["rows"][0]["all_correct"]
+    assert out["rows"][1]["kid"] == alone["rows"][0]["kid"]
+    with pytest.raises(ValueError, match=r"steps=\[2\] gives 1 values for 2 models"):
+        compare([tiny_pipe, tiny_pipe], names=["a", "b"], judge=fake_judge, **{**FAST, "steps": [2]})

@@ -49,8 +49,8 @@ def compare(
     names: Sequence[str] | None = None,
     split: str = "test",
     num_images: int = 256,
-    steps: int | None = None,
-    guidance: float | None = None,
+    steps: int | Sequence[int | None] | None = None,
+    guidance: float | Sequence[float | None] | None = None,
     seed: int = 0,
     batch_size: int = 16,
     scheduler: str | None = None,
@@ -68,7 +68,8 @@ def compare(
 
     `models`: anything `resolve_pipeline` takes (names default to their strings). `baseline`:
     the row differences are taken against; `teacher`: the row whose images define fidelity
-    (None: no fidelity). `steps`/`guidance` None: each model's own defaults. `reference`: add
+    (None: no fidelity). `steps`/`guidance` None: each model's own defaults (a step-distilled
+student's recipe, else the world's); a sequence gives one value (or None) per model. `reference`: add
     the rendered ceiling row. `extra`: more columns per model name (e.g. params, latency).
     `keep_images`: also return the first k images of each model as `images` {name: [PIL]} (not JSON).
     `contrasts`: pairs of model names (a, b) whose paired difference a - b gets an interval too.
@@ -89,6 +90,7 @@ def compare(
         raise ValueError(f"model names must be distinct, got {names}")
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2 (intervals are bootstraps), got {num_images}")
+    steps, guidance = (_per_model(v, label, len(models)) for v, label in ((steps, "steps"), (guidance, "guidance")))
     for a, b in contrasts:
         if a not in names or b not in names:
             raise ValueError(f"contrast {(a, b)} names a model not in {names}")
@@ -107,9 +109,9 @@ def compare(
 
     # 2. generate: every model, the same prompts and per-image seeds
     per_model, settings, kept = [], [], {}
-    for name, pipe in zip(names, pipes):
+    for name, pipe, n_steps, scale in zip(names, pipes, steps, guidance):
         s, g = default_sampling(pipe)
-        s, g = (steps if steps is not None else s), (guidance if guidance is not None else g)
+        s, g = (n_steps if n_steps is not None else s), (scale if scale is not None else g)
         images = []
         with scheduler_swapped(pipe, scheduler):
             for _, _, batch in iter_generate(pipe, prompts, s, g, seed, batch_size, progress=progress):
@@ -159,6 +161,16 @@ def compare(
     if keep_images:
         out["images"] = kept
     return out
+
+
+def _per_model(value, label: str, n: int) -> list:
+    """One value per model: a scalar (or None) repeated, or a sequence of length n."""
+    if value is None or isinstance(value, (int, float)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{label}={value} gives {len(value)} values for {n} models: one per model, or one for all")
+    return value
 
 
 def _contrast(a: str, b: str, draws: dict, res_a: dict, res_b: dict) -> dict:
