@@ -19,15 +19,20 @@ Distillation settings are the demo's (`slimdiff demo`): batch 64, AdamW lr 1e-3,
 warm-up, normalized feature KD, the exact latent/text cache, 600 steps per stage. `--reuse NAME=DIR`
 takes an already distilled student (the demo's, bench_kd's) for NAME after checking that its
 recipe's settings are the bench's (else a one-line error).
-Every model is scored by `slimdiff.eval.runner.evaluate` on the toy test split with the same
-NUM_IMAGES scenes and seeds; the tables show `summary_rows` (the runner's metrics with their
-CIs). Work is resumable: a finished model (its recipe.json) or evaluation (its JSON) is reused.
+Table 4 (issue 10 item 6): the fastest architecture of bench_asdm_speed.py (bk-tiny without the
+highest-resolution attention, GRI at the next level; 2.74x per step at sd15-arch 512px) distilled
+with the same budget, against distilled bk-small: is it within bk-small's CI?
+Each table is one `slimdiff.eval.compare` (the same NUM_IMAGES test prompts and initial noise for
+every model, 95% bootstrap CIs, `*` where the paired difference from the first row excludes 0, and
+paired contrasts between named rows). Work is resumable: a finished model (its recipe.json) or
+table (work/eval/TABLE.json with the same settings) is reused.
 Results: OUT.md and OUT.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -45,7 +50,7 @@ def parse_args() -> argparse.Namespace:
                    help="already distilled students with the same settings, e.g. bk-small-kd=runs/demo/distill")
     p.add_argument("--num-images", type=int, default=256, help="images per evaluation")
     p.add_argument("--sample-steps", type=int, default=25, help="sampler steps (A-SDM Table 3 splits 10 + 15)")
-    p.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3], choices=[1, 2, 3])
+    p.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_asdm", help="models and evaluations (resumable)")
     p.add_argument("--out", default="docs/bench/asdm", help="writes OUT.md and OUT.json")
@@ -121,38 +126,62 @@ class Bench:
             assemble_saved(student, self.args.teacher, take, str(out))
         return str(out)
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, name: str, model, steps: int | None = None) -> dict:
-        """The runner's evaluation of `model` (a path or a pipeline), cached in work/eval/NAME.json."""
-        from slimdiff.eval.runner import evaluate
+    def fast(self, name: str) -> str:
+        """The fastest architecture of bench_asdm_speed.py, at toy scale: bk-tiny without the attention of
+        the highest resolution (SnapFusion) and GRI at the next one. The toy latent is 8x8, so level 1 is
+        4x4: window 2 (half the side, as 16 at SD's 32x32), reduction 2 (a 2x2 pooled set)."""
+        from slimdiff.modules import GRISettings, apply_gri
+        from slimdiff.unet import apply_preset, load_unet, remove_units, save_student
 
-        path = self.work / "eval" / f"{name}.json"
-        if path.is_file():
-            return read_json(path)
+        out = self.work / name
+        if not (out / "recipe.json").is_file():
+            teacher = load_unet(self.args.teacher)
+            tiny, info = apply_preset(teacher, "bk-tiny")
+            units = ["down.0.layer.0.attn", "up.2.layer.0.attn", "up.2.layer.1.attn"]
+            gri = GRISettings(window=2, reduction=2, levels=(1,))
+            student = apply_gri(remove_units(tiny, units), gri)
+            save_student(student, out, source=self.args.teacher,
+                         recipe={**info, "removed_after_preset": units, "gri": dataclasses.asdict(gri)})
+        return str(out)
+
+    # ------------------------------------------------------------------ evaluation
+    def compare(self, table: str, models: dict, steps=None, contrasts=(), teacher: int | None = None) -> dict:
+        """`slimdiff.eval.compare` of `models` {label: model} on the same test prompts and noise, the first
+        row the baseline of the paired differences; cached in work/eval/TABLE.json for these settings."""
+        from slimdiff.eval.compare import compare
+
         a = self.args
-        result = evaluate(model, split="test", num_images=a.num_images, steps=steps, seed=a.seed, grid=None,
-                          progress=False)
+        key = {"models": list(models), "num_images": a.num_images, "steps": steps, "seed": a.seed,
+               "distill_steps": a.distill_steps}
+        path = self.work / "eval" / f"{table}.json"
+        if path.is_file() and read_json(path).get("bench_key") == key:
+            return read_json(path)
+        t0 = time.time()
+        result = compare(list(models.values()), names=list(models), num_images=a.num_images, steps=steps,
+                         seed=a.seed, teacher=teacher, contrasts=contrasts, progress=False)
+        result["bench_key"] = key
         write_json(path, result)
+        print(f"{table}: compared {len(models)} models in {time.time() - t0:.0f} s", flush=True)
         return result
 
 
 def table1(b: Bench) -> dict:
-    rows = {}
+    models = {}
     for preset in ("bk-small", "bk-tiny"):
         for cc in (False, True):
             name = f"{preset}{'-cc-e2' if cc else ''}"
-            rows[name] = b.evaluate(name, b.distill(f"{name}-kd", b.prune(name, preset, condconv=cc)))
-    return rows
+            models[name] = b.distill(f"{name}-kd", b.prune(name, preset, condconv=cc))
+    return b.compare("table1", models, contrasts=[("bk-small-cc-e2", "bk-small"), ("bk-tiny-cc-e2", "bk-tiny")])
 
 
 def table2(b: Bench) -> dict:
     base_kd = b.distill("bk-base-kd", b.prune("bk-base", "bk-base"))
-    rows = {"teacher": b.evaluate("teacher", b.args.teacher)}
-    rows["bk-base (2 x budget)"] = b.evaluate("bk-base-kd2", b.distill("bk-base-kd2", base_kd))
+    models = {"teacher": b.args.teacher, "bk-base (2 x budget)": b.distill("bk-base-kd2", base_kd)}
     sas = dict(lambda_mid=1.0, lambda_perc=1.0)  # A-SDM 2.5: mid-block and perceptual supervision
     for m in ("M1", "M2", "M3"):
-        rows[f"{m} (teacher parts frozen)"] = b.evaluate(m, b.distill(f"{m}-kd", b.assemble(m, base_kd, m), **sas))
-    return rows
+        models[f"{m} (teacher parts frozen)"] = b.distill(f"{m}-kd", b.assemble(m, base_kd, m), **sas)
+    return b.compare("table2", models, teacher=0,
+                     contrasts=[(f"{m} (teacher parts frozen)", "bk-base (2 x budget)") for m in ("M1", "M2", "M3")])
 
 
 def table3(b: Bench) -> dict:
@@ -164,31 +193,35 @@ def table3(b: Bench) -> dict:
     schedules = {"S1: bk-base first, teacher after": [(small, k10), (teacher, steps - k10)],
                  "S2: teacher first, bk-base after": [(teacher, k15), (small, steps - k15)],
                  "S3: teacher first (fewer), bk-base after": [(teacher, k10), (small, steps - k10)]}
-    rows = {"teacher": b.evaluate(f"teacher-{steps}", teacher, steps),
-            "bk-base": b.evaluate(f"bk-base-{steps}", small, steps)}
+    models = {"teacher": teacher, "bk-base": small}
     for name, sched in schedules.items():
-        label = f"{name} ({sched[0][1]} + {sched[1][1]})"
-        pipe = multi_unet_pipeline(sched, base=teacher, steps=steps)
-        rows[label] = b.evaluate(name.split(":")[0] + f"-{steps}", pipe, steps)
-    return rows
+        models[f"{name} ({sched[0][1]} + {sched[1][1]})"] = multi_unet_pipeline(sched, base=teacher, steps=steps)
+    labels = list(models)
+    return b.compare("table3", models, steps=steps, teacher=0, contrasts=[(m, "bk-base") for m in labels[2:]])
+
+
+def table4(b: Bench) -> dict:
+    """The fastest candidate against distilled bk-small (issue 10 item 6: within its CI?)."""
+    models = {"bk-small": b.distill("bk-small-kd", b.prune("bk-small", "bk-small")),
+              "bk-tiny - 64x64 attn + GRI": b.distill("fast-kd", b.fast("fast"))}
+    return b.compare("table4", models)
+
+
+TITLES = {1: "Table 1: CondConv-e2 (A-SDM Table 1)", 2: "Table 2: progressive incubation (A-SDM Table 2)",
+          3: "Table 3: multi-U-Net schedules (A-SDM Table 3)",
+          4: "Table 4: the fastest architecture (2.74x at sd15-arch 512px) vs distilled bk-small"}
 
 
 def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
-    from slimdiff.eval.runner import summary_rows
-    from slimdiff.report.tables import text_table
-
-    titles = {1: "Table 1: CondConv-e2 (A-SDM Table 1)", 2: "Table 2: progressive incubation (A-SDM Table 2)",
-              3: "Table 3: multi-U-Net schedules (A-SDM Table 3)"}
     lines = ["# A-SDM on the toy world (`bench/bench_asdm.py`)", "",
              f"Teacher {args.teacher}; distillation {args.distill_steps} steps per stage, batch {args.batch_size}, "
              f"AdamW lr {args.learning_rate} cosine, {args.feat_loss} feature KD (the demo's settings); "
              f"reused: {', '.join(args.reuse) or 'none'}; "
              f"{args.num_images} test-split images per model, seed {args.seed}; {round(seconds)} s.", ""]
-    for t, rows in results.items():
-        # one row per model, one column per headline metric of the runner (values as it formats them)
-        table = [{"model": name, **{r["metric"]: r["value"] for r in summary_rows(result)}}
-                 for name, result in rows.items()]
-        lines += [f"## {titles[int(t)]}", "", "```", text_table(table), "```", ""]
+    for t, result in results.items():
+        lines += [f"## {TITLES[int(t)]}", "", result["markdown"], ""]
+        if result.get("markdown_contrasts"):
+            lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
     return "\n".join(lines)
 
 
@@ -196,9 +229,10 @@ def main() -> None:
     args = parse_args()
     t0 = time.time()
     bench = Bench(args)
-    tables = {1: table1, 2: table2, 3: table3}
+    tables = {1: table1, 2: table2, 3: table3, 4: table4}
     results = {str(t): tables[t](bench) for t in args.tables}
-    write_json(args.out + ".json", {"settings": vars(args), "results": results})
+    write_json(args.out + ".json", {"settings": vars(args), "results": {t: {k: v for k, v in r.items() if k != "prompts"}
+                                                                        for t, r in results.items()}})
     atomic_write(args.out + ".md", report(results, args, time.time() - t0))
     print(f"wrote {args.out}.md and {args.out}.json")
 

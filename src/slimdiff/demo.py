@@ -12,6 +12,10 @@ killed demo resumes where it stopped; the distillation resumes from its last che
      (`slimdiff.eval.compare`: alignment score, all-correct, KID, fidelity to the teacher, each with
      a 95% CI), params, GFLOPs, U-Net and end-to-end latency                -> eval/compare.json
   5. write the report (HTML + markdown) and `report.json`
+Optional (`step_distill=N`, `slimdiff demo --step-distill 8`), between 3 and 4: CFG-aware step
+distillation (`slimdiff.distill.step`) of the distilled student to N sampling steps  -> step-distill/;
+it joins the evaluation as `step-distilled`, sampled as its recipe says (N DDIM steps), and the
+report adds its end-to-end speed-up. About 5 minutes more on 2 CPU cores at the defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from slimdiff.io import read_json, to_jsonable, write_json
 
 MODELS = ("teacher", "pruned", "distilled")
+STEP_MODEL = "step-distilled"  # the optional fourth row (DemoConfig.step_distill)
 # the report's quality columns (slimdiff.eval.toy): continuous first, then the saturating ones
 QUALITY_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid", "psnr_to_teacher",
                 "feature_cos_to_teacher")
@@ -36,7 +41,7 @@ QUALITY_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid
 def _eval_key(s: dict) -> dict:
     """The settings an evaluation depends on (a rerun with others redoes it)."""
     return {k: s[k] for k in ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss",
-                              "num_images", "steps", "guidance", "seed")}
+                              "num_images", "steps", "guidance", "seed", "step_distill", "step_distill_train_steps")}
 
 
 @dataclasses.dataclass
@@ -55,13 +60,16 @@ class DemoConfig:
     latency_repeats: int | None = None  # timed U-Net forwards per model; None: 20 (quick: 5)
     seed: int = 0  # one seed for pruning-free steps: data order, noise, evaluation prompts and noise
     grid_rows: int = 8  # prompts shown in the report's side-by-side grid
+    step_distill: int | None = None  # student sampling steps of the optional step-distillation stage (e.g. 8)
+    step_distill_train_steps: int | None = None  # its optimiser steps; None: 400 (quick: 20)
 
     def __post_init__(self):
         from slimdiff.unet.presets import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"DemoConfig.preset={self.preset!r} is not a preset; valid: {list(PRESETS)}")
-        for name in ("distill_steps", "num_images", "steps", "latency_repeats"):
+        for name in ("distill_steps", "num_images", "steps", "latency_repeats", "step_distill",
+                     "step_distill_train_steps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"DemoConfig.{name}={v!r} is invalid: None or an integer >= 1")
@@ -82,7 +90,24 @@ class DemoConfig:
         d["steps"] = self.steps or DEFAULT_STEPS
         d["guidance"] = self.guidance if self.guidance is not None else DEFAULT_GUIDANCE
         d["latency_repeats"] = self.latency_repeats or (5 if self.quick else 20)
+        d["step_distill_train_steps"] = (self.step_distill_train_steps or (20 if self.quick else 400)
+                                         if self.step_distill else None)
         return d
+
+    def step_config(self, teacher_dir: str, out: Path):
+        """The step-distillation stage's settings: the distilled student to `step_distill` DDIM steps,
+        CFG-aware (p = 0.1), from a teacher DDIM schedule of 16 steps (2N when N > 8), batch 32, AdamW
+        1e-4 cosine (bench/bench_steps.py's committed settings). Invalid N: StepDistillConfig's error."""
+        from slimdiff.distill.step import StepDistillConfig
+
+        n, s = self.step_distill, self.resolved()
+        return StepDistillConfig(
+            teacher=self.model, student=teacher_dir, data="toy", out=str(out / "step-distill"), steps=n,
+            teacher_steps=16 if n <= 8 else 2 * n, max_steps=s["step_distill_train_steps"], batch_size=32,
+            learning_rate=1e-4, lr_scheduler="cosine", lr_warmup_steps=s["step_distill_train_steps"] // 20,
+            cfg_prob=0.1, seed=self.seed, cpu=True, cache_dir=str(out / "cache"),
+            checkpoint_every=max(20, s["step_distill_train_steps"] // 4),
+            resume="latest" if (out / "step-distill" / "checkpoints").is_dir() else None)
 
 
 def _say(msg: str, log: Callable[[str], None] | None) -> None:
@@ -110,6 +135,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
 
     s = config.resolved()
     out = Path(config.out)
+    step_cfg = config.step_config(str(out / "distill"), out) if config.step_distill else None  # checks N first
     saved = out / "demo_config.json"  # a rerun resumes finished stages: only with the same settings
     if saved.is_file():
         old = read_json(saved)
@@ -161,20 +187,40 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
         _say(f"[3/5] distilling for {s['distill_steps']} steps", log)
         distill(dcfg, teacher=teacher, student=copy.deepcopy(pruned).train(), pipeline=pipe, progress=progress)
     distilled = load_unet(distill_dir).eval()
+
+    # 3b. optional: step-distill the distilled student to N sampling steps (CFG-aware, SnapFusion)
+    step_dir = out / "step-distill"
+    if step_cfg is not None and not (step_dir / "pipeline" / "model_index.json").is_file():
+        from slimdiff.distill.step import step_distill
+
+        _say(f"[3b/5] step-distilling the student to {config.step_distill} sampling steps "
+             f"({s['step_distill_train_steps']} training steps)", log)
+        step_distill(step_cfg, progress=progress)
     train_log = [json.loads(line) for line in open(distill_dir / "train_log.jsonl", encoding="utf-8") if line.strip()]
     distill_recipe = read_json(distill_dir / "recipe.json")
 
     # 4. evaluate the three models on the same prompts and seeds (one paired comparison, CIs)
     unets = {"teacher": teacher, "pruned": pruned, "distilled": distilled}
+    step_pipe = None
+    if step_cfg is not None:  # its own pipeline: the DDIM (trailing, v) sampler it was trained for
+        from slimdiff.eval.runner import default_sampling
+
+        step_pipe = load_pipeline(str(step_dir / "pipeline"))
+        step_pipe.set_progress_bar_config(disable=True)
+        unets[STEP_MODEL] = step_pipe.unet.eval()
+        step_steps, step_guidance = default_sampling(step_pipe)
     compare_json = out / "eval" / "compare.json"
     images_dir = out / "eval" / "images"
     if compare_json.is_file() and read_json(compare_json).get("settings", {}).get("demo") != _eval_key(s):
         compare_json.unlink()  # made with other settings: redo
     if not compare_json.is_file() or not images_dir.is_dir():
         _say(f"[4/5] evaluating {', '.join(unets)} on {s['num_images']} test prompts", log)
-        pipes = [load_pipeline(config.model, unet=u) for u in unets.values()]
-        comparison = compare(pipes, names=list(unets), num_images=s["num_images"], steps=s["steps"],
-                             guidance=s["guidance"], seed=config.seed, progress=progress,
+        pipes = [load_pipeline(config.model, unet=u) for n, u in unets.items() if n != STEP_MODEL]
+        steps, scales = [s["steps"]] * len(pipes), [s["guidance"]] * len(pipes)
+        if step_pipe is not None:  # sampled as its recipe says
+            pipes, steps, scales = pipes + [step_pipe], steps + [step_steps], scales + [step_guidance]
+        comparison = compare(pipes, names=list(unets), num_images=s["num_images"], steps=steps,
+                             guidance=scales, seed=config.seed, progress=progress,
                              keep_images=config.grid_rows)
         comparison["settings"]["demo"] = _eval_key(s)
         for name, ims in comparison["images"].items():
@@ -195,6 +241,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
                               warmup=1, repeats=s["latency_repeats"])
     e2e_ms = {}
     for name, unet in unets.items():
+        if name == STEP_MODEL:
+            e2e_ms[name] = pipeline_latency(step_pipe, steps=step_steps, guidance=step_guidance,
+                                            repeats=3 if config.quick else 5)
+            continue
         pipe.unet = unet
         e2e_ms[name] = pipeline_latency(pipe, steps=s["steps"], guidance=s["guidance"],
                                         repeats=3 if config.quick else 5)
@@ -217,6 +267,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
     for name, m in per_model.items():
         m["params_ratio"] = m["params"] / t["params"]
         m["unet_speedup"] = t["unet_latency_ms"] / m["unet_latency_ms"]
+        m["pipeline_speedup"] = t["pipeline_latency_ms"] / m["pipeline_latency_ms"]
         m["all_correct_recovered"] = m["all_correct"] / t["all_correct"] if t["all_correct"] else None
     summary = {
         **per_model,
@@ -234,7 +285,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
         for k in QUALITY_KEYS:
             mark = "*" if k in m["differs_from_teacher"] else ""
             row[k] = format_ci(m[k], m["ci"].get(k), mark) if m[k] is not None else None
-        row.update({k: m[k] for k in ("params", "gflops", "unet_latency_ms", "pipeline_latency_ms", "unet_speedup")})
+        row.update({k: m[k] for k in ("params", "gflops", "unet_latency_ms", "pipeline_latency_ms", "unet_speedup",
+                                      "pipeline_speedup")})
         rows.append(row)
     ceiling = results.get("rendered (ceiling)")
     if ceiling:
@@ -262,7 +314,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
                f"Quality: value [95% bootstrap CI over the prompts]; `*`: differs from the teacher (the "
                f"paired difference's 95% CI excludes 0). Fidelity: PSNR and judge-feature cosine of each "
                f"image against the teacher's for the same prompt and noise. Latency: median over repeats on "
-               f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run."),
+               f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run."
+               + (f" `{STEP_MODEL}`: the distilled student step-distilled (CFG-aware) to {step_steps} DDIM steps "
+                  f"for {s['step_distill_train_steps']} training steps, sampled with its own {step_steps} steps "
+                  f"and guidance {step_guidance}; its pipeline speed-up is end to end (text encoder, every U-Net "
+                  f"call, VAE decoder) against the teacher at {s['steps']} steps." if step_pipe is not None else "")),
     )
     summary["report_html"], summary["report_md"] = str(html_path), str(md_path)
     write_json(out / "report.json", summary)

@@ -2,6 +2,7 @@
 fewer steps and images), and its resume behaviour."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from slimdiff.demo import DemoConfig, run_demo
 def test_demo_quick_end_to_end_and_resume(tmp_path):
     out = tmp_path / "demo"
     cfg = DemoConfig(out=str(out), quick=True, distill_steps=3, batch_size=8, num_images=2,
-                     latency_repeats=1, grid_rows=2)
+                     latency_repeats=1, grid_rows=2, step_distill=4, step_distill_train_steps=2)
     summary = run_demo(cfg, log=None, progress=False)
 
     # report.json: per model alignment, judge_fid, params, gflops, unet_latency_ms
@@ -29,12 +30,18 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
               "pruned/recipe.json", "distill/recipe.json", "distill/train_log.jsonl"):
         assert (out / f).is_file(), f
     assert "| teacher |" in (out / "report.md").read_text()
+    # the optional stage: the distilled student step-distilled to 4 steps, sampled with them
+    step = report["step-distilled"]
+    assert step["params"] == report["distilled"]["params"] and step["pipeline_speedup"] > 0
+    rows = {r["model"]: r for r in json.loads((out / "eval" / "compare.json").read_text())["rows"]}
+    assert rows["step-distilled"]["steps"] == 4 and rows["teacher"]["steps"] == report["settings"]["steps"]
+    assert json.loads((out / "step-distill" / "recipe.json").read_text())["sampling"]["steps"] == 4
 
     # a rerun finds every stage finished: same scores, no retraining
     log_lines = (out / "distill" / "train_log.jsonl").read_text()
     again = run_demo(cfg, log=None, progress=False)
     assert (out / "distill" / "train_log.jsonl").read_text() == log_lines
-    for name in ("teacher", "pruned", "distilled"):
+    for name in ("teacher", "pruned", "distilled", "step-distilled"):
         assert again[name]["alignment"] == summary[name]["alignment"]
         assert again[name]["judge_fid"] == summary[name]["judge_fid"]
 
@@ -44,3 +51,7 @@ def test_demo_config_rejects_bad_values():
         DemoConfig(preset="bk-huge")
     with pytest.raises(ValueError, match="distill_steps"):
         DemoConfig(distill_steps=0)
+    with pytest.raises(ValueError, match="step_distill=0"):
+        DemoConfig(step_distill=0)
+    with pytest.raises(ValueError, match="StepDistillConfig.steps=3"):  # 16 teacher steps cannot give 3
+        DemoConfig(step_distill=3).step_config("runs/x", Path("runs/x"))

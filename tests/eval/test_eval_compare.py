@@ -81,3 +81,16 @@ def test_per_model_steps(tiny_pipe, fake_judge):
     assert out["rows"][1]["kid"] == alone["rows"][0]["kid"]
     with pytest.raises(ValueError, match=r"steps=\[2\] gives 1 values for 2 models"):
         compare([tiny_pipe, tiny_pipe], names=["a", "b"], judge=fake_judge, **{**FAST, "steps": [2]})
+
+
+def test_vae_per_model(tiny_pipe, fake_judge):
+    """A model decoding with its own VAE's copy equals itself; a mismatched VAE list is one error."""
+    from slimdiff.vae import VaePruneConfig, prune_decoder
+
+    same, _ = prune_decoder(tiny_pipe.vae, VaePruneConfig(ratio=0.0))  # a copy: identical outputs
+    out = compare([tiny_pipe, tiny_pipe], names=["own", "copy"], judge=fake_judge, reference=False,
+                  vae=[None, same], **FAST)
+    own, copy = out["rows"]
+    assert copy["psnr_to_teacher"] == 100.0 and copy["all_correct"] == own["all_correct"]
+    with pytest.raises(ValueError, match="vae=.* gives 1 values for 2 models"):
+        compare([tiny_pipe, tiny_pipe], names=["a", "b"], judge=fake_judge, vae=[same], **FAST)

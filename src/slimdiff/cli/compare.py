@@ -29,6 +29,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=int, default=0, help="index of the row differences are taken from (default: 0)")
     p.add_argument("--teacher", default="0", help="index of the teacher row for fidelity, or 'none' (default: 0)")
     p.add_argument("--no-reference", action="store_true", help="leave out the rendered-images ceiling row")
+    p.add_argument("--vae", nargs="+", metavar="DIR",
+                   help="decode with this VAE (a prune-vae / distill-vae output): one for every model, or one per "
+                        "model with '-' for the model's own")
     p.add_argument("--json", help="write the full results as JSON to this file")
     p.add_argument("--md", help="write the markdown table to this file")
     p.set_defaults(func=run)
@@ -44,9 +47,15 @@ def run(args) -> int:
         teacher = int(args.teacher)
     else:
         raise ValueError(f"--teacher {args.teacher!r} is neither a model index nor 'none'")
+    vae = args.vae
+    if vae is not None:
+        if len(vae) not in (1, len(args.models)):
+            raise ValueError(f"--vae {' '.join(vae)}: give one VAE for all {len(args.models)} models or one per "
+                             f"model ('-' for the model's own)")
+        vae = [None if v == "-" else v for v in vae] if len(vae) > 1 else (None if vae[0] == "-" else vae[0])
     result = compare(args.models, names=args.names, split=args.split, num_images=args.num_images,
                      steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                     baseline=args.baseline, teacher=teacher, reference=not args.no_reference)
+                     baseline=args.baseline, teacher=teacher, reference=not args.no_reference, vae=vae)
     print(result["markdown"])
     write(result, args.json, args.md)
     for label, path in (("results", args.json), ("table", args.md)):

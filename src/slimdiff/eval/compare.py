@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from slimdiff.eval import stats
 from slimdiff.eval.images import to_tensor
@@ -63,6 +64,7 @@ def compare(
     extra: dict[str, dict[str, Any]] | None = None,
     keep_images: int = 0,
     contrasts: Sequence[tuple[str, str]] = (),
+    vae=None,
 ) -> dict[str, Any]:
     """Generate with every model on the same scenes and seeds; score, with paired intervals.
 
@@ -73,10 +75,13 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     the rendered ceiling row. `extra`: more columns per model name (e.g. params, latency).
     `keep_images`: also return the first k images of each model as `images` {name: [PIL]} (not JSON).
     `contrasts`: pairs of model names (a, b) whose paired difference a - b gets an interval too.
+    `vae`: decode with this VAE (a `slimdiff.vae.load_vae` argument, e.g. a prune-vae / distill-vae
+    output), one for all models or a sequence with one per model (None: the model's own).
     Returns {"rows": [...], "markdown": str, "settings": {...}}; each row holds the metrics,
     `ci` (intervals), `diff_ci` (interval of the difference from the baseline) and `marks`.
     """
-    from slimdiff.eval.runner import _load_judge, default_sampling, iter_generate, resolve_pipeline, scheduler_swapped
+    from slimdiff.eval.runner import (_load_judge, default_sampling, iter_generate, resolve_pipeline,
+                                      scheduler_swapped, with_vae)
 
     # 1. check the inputs before any generation
     models = list(models)
@@ -91,6 +96,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2 (intervals are bootstraps), got {num_images}")
     steps, guidance = (_per_model(v, label, len(models)) for v, label in ((steps, "steps"), (guidance, "guidance")))
+    vaes = _per_model(vae, "vae", len(models), scalar=(str, os.PathLike, torch.nn.Module))
     for a, b in contrasts:
         if a not in names or b not in names:
             raise ValueError(f"contrast {(a, b)} names a model not in {names}")
@@ -101,7 +107,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
         from slimdiff.toy import world
     if split not in world.SPLITS:
         raise ValueError(f"split {split!r} is not one of {list(world.SPLITS)}")
-    pipes = [resolve_pipeline(m) for m in models]
+    pipes = [with_vae(resolve_pipeline(m), v) for m, v in zip(models, vaes)]
     judge = judge if judge is not None else _load_judge()
     scenes = world.sample_scenes(split, num_images, seed)
     prompts = [world.caption(s) for s in scenes]
@@ -109,7 +115,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
 
     # 2. generate: every model, the same prompts and per-image seeds
     per_model, settings, kept = [], [], {}
-    for name, pipe, n_steps, scale in zip(names, pipes, steps, guidance):
+    for name, pipe, n_steps, scale, vae_of in zip(names, pipes, steps, guidance, vaes):
         s, g = default_sampling(pipe)
         s, g = (n_steps if n_steps is not None else s), (scale if scale is not None else g)
         images = []
@@ -126,7 +132,8 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
         per["images"] = x
         per_model.append(per)
         settings.append({"model": name, "steps": s, "guidance": g,
-                         "scheduler": scheduler or type(pipe.scheduler).__name__})
+                         "scheduler": scheduler or type(pipe.scheduler).__name__,
+                         **({"vae": str(vae_of)} if isinstance(vae_of, (str, os.PathLike)) else {})})
 
     # 3. metrics with shared draws; differences from the baseline
     idx = stats.draws(num_images, seed=seed)
@@ -163,9 +170,9 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     return out
 
 
-def _per_model(value, label: str, n: int) -> list:
+def _per_model(value, label: str, n: int, scalar: tuple = (int, float)) -> list:
     """One value per model: a scalar (or None) repeated, or a sequence of length n."""
-    if value is None or isinstance(value, (int, float)):
+    if value is None or isinstance(value, scalar):
         return [value] * n
     value = list(value)
     if len(value) != n:
