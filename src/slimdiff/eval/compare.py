@@ -176,7 +176,8 @@ def _per_model(value, label: str, n: int, scalar: tuple = (int, float)) -> list:
         return [value] * n
     value = list(value)
     if len(value) != n:
-        raise ValueError(f"{label}={value} gives {len(value)} values for {n} models: one per model, or one for all")
+        shown = value if all(v is None or isinstance(v, (int, float, str)) for v in value) else f"<{len(value)} items>"
+        raise ValueError(f"{label}={shown} gives {len(value)} values for {n} models: one per model, or one for all")
     return value
 
 
