@@ -44,6 +44,10 @@ def test_scheduler_by_name_and_restored(tiny_pipe):
         assert isinstance(sched, cls)
         assert sched.config.num_train_timesteps == own.config.num_train_timesteps
     assert runner.make_scheduler("pndm", tiny_pipe).config.skip_prk_steps  # SD's PLMS configuration
+    # latents are not clipped to [-1, 1] when the source config does not say (SD-1.5: clip_sample=false)
+    assert "clip_sample" not in tiny_pipe.scheduler.config or not tiny_pipe.scheduler.config.clip_sample
+    assert not runner.make_scheduler("ddim", tiny_pipe).config.clip_sample
+    assert not runner.make_scheduler("ddpm", tiny_pipe).config.clip_sample
     with pytest.raises(ValueError, match="ddim, dpm, pndm, euler, ddpm"):
         runner.make_scheduler("heun", tiny_pipe)
     images = runner.generate(tiny_pipe, PROMPTS[:1], scheduler="ddim", seed=0, **FAST)

@@ -116,6 +116,10 @@ def make_scheduler(name: str, pipe: DiffusionPipeline):
         raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
     config = dict(pipe.scheduler.config)
     overrides = {"skip_prk_steps": True} if name == "pndm" and "skip_prk_steps" not in config else {}
+    if name in ("ddim", "ddpm") and "clip_sample" not in config:
+        # their default clips x0 to [-1, 1]: right for pixels, wrong for latents (SD-1.5's own DDIM config
+        # says clip_sample=false); a DPM-Solver config has no such key, so it would silently clip
+        overrides["clip_sample"] = False
     return SCHEDULERS[name].from_config(config, **overrides)
 
 
