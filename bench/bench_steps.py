@@ -33,7 +33,7 @@ import torch
 
 from slimdiff.eval import evaluate
 from slimdiff.eval.runner import default_sampling, resolve_pipeline
-from slimdiff.io import atomic_write, write_json
+from slimdiff.io import atomic_write, read_json, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
 from slimdiff.report.tables import markdown_table
 from slimdiff.sample.peers import apply_accelerator
@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default=None, help="generation device, e.g. cuda (training: accelerate's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_steps", help="trained models (reused when present)")
+    p.add_argument("--only", nargs="+", metavar="TEXT",
+                   help="only the configurations whose name contains one of these (the reference always runs)")
     p.add_argument("--dry-run", action="store_true", help="tiny settings: 2 training steps, 4 images, 1 repeat")
     p.add_argument("--out", default="docs/bench/steps", help="writes OUT.md, OUT.json, OUT.png")
     args = p.parse_args()
@@ -93,6 +95,13 @@ def step_student(args, name: str, student: str, steps: int, **settings) -> str:
     from slimdiff.distill.step import StepDistillConfig, step_distill
 
     out = Path(args.work) / name
+    if (out / "recipe.json").is_file():  # reused: only when trained with this run's settings
+        saved = read_json(out / "recipe.json")["step_distill"]["config"]
+        want = {"max_steps": args.train_steps, "teacher_steps": args.teacher_steps, "batch_size": args.batch_size,
+                "learning_rate": args.lr, "steps": steps, **settings}
+        differ = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+        if differ:
+            raise ValueError(f"{out} was trained with other settings {differ} (saved, now): use another --work")
     if not (out / "pipeline" / "model_index.json").is_file():
         step_distill(StepDistillConfig(teacher=args.teacher, student=student, out=str(out), steps=steps,
                                        teacher_steps=args.teacher_steps, max_steps=args.train_steps,
@@ -106,6 +115,7 @@ def step_student(args, name: str, student: str, steps: int, **settings) -> str:
 def configurations(args) -> list[dict]:
     """name, model, steps, guidance (None: the model's default), scheduler, accelerate spec, kind."""
     ref_steps = 25
+    wanted = lambda name: not args.only or any(text in name for text in args.only)  # noqa: E731
     rows = [dict(name="reference (teacher, 25 steps)", model=args.teacher, steps=ref_steps, kind="reference")]
     # the path the students learn: the teacher's own DDIM (trailing) steps of --teacher-steps
     rows.append(dict(name=f"teacher DDIM {args.teacher_steps} (the students' target)", model=args.teacher,
@@ -114,16 +124,19 @@ def configurations(args) -> list[dict]:
     for n in (8, 4):
         rows.append(dict(name=f"teacher DPM-Solver++ {n}", model=args.teacher, steps=n, scheduler="dpm",
                          kind="solver"))
-    bk = distilled_bk_small(args)
+    BK = "distilled bk-small"  # built (or taken from --bk-small) only when a row needs it
     for n in (8, 4):
         for label, student, extra in (("vanilla", args.teacher, dict(cfg_prob=0.0)),
                                       ("CFG-aware", args.teacher, dict(cfg_prob=0.1)),
                                       ("guidance-embedded", args.teacher,
                                        dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True)),
-                                      ("bk-small + CFG-aware", bk, dict(cfg_prob=0.1)),
-                                      ("bk-small + guidance-embedded", bk,
+                                      ("bk-small + CFG-aware", BK, dict(cfg_prob=0.1)),
+                                      ("bk-small + guidance-embedded", BK,
                                        dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True))):
             slug = label.replace(" + ", "-").replace(" ", "-").lower()
+            if not wanted(f"{label} {n}"):
+                continue
+            student = distilled_bk_small(args) if student == BK else student
             rows.append(dict(name=f"{label} {n}", model=step_student(args, f"{slug}-{n}", student, n, **extra),
                              kind="slimdiff"))
     try:
@@ -136,7 +149,7 @@ def configurations(args) -> list[dict]:
                      kind="peer"))
     rows.append(dict(name="teacher + ToMe 0.5", model=args.teacher, steps=ref_steps, accelerate="tome:0.5",
                      kind="peer"))
-    return rows
+    return [r for r in rows if r["kind"] == "reference" or wanted(r["name"])]
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -198,14 +211,16 @@ def main() -> None:
                             seed=args.seed, return_images=True, progress=False)
         r["result"], images[r["name"]] = res, ims
     # 2. DeepCache-style cache on the best step-distilled student (by all-correct)
-    best = max((r for r in rows if r["kind"] == "slimdiff"), key=lambda r: value_of(r["result"], "all_correct"))
-    extra = dict(best, name=f"{best['name']} + deepcache:3", accelerate="deepcache:3", kind="slimdiff")
-    extra.pop("result")
-    pipes[extra["name"]] = build(extra, args.device)
-    extra["result"], images[extra["name"]] = evaluate(
-        pipes[extra["name"]], num_images=args.eval_images, steps=extra["steps"], guidance=extra["guidance"],
-        seed=args.seed, return_images=True, progress=False)
-    rows.append(extra)
+    ours = [r for r in rows if r["kind"] == "slimdiff"]
+    best = max(ours, key=lambda r: value_of(r["result"], "all_correct")) if ours else None
+    if best is not None:
+        extra = dict(best, name=f"{best['name']} + deepcache:3", accelerate="deepcache:3", kind="slimdiff")
+        extra.pop("result")
+        pipes[extra["name"]] = build(extra, args.device)
+        extra["result"], images[extra["name"]] = evaluate(
+            pipes[extra["name"]], num_images=args.eval_images, steps=extra["steps"], guidance=extra["guidance"],
+            seed=args.seed, return_images=True, progress=False)
+        rows.append(extra)
     ref = rows[0]
     for r in rows:
         r["psnr_vs_reference"] = psnr_ci(images[r["name"]], images[ref["name"]], args.seed)
