@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
                    help="already distilled students with the same settings, e.g. bk-small-kd=runs/demo/distill")
     p.add_argument("--num-images", type=int, default=256, help="images per evaluation")
     p.add_argument("--sample-steps", type=int, default=25, help="sampler steps (A-SDM Table 3 splits 10 + 15)")
+    p.add_argument("--incubation", nargs="+", default=["M1", "M2", "M3"], choices=["M1", "M2", "M3"],
+                   help="Table 2's assembled students (each ~20 min at 600 steps with the perceptual term)")
     p.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_asdm", help="models and evaluations (resumable)")
@@ -178,10 +180,10 @@ def table2(b: Bench) -> dict:
     base_kd = b.distill("bk-base-kd", b.prune("bk-base", "bk-base"))
     models = {"teacher": b.args.teacher, "bk-base (2 x budget)": b.distill("bk-base-kd2", base_kd)}
     sas = dict(lambda_mid=1.0, lambda_perc=1.0)  # A-SDM 2.5: mid-block and perceptual supervision
-    for m in ("M1", "M2", "M3"):
+    for m in b.args.incubation:
         models[f"{m} (teacher parts frozen)"] = b.distill(f"{m}-kd", b.assemble(m, base_kd, m), **sas)
     return b.compare("table2", models, teacher=0,
-                     contrasts=[(f"{m} (teacher parts frozen)", "bk-base (2 x budget)") for m in ("M1", "M2", "M3")])
+                     contrasts=[(f"{m} (teacher parts frozen)", "bk-base (2 x budget)") for m in b.args.incubation])
 
 
 def table3(b: Bench) -> dict:
