@@ -151,9 +151,41 @@ def adamw(params: list, impl: str, **kwargs) -> torch.optim.AdamW:
 
 
 def compile_model(model: nn.Module, backend: str) -> nn.Module:
-    """`torch.compile(model)` (the module is wrapped, its parameters shared)."""
-    return torch.compile(model, backend=backend)
+    """`model.compile(backend=...)`: compiled in place (the same module object: hooks, names and
+    saving unchanged); the first call of each input shape pays the compile time."""
+    model.compile(backend=backend)
+    return model
 
 
 def about_run(device: torch.device) -> str:
     return f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
+    """Fill `cfg.cache_dir` with the encodings of the whole data set `cfg.data`, exactly as the
+    trainer would write them (same resolution, encoders, dtype and cache key), with a progress bar.
+    Returns (items encoded now, the cache directory). A later `distill` with this `--cache-dir`
+    skips image loading and both encoders from its first step."""
+    from slimdiff.data import build_dataset
+    from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
+    from slimdiff.distill.loading import _load, is_pipeline_source
+    from slimdiff.distill.trainer import DTYPES
+    from slimdiff.unet import load_pipeline, load_unet
+
+    if cfg.cache_dir is None:
+        raise ValueError("precompute_cache needs DistillConfig.cache_dir (--cache-dir DIR)")
+    source = cfg.pipeline or (cfg.teacher if cfg.teacher is not None and is_pipeline_source(cfg.teacher) else None)
+    if source is None:
+        raise ValueError(f"the teacher {cfg.teacher!r} is a bare U-Net: give --pipeline for the tokenizer, text "
+                         f"encoder and VAE")
+    pipe = _load("--pipeline" if cfg.pipeline else "--teacher", source, load_pipeline)
+    unet = pipe.unet if source == cfg.teacher else _load("--teacher", cfg.teacher, load_unet)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
+    vae, text_encoder = (m.requires_grad_(False).eval().to(device, DTYPES[cfg.mixed_precision])
+                         for m in (pipe.vae, pipe.text_encoder))
+    resolution = cfg.resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    data = build_dataset(cfg.data, resolution, seed=cfg.seed, toy_size=cfg.toy_size,
+                         caption_column=cfg.caption_column, image_column=cfg.image_column)
+    cache = EncodingCache(cfg.cache_dir, data.fingerprint, vae, text_encoder)
+    done = fill_cache(data, BatchEncoder(vae, pipe.tokenizer, text_encoder, cache), cfg.batch_size, progress)
+    return done, cache.dir

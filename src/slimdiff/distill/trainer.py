@@ -175,6 +175,8 @@ class Trainer:
         for m in (getattr(self, "teacher", None), self.student):
             if isinstance(m, nn.Module) and self.cfg.channels_last:
                 speed.set_channels_last(m, False)  # the caller's modules come back contiguous
+            if isinstance(m, nn.Module) and self.cfg.compile:
+                m._compiled_call_impl = None  # undo nn.Module.compile(): plain eager calls again
         self._caller.restore()
 
     def _setup(self, config: DistillConfig, teacher, student, pipeline, progress: bool) -> None:
@@ -309,10 +311,9 @@ class Trainer:
                              "use DDP or drop --ema-decay")
         self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
         self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
-        self.teacher_fwd = self.teacher  # what the step calls (compiled or not); hooks sit on self.teacher
-        if cfg.compile:
-            self.model = speed.compile_model(self.model, cfg.compile_backend)
-            self.teacher_fwd = speed.compile_model(self.teacher, cfg.compile_backend)
+        if cfg.compile:  # in place: the same modules, hooks and names
+            speed.compile_model(self.model, cfg.compile_backend)
+            speed.compile_model(self.teacher, cfg.compile_backend)
         ckpt.install_portable_model_hooks(acc)
         if self.resume_dir is not None:  # LR schedule and EMA: JSON + safetensors, never pickles
             try:
@@ -411,7 +412,7 @@ class Trainer:
         """The frozen teacher: output (b, C, h, w) float32 and its recorded features, no autograd state."""
         cfg = self.cfg
         with speed.teacher_context(self.device, cfg.teacher_inference_mode, cfg.teacher_dtype):
-            pred_t = self.teacher_fwd(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
+            pred_t = self.teacher(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
         t_feats = self.t_rec.pop() if self.t_rec else {}
         if cfg.teacher_inference_mode:  # tensors a loss may save for backward (inference tensors may not be)
             t_feats = {k: speed.to_normal_float(v, True) for k, v in t_feats.items()}
