@@ -69,7 +69,10 @@ def test_numerics_changing_options_match_the_fp32_curve(make_config, tmp_path, o
     ref = distill(make_config(tmp_path / "ref", max_steps=3, **EAGER), progress=False)
     run = distill(make_config(tmp_path / "run", max_steps=3, **{**EAGER, **option}), progress=False)
     assert losses(run) == pytest.approx(losses(ref), rel=rel)
-    assert losses(run) != losses(ref) or option.get("adamw")  # it is a different computation (bar foreach)
+    if "channels_last" in option or "teacher_dtype" in option:
+        assert losses(run) != losses(ref)  # it is a different computation
+    if option.get("compile"):  # aot_eager runs the traced graphs with eager kernels: same numbers here
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
 
 
 def test_channels_last_student_comes_back_contiguous(make_config, tmp_path):
