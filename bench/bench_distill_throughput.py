@@ -1,16 +1,17 @@
-"""Distillation throughput (steps/s) and peak memory, with and without latent/text caching.
+"""Distillation throughput: the eager fp32 uncached baseline, then each speed option added one at a time.
 
-    python bench/bench_distill_throughput.py                 # toy world, writes docs/bench/distill_throughput.md
-    python bench/bench_distill_throughput.py --steps 40 --batch-size 32 --threads 2
+    python bench/bench_distill_throughput.py --quick         # writes docs/bench/distill_throughput.{md,json}
+    python bench/bench_distill_throughput.py --rounds 5 --steps 20 --proxy-steps 4
 
-Three runs of the same distillation (teacher -> its `bk-small` student, BK-SDM losses), each in
-its own child process so its peak resident memory (`resource.getrusage`) is its own:
-  1. no cache:    every step renders/loads images and runs the VAE encoder and text encoder;
-  2. cache fill:  one epoch with --cache-dir, encoding every item once and writing it to disk;
-  3. cache hit:   the same run as 1 with the filled cache: both encoders and image loading skipped.
-Steps/s is measured on the steps after the first (`time_s` in the JSONL log), so set-up and
-first-call overheads are excluded. On the toy world when its assets are installed, else on the
-tiny test pipeline (said so in the output).
+Worlds: the toy world at `slimdiff demo`'s settings (teacher `toy` -> its `bk-small` student, batch
+64, lr 1e-3, BK-SDM losses, a latent/text cache) and a real-scale proxy: the `sd15-arch` U-Net
+(random weights) -> its `bk-small` student at 256 px, batch 1, with SD-1.5's VAE (`sd15-arch`,
+random) and a CLIP-L-sized text encoder (12 layers, width 768, 77 tokens, random) over the toy
+tokenizer; the toy data set rendered at 256 px. Every run is a child process (its own peak RSS);
+the runs of a round go through every setting in turn and rounds repeat, so machine load hits all
+settings alike; steps/s is over the steps after the first (`time_s` in the log), median of rounds.
+"Cache" runs read a cache precomputed for the data set (`slimdiff cache`), as the demo's cache is
+after its first epoch. The loss after the same number of steps is reported for every setting.
 """
 
 from __future__ import annotations
@@ -20,45 +21,76 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue as queue_mod
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+EAGER = dict(teacher_inference_mode=False, channels_last=False, adamw="loop", memory_cache="off", log_every=1)
+# (name, settings on top of the previous row): the ladder of the default-on options, then extras
+LADDER = [
+    ("eager fp32, uncached (baseline)", {}),
+    ("+ teacher inference_mode", dict(teacher_inference_mode=True)),
+    ("+ foreach AdamW", dict(adamw="foreach")),
+    ("+ channels-last", dict(channels_last=True)),
+    ("+ latent/text cache (= defaults)", dict(cache=True)),
+]
+EXTRAS = [  # each on top of the defaults, alone
+    ("defaults + log_every 10", dict(log_every=10)),
+    ("defaults + teacher bf16 (numerics)", dict(teacher_dtype="bf16")),
+]
+COMPILE = ("defaults + compile (inductor)", dict(compile=True))
 
 
-def toy_available() -> bool:
-    try:
-        from slimdiff.toy import pipeline_path
+def proxy_pipeline():
+    """sd15-arch U-Net + SD VAE + CLIP-L-sized text encoder, all random (seed 0), in memory."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-        pipeline_path()
-        return True
-    except FileNotFoundError:
-        return False
+    from slimdiff.toy import components
+    from slimdiff.toy.tokenizer import build_tokenizer
+    from slimdiff.unet import load_unet
+    from slimdiff.vae import load_vae
+
+    tok = build_tokenizer(77)
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id, hidden_act="quick_gelu"))
+    return components.assemble_pipeline(load_unet("sd15-arch"), load_vae("sd15-arch"), text, tokenizer=tok,
+                                        scheduler=components.train_scheduler())
+
+
+def load_world(world: str):
+    from slimdiff.unet import apply_preset, load_pipeline
+
+    pipe = load_pipeline("toy") if world == "toy" else proxy_pipeline()
+    return pipe, apply_preset(pipe.unet, "bk-small")[0]
 
 
 def run_one(settings: dict, queue) -> None:
-    """Child process: one distillation; report steps/s, wall time and peak RSS."""
+    """Child process: one distillation; report steps/s, final loss, peak memory (and the profile)."""
     import torch
 
     from slimdiff.distill import DistillConfig, distill
-    from slimdiff.unet import apply_preset, load_pipeline
 
-    threads = settings.pop("threads")
-    if threads:
-        torch.set_num_threads(threads)
-    pipe = load_pipeline(settings["teacher"])
-    student, _ = apply_preset(pipe.unet, "bk-small")
-    t0 = time.perf_counter()
+    torch.set_num_threads(settings.pop("threads"))
+    pipe, student = load_world(settings.pop("world"))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     result = distill(DistillConfig(**settings), teacher=pipe.unet, student=student, pipeline=pipe, progress=False)
-    wall = time.perf_counter() - t0
     records = [json.loads(line) for line in result.log_path.read_text().splitlines() if line.strip()]
     times = [r["time_s"] for r in records]
-    steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    queue.put({"steps": len(records), "steps_per_s": steady, "wall_s": wall, "peak_rss_mib": peak_mib,
-               "final_loss": records[-1]["loss"], "trainable_params": result.trainable_params})
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    prof = Path(settings["out"]) / "profile.json"
+    queue.put({"steps_per_s": (len(times) - 1) / (times[-1] - times[0]), "final_loss": records[-1]["loss"],
+               "peak_mib": peak, "first_step_s": times[0],
+               "profile": json.loads(prof.read_text()) if prof.is_file() else None})
 
 
 def child(settings: dict) -> dict:
@@ -66,75 +98,167 @@ def child(settings: dict) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=run_one, args=(settings, queue))
     proc.start()
-    out = queue.get()
+    while True:
+        try:
+            out = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                break
     proc.join()
     if proc.exitcode:
         raise RuntimeError(f"benchmark child failed with exit code {proc.exitcode}")
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30, help="optimiser steps per measured run")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--toy-size", type=int, default=256, help="items in the data set (one cache-fill epoch)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "distill_throughput.md"))
-    args = p.parse_args(argv)
+def precompute(world: str, base: dict, cache_dir: Path) -> None:
+    """Fill the cache the "cache" runs read (in a child, like them)."""
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_precompute, args=(world, base, str(cache_dir)))
+    proc.start()
+    proc.join()
 
-    # 1. the teacher: the shipped toy pipeline, or the tiny test pipeline when it is not installed
-    work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
-    if toy_available():
-        teacher, world = "toy", "toy world (shipped pipeline)"
-    else:
-        from slimdiff.testing import tiny_pipeline
 
-        teacher, world = str(tiny_pipeline(work / "tiny-pipe")), "tiny test pipeline (toy assets not installed)"
-    base = dict(teacher=teacher, data="toy", toy_size=args.toy_size, batch_size=args.batch_size,
-                checkpoint_every=0, seed=0, threads=args.threads)
-
-    # 2. the three runs
-    load_before = os.getloadavg()[0]
-    rows = {}
-    print(f"distillation throughput on the {world}: {args.steps} steps, batch {args.batch_size}")
-    rows["no cache"] = child({**base, "out": str(work / "plain"), "max_steps": args.steps})
-    print("  no cache  ", rows["no cache"])
-    epoch = max(1, args.toy_size // args.batch_size)
-    cache = str(work / "cache")
-    rows["cache fill (1 epoch)"] = child({**base, "out": str(work / "fill"), "max_steps": epoch, "cache_dir": cache})
-    print("  cache fill", rows["cache fill (1 epoch)"])
-    rows["cache hit"] = child({**base, "out": str(work / "hit"), "max_steps": args.steps, "cache_dir": cache})
-    print("  cache hit ", rows["cache hit"])
-    speedup = rows["cache hit"]["steps_per_s"] / rows["no cache"]["steps_per_s"]
-
-    # 3. the report
+def _precompute(world, base, cache_dir) -> None:
     import torch
 
-    lines = [
-        "# Distillation throughput: with and without latent/text-embedding caching",
-        "",
-        f"Written by `bench/bench_distill_throughput.py` on {time.strftime('%Y-%m-%d %H:%M')}.",
-        f"Model: {world}; teacher -> `bk-small` student "
-        f"({rows['no cache']['trainable_params']:,} trainable parameters); BK-SDM losses (task + output KD + "
-        f"feature KD); global batch {args.batch_size}; {args.toy_size} toy training scenes.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"threads {args.threads or torch.get_num_threads()}, load average before the runs "
-        f"{load_before:.1f} (the cores are shared; absolute numbers vary with other jobs).",
-        "",
-        "| run | steps | steps/s (after step 1) | wall s (incl. set-up) | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['steps']} | {r['steps_per_s']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
-    lines += ["", f"Cache hit vs no cache: **{speedup:.2f}x** steps/s. The fill run pays the encoders once per item "
-              "plus the disk writes; later epochs skip image rendering, the VAE encoder and the text encoder. "
-              "The latent is still sampled every step from the cached distribution (mean, log-variance), so "
-              "cached and uncached runs are the same computation (tests/distill/test_distill_trainer.py).", ""]
-    out = Path(args.out)
-    from slimdiff.io import atomic_write
+    from slimdiff.data import build_dataset
+    from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
 
+    torch.set_num_threads(base["threads"])
+    pipe, _ = load_world(world)
+    res = base.get("resolution") or pipe.unet.config.sample_size * 8
+    data = build_dataset("toy", res, seed=0, toy_size=base["toy_size"])
+    cache = EncodingCache(cache_dir, data.fingerprint, pipe.vae.eval(), pipe.text_encoder.eval())
+    fill_cache(data, BatchEncoder(pipe.vae, pipe.tokenizer, pipe.text_encoder, cache), 16, progress=False)
+
+
+def bench_world(world: str, base: dict, rows: list, rounds: int, work: Path) -> dict:
+    """Interleaved rounds over `rows` [(name, settings)]; returns name -> medians (+ all rounds)."""
+    cache_dir = work / f"cache-{world}"
+    if any(s.get("cache") for _, s in rows):
+        precompute(world, base, cache_dir)
+    results: dict[str, list] = {name: [] for name, _ in rows}
+    for r in range(rounds):
+        for k, (name, settings) in enumerate(rows):
+            s = {**base, **{k2: v for k2, v in settings.items() if k2 != "cache"}, "world": world,
+                 "out": str(work / f"{world}-{k}-{r}")}
+            if settings.get("cache"):
+                s["cache_dir"] = str(cache_dir)
+            if r == 0 and k in (0, len(rows) - 1):
+                s["profile_steps"] = max(1, base["max_steps"] - 1)  # profile: baseline and defaults
+            res = child(s)
+            results[name].append(res)
+            print(f"  {world} round {r + 1}/{rounds} {name}: {res['steps_per_s']:.3f} steps/s, "
+                  f"loss {res['final_loss']:.5f}", flush=True)
+    ref = statistics.median(x["steps_per_s"] for x in results[rows[0][0]])
+    out = {}
+    for name, runs in results.items():
+        sps = statistics.median(x["steps_per_s"] for x in runs)
+        out[name] = {"steps_per_s": sps, "speedup": sps / ref, "rounds": [x["steps_per_s"] for x in runs],
+                     "final_loss": runs[0]["final_loss"], "peak_mib": max(x["peak_mib"] for x in runs),
+                     "first_step_s": statistics.median(x["first_step_s"] for x in runs),
+                     "profile": next((x["profile"] for x in runs if x["profile"]), None)}
+    return out
+
+
+def ladder_settings(with_compile: bool, extras: bool = True) -> list:
+    rows, acc = [], dict(EAGER)
+    for name, extra in LADDER:
+        acc = {**acc, **extra}
+        rows.append((name, dict(acc)))
+    rows += [(name, {**acc, **extra}) for name, extra in (EXTRAS if extras else []) + ([COMPILE] if with_compile else [])]
+    return rows
+
+
+def report(args, results: dict, load: tuple[float, float]) -> list[str]:
+    import torch
+
+    lines = ["# Distillation throughput: speed options one at a time", "",
+             f"Written by `python bench/bench_distill_throughput.py{' --quick' if args.quick else ''}"
+             f"{' --compile' if args.compile else ''}` on {time.strftime('%Y-%m-%d %H:%M')} "
+             f"({args.rounds} interleaved rounds per world, medians).",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"{args.threads} torch thread(s) per run; load average {load[0]:.1f} before and {load[1]:.1f} after "
+             f"(the cores are shared with other jobs: absolute numbers vary, the ratios of one run are fair).", ""]
+    for world, res in results.items():
+        steps = args.steps if world == "toy" else args.proxy_steps
+        about = ("toy world at the demo's settings: teacher `toy` -> `bk-small`, batch 64, lr 1e-3, "
+                 f"{args.toy_size} scenes" if world == "toy" else
+                 "real-scale proxy: `sd15-arch` -> `bk-small`, 256 px, batch 1 (random weights; see the bench docstring)")
+        lines += [f"## {about}", "", f"{steps} steps per run; steps/s over steps 2..{steps}; loss after step {steps}.",
+                  "", "| setting | steps/s | vs baseline | rounds | loss | peak MiB | first step s |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        for name, r in res.items():
+            lines.append(f"| {name} | {r['steps_per_s']:.3f} | **{r['speedup']:.2f}x** | "
+                         f"{', '.join(f'{x:.3f}' for x in r['rounds'])} | {r['final_loss']:.5f} | {r['peak_mib']:.0f} | "
+                         f"{r['first_step_s']:.1f} |")
+        profiled = [(n, r["profile"]) for n, r in res.items() if r["profile"]]
+        if profiled:
+            lines += ["", "Per-phase medians (ms, `--profile-steps`), round 1:", "",
+                      "| phase | " + " | ".join(n for n, _ in profiled) + " |", "|---|" + "---:|" * len(profiled)]
+            phases = list(dict.fromkeys(p for _, prof in profiled for p in prof["phases"]))
+            for p in phases:
+                lines.append(f"| {p} | " + " | ".join(f"{prof['phases'].get(p, 0):.1f}" for _, prof in profiled) + " |")
+            lines.append("| **step** | " + " | ".join(f"**{prof['total_ms']:.1f}**" for _, prof in profiled) + " |")
+            lines.append("| largest phase | " + " | ".join(prof["largest_phase"] for _, prof in profiled) + " |")
+        lines.append("")
+    lines += ["## What the settings are", "",
+              "- Exact (bit-for-bit, tests/distill/test_distill_speed.py): teacher `inference_mode`, `log_every`, "
+              "and the cache (the same encoder outputs; the disk and RAM caches hold what the encoders gave when an "
+              "item was first encoded).",
+              "- Float32 with another summation order (loss curves equal within 1e-4 relative on the tiny fixture): "
+              "foreach AdamW, channels-last, compile with `aot_eager`.",
+              "- Changes numerics: teacher bf16 (within 3e-2 relative on the tiny fixture), inductor compile.",
+              "- Default on: inference_mode, foreach AdamW, channels-last, the RAM cache when data is revisited "
+              "(`--cache-dir` for a disk cache, `slimdiff cache` to precompute one). Off: bf16 teacher, compile, "
+              "log_every > 1 (no measurable gain on the CPU; on a GPU it removes a device sync per step).", ""]
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the ladder only: 2 rounds of 6 toy steps (256 scenes), "
+                   "2 proxy steps (about 10 min on 2 loaded cores)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=16, help="toy optimiser steps per run")
+    p.add_argument("--proxy-steps", type=int, default=3, help="proxy steps per run (0: skip the proxy)")
+    p.add_argument("--toy-size", type=int, default=1024, help="toy scenes (the demo: 4096; the cache is precomputed)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--compile", action="store_true", help="also time --compile (inductor: minutes of compiling)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "distill_throughput.md"))
+    p.add_argument("--from-json", metavar="FILE", help="only re-render the markdown from a saved .json")
+    args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        args = argparse.Namespace(**{**saved["args"], "out": args.out})
+        lines = report(args, saved["results"], tuple(saved.get("load", (float("nan"),) * 2)))
+        from slimdiff.io import atomic_write
+
+        atomic_write(Path(args.out), "\n".join(lines))
+        return 0
+    if args.quick:
+        args.rounds, args.steps, args.proxy_steps, args.toy_size = 2, 6, 2, 256
+
+    work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
+    common = dict(data="toy", checkpoint_every=0, seed=0, threads=args.threads, cpu=True, lr_scheduler="cosine")
+    toy = {**common, "teacher": "toy", "toy_size": args.toy_size, "batch_size": 64, "learning_rate": 1e-3,
+           "max_steps": args.steps}
+    proxy = {**common, "teacher": None, "pipeline": None, "toy_size": 16, "batch_size": 1, "resolution": 256,
+             "learning_rate": 5e-5, "max_steps": args.proxy_steps}
+    load0 = os.getloadavg()[0]
+    results = {"toy": bench_world("toy", toy, ladder_settings(args.compile, not args.quick), args.rounds, work)}
+    if args.proxy_steps > 1:
+        rows = ladder_settings(False)
+        results["proxy"] = bench_world("proxy", proxy, [rows[0], rows[len(LADDER) - 1]], 1, work)
+    lines = report(args, results, (load0, os.getloadavg()[0]))
+
+    from slimdiff.io import atomic_write, write_json
+
+    out = Path(args.out)
     atomic_write(out, "\n".join(lines))
-    print(f"wrote {out}")
+    write_json(out.with_suffix(".json"), {"args": vars(args), "results": results, "load": [load0, os.getloadavg()[0]]})
+    print("\n".join(lines))
     return 0
 
 

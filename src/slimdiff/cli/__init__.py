@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "prune": "prune",
     "prune-vae": "prune_vae",
     "distill": "distill",
+    "cache": "cache",
     "step-distill": "step_distill",
     "distill-vae": "distill_vae",
     "generate": "generate",

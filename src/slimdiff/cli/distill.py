@@ -25,6 +25,22 @@ COMMON_OPTIONS = [
     ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
     ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
 ]
+# speed options (slimdiff.distill.speed; docs/bench/distill_throughput.md); defaults: DistillConfig
+_ON_OFF = dict(action=argparse.BooleanOptionalAction)
+SPEED_OPTIONS = [
+    ("--prefetch-factor", "prefetch_factor", dict(type=int, help="batches per worker loaded ahead")),
+    ("--pin-memory", "pin_memory", dict(help="page-locked batches for GPU copies", **_ON_OFF)),
+    ("--memory-cache", "memory_cache", dict(choices=["auto", "off"], help="encodings in RAM when data is revisited")),
+    ("--memory-cache-mb", "memory_cache_mb", dict(type=int, help="RAM cap of the memory cache (MiB)")),
+    ("--teacher-inference-mode", "teacher_inference_mode", dict(help="teacher under inference_mode", **_ON_OFF)),
+    ("--teacher-dtype", "teacher_dtype", dict(choices=["fp32", "bf16", "fp16"], help="teacher autocast dtype")),
+    ("--compile", "compile", dict(help="torch.compile student and teacher", **_ON_OFF)),
+    ("--compile-backend", "compile_backend", dict(help="torch.compile backend (default inductor)")),
+    ("--channels-last", "channels_last", dict(help="NHWC weights and inputs", **_ON_OFF)),
+    ("--adamw", "adamw", dict(choices=["loop", "foreach", "fused"], help="AdamW implementation")),
+    ("--log-every", "log_every", dict(type=int, help="steps between host syncs that read the losses")),
+    ("--profile-steps", "profile_steps", dict(type=int, metavar="N", help="time the phases of N steps")),
+]
 # (flag, DistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.config
 _OPTIONS = [
     ("--pipeline", "pipeline", dict(metavar="DIR", help="tokenizer/text encoder/VAE/scheduler source "
@@ -61,6 +77,7 @@ _OPTIONS = [
     ("--ema-decay", "ema_decay", dict(type=float, help="EMA of the student weights, e.g. 0.9999 (default off)")),
     ("--gradient-checkpointing", "gradient_checkpointing", dict(action="store_true", default=None)),
     *COMMON_OPTIONS,
+    *SPEED_OPTIONS,
 ]
 
 
@@ -131,4 +148,3 @@ def _is_main() -> bool:
     from accelerate.state import PartialState
 
     return PartialState().is_main_process
-

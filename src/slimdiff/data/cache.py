@@ -20,6 +20,7 @@ written atomically; processes write disjoint indices.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -71,10 +72,32 @@ class EncodingCache:
                       str(tmp))
 
 
+class MemoryCache:
+    """`EncodingCache`'s interface in RAM, for one run: the encodings of items already seen, up to
+    `max_bytes` (later items are simply not kept). Exact in the same sense as the disk cache:
+    a hit returns the values the encoders gave when the item was first encoded."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: dict[int, dict[str, torch.Tensor]] = {}
+
+    def has(self, index: int) -> bool:
+        return index in self.items
+
+    def load(self, index: int) -> dict[str, torch.Tensor]:
+        return dict(self.items[index])
+
+    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
+        size = (moments.numel() * moments.element_size() + text.numel() * text.element_size())
+        if index not in self.items and self.bytes + size <= self.max_bytes:
+            self.items[index] = {"moments": moments.detach().clone(), "text": text.detach().clone()}
+            self.bytes += size
+
+
 class CachedDataset(Dataset):
     """Wraps a data set: an item already in the cache is returned as its encodings only."""
 
-    def __init__(self, base: Dataset, cache: EncodingCache | None):
+    def __init__(self, base: Dataset, cache: EncodingCache | MemoryCache | None):
         self.base, self.cache = base, cache
 
     def __len__(self) -> int:
@@ -89,10 +112,11 @@ class CachedDataset(Dataset):
 class BatchEncoder:
     """items (list of data-set dicts) -> latent moments (B, 2C, h, w) and text embeddings (B, L, D)."""
 
-    def __init__(self, vae, tokenizer, text_encoder, cache: EncodingCache | None = None):
+    def __init__(self, vae, tokenizer, text_encoder, cache: EncodingCache | MemoryCache | None = None, timer=None):
         self.vae, self.tokenizer, self.text_encoder, self.cache = vae, tokenizer, text_encoder, cache
         self.device = next(vae.parameters()).device
         self.dtype = next(vae.parameters()).dtype
+        self.timer = timer if timer is not None else (lambda phase: contextlib.nullcontext())  # phase -> context
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -112,19 +136,40 @@ class BatchEncoder:
 
     @torch.no_grad()
     def __call__(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:  # items a DataLoader worker loaded before the cache had them
+            items = [{"index": it["index"], **self.cache.load(it["index"])}
+                     if "moments" not in it and self.cache.has(it["index"]) else it for it in items]
         todo = [k for k, it in enumerate(items) if "moments" not in it]
         moments: list[torch.Tensor | None] = [it.get("moments") for it in items]
         texts: list[torch.Tensor | None] = [it.get("text") for it in items]
         if todo:
             pix = torch.stack([items[k]["pixel_values"] for k in todo])  # (n, 3, H, W)
-            new_m = self.encode_images(pix)
-            new_t = self.encode_text([items[k]["caption"] for k in todo])
+            with self.timer("vae encode"):
+                new_m = self.encode_images(pix)
+            with self.timer("text encoder"):
+                new_t = self.encode_text([items[k]["caption"] for k in todo])
             for j, k in enumerate(todo):
                 moments[k], texts[k] = new_m[j], new_t[j]
                 if self.cache is not None:
                     self.cache.save(items[k]["index"], new_m[j], new_t[j])
         return (torch.stack([m.to(self.device) for m in moments]),
                 torch.stack([t.to(self.device) for t in texts]))
+
+
+def fill_cache(dataset: Dataset, encoder: BatchEncoder, batch_size: int, progress: bool = True) -> int:
+    """Encode every item of `dataset` not yet in `encoder.cache` (batches of `batch_size`, a
+    progress bar); returns how many were encoded. Later runs with the same cache skip the encoders."""
+    from tqdm.auto import tqdm
+
+    cache = encoder.cache
+    todo = [i for i in range(len(dataset)) if not cache.has(i)]
+    bar = tqdm(total=len(todo), disable=not progress, unit="item", desc="cache")
+    for start in range(0, len(todo), batch_size):
+        chunk = [dataset[i] for i in todo[start:start + batch_size]]
+        encoder(chunk)  # saves each new item into the cache
+        bar.update(len(chunk))
+    bar.close()
+    return len(todo)
 
 
 def sample_latents(moments: torch.Tensor, eps: torch.Tensor, scaling_factor: float) -> torch.Tensor:

@@ -251,8 +251,8 @@ def install_portable_model_hooks(accelerator) -> None:
         return
 
     def save_hook(models, weights, output_dir):
-        for i in range(len(weights)):
-            weights[i] = _strip(weights[i])
+        for i in range(len(weights)):  # contiguous: channels-last weights (safetensors stores dense rows)
+            weights[i] = {k: v.contiguous() for k, v in _strip(weights[i]).items()}
 
     def load_hook(models, input_dir):
         for i, model in enumerate(models):
@@ -265,13 +265,18 @@ def install_portable_model_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def is_checkpoint_step(cfg, step: int) -> bool:
+    """Whether `maybe_save` writes a checkpoint after optimiser step `step`."""
+    return bool(cfg.checkpoint_every) and not step % cfg.checkpoint_every and step < cfg.max_steps
+
+
 def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None) -> Path | None:
     """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
     none at the last step (the run's output follows), with the run's config and global batch.
 
     `states()`: name -> state dict saved beside it with `save_state` (LR schedule, EMA; no pickles);
     `before_save()`: a check run first (e.g. that no weight is NaN)."""
-    if not cfg.checkpoint_every or step % cfg.checkpoint_every or step >= cfg.max_steps:
+    if not is_checkpoint_step(cfg, step):
         return None
     if before_save is not None:
         before_save()

@@ -27,7 +27,8 @@ LR_SCHEDULERS = (  # diffusers.optimization.SchedulerType values
 PATH_FIELDS = ("teacher", "student", "pipeline", "data", "perceptual_weights")  # compared as real paths
 # settings that may change when a run is resumed; every other one must match the checkpoint's
 RESUMABLE_CHANGES = ("out", "resume", "checkpoint_every", "checkpoints_keep", "num_workers", "cache_dir",
-                     "batch_size", "cpu", "max_steps")
+                     "batch_size", "cpu", "max_steps", "prefetch_factor", "pin_memory", "memory_cache",
+                     "memory_cache_mb", "teacher_inference_mode", "log_every", "profile_steps")
 
 
 @dataclasses.dataclass
@@ -45,6 +46,12 @@ class DistillConfig:
     caption_dropout: float = 0.1  # probability a caption is replaced by "" (SD-1.x trained CFG with 0.1; BK-SDM: 0)
     cache_dir: str | None = None  # cache VAE latent moments + text embeddings here; None: encode every step
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    prefetch_factor: int = 2  # batches each worker loads ahead (torch's default; used when num_workers > 0)
+    pin_memory: bool = False  # page-locked host batches for faster copies to a GPU (no effect on the CPU)
+    # keep the encodings in RAM when the run revisits the data and no cache_dir is given (exact: the
+    # same values as --cache-dir); "off": encode every step; up to memory_cache_mb MiB per process
+    memory_cache: str = "auto"
+    memory_cache_mb: int = 2048
 
     # --- losses (METHODS.md sections 2-4) ---------------------------------------------------
     lambda_task: float = 1.0  # MSE(pred_S, target), target from the scheduler's prediction_type
@@ -81,6 +88,16 @@ class DistillConfig:
     gradient_checkpointing: bool = False  # recompute student activations in backward (less memory)
     seed: int = 0  # data order, noise, timesteps, caption dropout and stochastic depth derive from it
     cpu: bool = False  # force the CPU even where an accelerator is available
+
+    # --- speed (slimdiff.distill.speed; docs/bench/distill_throughput.md) -------------------------
+    teacher_inference_mode: bool = True  # teacher under torch.inference_mode, no autograd state (exact)
+    teacher_dtype: str = "fp32"  # teacher autocast "fp32" | "bf16" | "fp16" (bf16/fp16 change numerics)
+    compile: bool = False  # torch.compile student and teacher (changes numerics slightly; pays compile time)
+    compile_backend: str = "inductor"  # torch.compile backend (inductor needs a C++ compiler on the CPU)
+    channels_last: bool = True  # NHWC weights and inputs (float32; summation order differs at rounding level)
+    adamw: str = "foreach"  # AdamW implementation "loop" | "foreach" | "fused" (same rule, rounding level)
+    log_every: int = 1  # steps between host syncs that read the losses (the log still has every step)
+    profile_steps: int = 0  # time each phase of this many steps (after the first) -> out/profile.{json,md}
 
     # --- bookkeeping -----------------------------------------------------------------------
     checkpoint_every: int = 500  # optimiser steps between checkpoints (0: none)
@@ -127,9 +144,22 @@ class DistillConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "toy_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
-        for name in ("lr_warmup_steps", "checkpoint_every", "num_workers"):
+        for name in ("lr_warmup_steps", "checkpoint_every", "num_workers", "memory_cache_mb", "profile_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0")
+        for name in ("prefetch_factor", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        if self.memory_cache not in ("auto", "off"):
+            bad("memory_cache", "choose 'auto' or 'off'")
+        if self.teacher_dtype not in ("fp32", "bf16", "fp16"):
+            bad("teacher_dtype", "choose one of ['fp32', 'bf16', 'fp16']")
+        if self.teacher_dtype != "fp32" and self.mixed_precision != "no":
+            bad("teacher_dtype", "use either --teacher-dtype or --mixed-precision (which casts the teacher too)")
+        if self.adamw not in ("loop", "foreach", "fused"):
+            bad("adamw", "choose one of ['loop', 'foreach', 'fused']")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            bad("compile_backend", "a torch.compile backend name, e.g. 'inductor'")
         if self.checkpoints_keep < 1:
             bad("checkpoints_keep", "an integer >= 1")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

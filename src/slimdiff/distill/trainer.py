@@ -18,6 +18,7 @@ batch b see what 1 process with batch N*b sees (the losses are batch means, DDP 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -32,13 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from slimdiff.data import build_dataset, collate_items
-from slimdiff.data.cache import BatchEncoder, CachedDataset, EncodingCache, sample_latents
+from slimdiff.data.cache import BatchEncoder, CachedDataset, EncodingCache, MemoryCache, sample_latents
 from slimdiff.distill import checkpoint as ckpt
 from slimdiff.distill.checkpoint import JsonlLog
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.ema import EMA
 from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
 from slimdiff.distill.loading import Parts, load_parts
+from slimdiff.distill import speed
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss, task_target, x0_estimate
 from slimdiff.distill.stochastic_depth import StochasticDepth
 from slimdiff.io import apply_file_modes, check_disjoint
@@ -170,6 +172,11 @@ class Trainer:
             self.stochastic.remove()
         if getattr(self.student, "gradient_checkpointing", False) and self.cfg.gradient_checkpointing:
             self.student.disable_gradient_checkpointing()
+        for m in (getattr(self, "teacher", None), self.student):
+            if isinstance(m, nn.Module) and self.cfg.channels_last:
+                speed.set_channels_last(m, False)  # the caller's modules come back contiguous
+            if isinstance(m, nn.Module) and self.cfg.compile:
+                m._compiled_call_impl = None  # undo nn.Module.compile(): plain eager calls again
         self._caller.restore()
 
     def _setup(self, config: DistillConfig, teacher, student, pipeline, progress: bool) -> None:
@@ -183,6 +190,10 @@ class Trainer:
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
         self.dtype = DTYPES[cfg.mixed_precision]
+        speed.check_teacher_dtype(cfg.teacher_dtype, self.device)
+        if cfg.compile:
+            speed.check_compile_backend(cfg.compile_backend, self.device)
+        self.timer = speed.PhaseTimer(enabled=False, cuda=self.device.type == "cuda")  # on for profiled steps
 
         # 2. outputs apart from the inputs; resume: find the checkpoint first, so a mismatched
         # config fails before loading anything (junk of killed saves is removed first)
@@ -259,6 +270,8 @@ class Trainer:
         for m in (p.vae, p.text_encoder):
             m.requires_grad_(False).eval().to(self.device, self.dtype)
         self.student.to(self.device).train()
+        for m in (self.teacher, self.student):
+            speed.set_channels_last(m, cfg.channels_last)
         if cfg.gradient_checkpointing:
             if not getattr(self.student, "_supports_gradient_checkpointing", False):
                 raise ValueError(f"{type(self.student).__name__} does not support gradient checkpointing")
@@ -276,8 +289,10 @@ class Trainer:
         cache = None
         if cfg.cache_dir is not None:
             cache = EncodingCache(cfg.cache_dir, base.fingerprint, p.vae, p.text_encoder)
+        elif cfg.memory_cache == "auto" and cfg.max_steps * cfg.grad_accum * cfg.batch_size * self.world > len(base):
+            cache = MemoryCache(cfg.memory_cache_mb * 2 ** 20)  # the run revisits items: keep their encodings
         self.dataset = CachedDataset(base, cache)
-        self.encoder = BatchEncoder(p.vae, p.tokenizer, p.text_encoder, cache)
+        self.encoder = BatchEncoder(p.vae, p.tokenizer, p.text_encoder, cache, timer=self.timer)
         self.empty_text = self.encoder.encode_text([""])  # (1, L, D), for caption dropout
         self.stochastic = StochasticDepth(self.student, cfg.stochastic_depth) if cfg.stochastic_depth > 0 else None
         self._dry_run()
@@ -285,9 +300,9 @@ class Trainer:
         # 10. optimiser (trainable parameters only), LR schedule, EMA; wrap the student
         from diffusers.optimization import get_scheduler
 
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        self.optimizer = speed.adamw(self.trainable, cfg.adamw, lr=cfg.learning_rate,
+                                     betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         # stepped once per optimiser step by us (not prepared: accelerate would step it per process)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_steps)
@@ -296,6 +311,9 @@ class Trainer:
                              "use DDP or drop --ema-decay")
         self.ema = EMA(self.trainable, cfg.ema_decay) if cfg.ema_decay else None
         self.model, self.optimizer = acc.prepare(self.student, self.optimizer)
+        if cfg.compile:  # in place: the same modules, hooks and names
+            speed.compile_model(self.model, cfg.compile_backend)
+            speed.compile_model(self.teacher, cfg.compile_backend)
         ckpt.install_portable_model_hooks(acc)
         if self.resume_dir is not None:  # LR schedule and EMA: JSON + safetensors, never pickles
             try:
@@ -373,22 +391,40 @@ class Trainer:
         cfg = self.cfg
         latents, noise, text, t, _, _ = self._sample_batch(items, position)
         x_t = self.noise_scheduler.add_noise(latents, noise, t)  # sqrt(ab) x0 + sqrt(1 - ab) eps
+        x_t = speed.as_channels_last(x_t, cfg.channels_last)
         if self.stochastic is not None:
             self.stochastic.set_skipped(self.stochastic.sample(random_generator(cfg.seed, position, _DEPTH)))
         # 3. student (wrapped) and teacher (plain, no grad); hooks fill the recorders
         for rec in (self.s_rec, self.t_rec):
             if rec is not None:
                 rec.pop()  # drop what gradient-checkpointing recomputation may have left
-        pred_s = self.model(x_t, t, encoder_hidden_states=text).sample  # (b, C, h, w)
+        with self.timer("student forward"):
+            pred_s = self.model(x_t, t, encoder_hidden_states=text).sample  # (b, C, h, w)
         s_feats = self.s_rec.pop() if self.s_rec else {}
+        if cfg.needs_teacher:
+            with self.timer("teacher forward"):
+                pred_t, t_feats = self._teacher_forward(x_t, t, text)
+        with self.timer("losses+hooks"):
+            return self._loss_terms(latents, noise, x_t, t, pred_s, s_feats,
+                                    *((pred_t, t_feats) if cfg.needs_teacher else (None, None)))
+
+    def _teacher_forward(self, x_t, t, text) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The frozen teacher: output (b, C, h, w) float32 and its recorded features, no autograd state."""
+        cfg = self.cfg
+        with speed.teacher_context(self.device, cfg.teacher_inference_mode, cfg.teacher_dtype):
+            pred_t = self.teacher(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
+        t_feats = self.t_rec.pop() if self.t_rec else {}
+        if cfg.teacher_inference_mode:  # tensors a loss may save for backward (inference tensors may not be)
+            t_feats = {k: speed.to_normal_float(v, True) for k, v in t_feats.items()}
+        return speed.to_normal_float(pred_t, cfg.teacher_inference_mode), t_feats
+
+    def _loss_terms(self, latents, noise, x_t, t, pred_s, s_feats, pred_t, t_feats) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
         terms: dict[str, torch.Tensor] = {}
         if cfg.lambda_task > 0:
             target = task_target(self.prediction_type, latents, noise, t, self.alphas_cumprod)
             terms["loss_task"] = mse(pred_s, target)
         if cfg.needs_teacher:
-            with torch.no_grad():
-                pred_t = self.teacher(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
-            t_feats = self.t_rec.pop() if self.t_rec else {}
             if cfg.lambda_out > 0:
                 terms["loss_out"] = mse(pred_s, pred_t)
             if cfg.lambda_feat > 0:
@@ -433,8 +469,14 @@ class Trainer:
         sampler = GlobalBatchSampler(self.dataset_size, cfg.batch_size, self.rank, self.world, cfg.seed,
                                      start=self.start_step * cfg.grad_accum, stop=cfg.max_steps * cfg.grad_accum)
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate_items,
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
+                            **({"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}))
         batches = iter(loader)
+
+        def next_batch():
+            with self.timer("data"):
+                return next(batches)
+
         bar = _progress_bar(cfg.max_steps, self.start_step, enabled=self.progress and main, desc=self.name)
         if self.progress and main:
             start = f"resuming at step {self.start_step}" if self.resume_dir else \
@@ -443,19 +485,35 @@ class Trainer:
                       f"batch {cfg.batch_size * self.world * cfg.grad_accum}, feature map from "
                       f"{self.block_map_source}; {start}")
         record: dict = {}
+        pending: list[tuple] = []  # finish_step arguments of steps not yet logged (no host sync yet)
+        profiled = range(self.start_step + 1, self.start_step + 1 + cfg.profile_steps)  # the first: warm-up
         t0 = time.perf_counter()
         for step in range(self.start_step, cfg.max_steps):
+            self.timer.enabled = step in profiled
             self._on_step_start(step)
             sums, grad_norm = optimizer_step(acc, self.model, self.optimizer, self.trainable, step, cfg.grad_accum,
-                                             cfg.max_grad_norm, lambda p: self._micro_step(next(batches), p))
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.trainable)
-            record = finish_step(acc, log, bar, sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
-                                 self.lr_scheduler.get_last_lr()[0], grad_norm, t0, on_nonfinite=self._stop_diverged)
-            ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world, states=self._checkpoint_states,
-                            before_save=lambda: self._check_finite_weights(step + 1))
+                                             cfg.max_grad_norm, lambda p: self._micro_step(next_batch(), p),
+                                             timer=self.timer)
+            with self.timer("optimizer"):
+                self.lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.trainable)
+            with self.timer("logging+syncs"):
+                pending.append((sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
+                                self.lr_scheduler.get_last_lr()[0], grad_norm, time.perf_counter()))
+                saving = ckpt.is_checkpoint_step(cfg, step + 1)
+                if len(pending) >= cfg.log_every or saving or step + 1 == cfg.max_steps:
+                    for args in pending:  # the first reads the device; the others are ready by then
+                        record = finish_step(acc, log, bar, *args[:5], t0, on_nonfinite=self._stop_diverged,
+                                             now=args[5])
+                    pending = []
+                ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world,
+                                states=self._checkpoint_states, before_save=lambda: self._check_finite_weights(step + 1))
+            self.timer.end_step()
         elapsed = time.perf_counter() - t0
+        if cfg.profile_steps and main:
+            speed.write_profile(self.timer.summary(), self.out, f"{self.name}, {speed.about_run(self.device)}, "
+                                f"batch {cfg.batch_size}, {self.resolution} px")
         bar.close()
         steps_done = cfg.max_steps - self.start_step
         steps_per_sec = steps_done / elapsed if elapsed > 0 else float("nan")
@@ -494,6 +552,7 @@ class Trainer:
             self.stochastic.remove()
         if cfg.gradient_checkpointing and hasattr(student, "disable_gradient_checkpointing"):
             student.disable_gradient_checkpointing()
+        speed.set_channels_last(student, False)  # saved and returned in the contiguous format
         self._check_finite_weights(cfg.max_steps)
         if self.ema is not None:
             self.ema.copy_to(self.trainable)
@@ -612,30 +671,34 @@ def make_accelerator(mixed_precision: str, grad_accum: int, cpu: bool, find_unus
 
 
 def optimizer_step(acc, model, optimizer, trainable, step: int, grad_accum: int, max_grad_norm: float | None,
-                   micro_step) -> tuple[dict[str, torch.Tensor], Any]:
+                   micro_step, timer=None) -> tuple[dict[str, torch.Tensor], Any]:
     """One optimiser step of `grad_accum` micro-steps; `micro_step(position)` returns the loss terms
     of micro-batch `position = step * grad_accum + micro` (`terms["loss"]` is backpropagated).
-    Returns the terms averaged over the micro-steps and the clipped gradient norm (None: no clipping)."""
+    Returns the terms averaged over the micro-steps and the clipped gradient norm (None: no clipping).
+    `timer(phase)`: a context timing "backward" and "optimizer" (speed.PhaseTimer)."""
+    timer = timer or (lambda phase: contextlib.nullcontext())
     sums: dict[str, torch.Tensor] = {}
     grad_norm = None
     for micro in range(grad_accum):
         with acc.accumulate(model):
             terms = micro_step(step * grad_accum + micro)
-            acc.backward(terms["loss"])  # accelerate divides by grad_accum
-            if acc.sync_gradients and max_grad_norm is not None:
-                grad_norm = acc.clip_grad_norm_(trainable, max_grad_norm)
-            optimizer.step()  # a no-op until the last micro-step
-            optimizer.zero_grad(set_to_none=True)
+            with timer("backward"):
+                acc.backward(terms["loss"])  # accelerate divides by grad_accum
+            with timer("optimizer"):
+                if acc.sync_gradients and max_grad_norm is not None:
+                    grad_norm = acc.clip_grad_norm_(trainable, max_grad_norm)
+                optimizer.step()  # a no-op until the last micro-step
+                optimizer.zero_grad(set_to_none=True)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() / grad_accum
     return sums, grad_norm
 
 
 def finish_step(acc, log: JsonlLog, bar, sums: dict[str, torch.Tensor], step: int, epoch: int, lr: float,
-                grad_norm, t0: float, on_nonfinite=None) -> dict:
+                grad_norm, t0: float, on_nonfinite=None, now: float | None = None) -> dict:
     """Log optimiser step `step` (every term, averaged over micro-steps and processes) and advance
     the progress bar; returns the record. `on_nonfinite(step, terms)` is called (and should raise)
-    before a NaN / inf term is logged."""
+    before a NaN / inf term is logged. `now`: the step's end time (default: now), for `time_s`."""
     keys = sorted(sums)
     values = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="mean").tolist()
     if on_nonfinite is not None and not all(np.isfinite(values)):
@@ -643,7 +706,7 @@ def finish_step(acc, log: JsonlLog, bar, sums: dict[str, torch.Tensor], step: in
     record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(keys, values))}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
-    record["time_s"] = round(time.perf_counter() - t0, 4)
+    record["time_s"] = round((now if now is not None else time.perf_counter()) - t0, 4)
     log.write(record)
     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
     bar.update(1)
