@@ -39,6 +39,14 @@ from pathlib import Path
 from slimdiff.io import atomic_write, read_json, write_json
 
 
+# Table 2's stage-2 students: {name: (blocks taken from the compressed student, SAS weights)}.
+# A-SDM 2.5: mid-block and perceptual supervision, weight 1 each; M2-mid drops the perceptual term.
+INCUBATION = {"M1": ("M1", dict(lambda_mid=1.0, lambda_perc=1.0)),
+              "M2": ("M2", dict(lambda_mid=1.0, lambda_perc=1.0)),
+              "M3": ("M3", dict(lambda_mid=1.0, lambda_perc=1.0)),
+              "M2-mid": ("M2", dict(lambda_mid=1.0))}
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="toy")
@@ -50,8 +58,9 @@ def parse_args() -> argparse.Namespace:
                    help="already distilled students with the same settings, e.g. bk-small-kd=runs/demo/distill")
     p.add_argument("--num-images", type=int, default=256, help="images per evaluation")
     p.add_argument("--sample-steps", type=int, default=25, help="sampler steps (A-SDM Table 3 splits 10 + 15)")
-    p.add_argument("--incubation", nargs="+", default=["M1", "M2", "M3"], choices=["M1", "M2", "M3"],
-                   help="Table 2's assembled students (each ~20 min at 600 steps with the perceptual term)")
+    p.add_argument("--incubation", nargs="+", default=["M1", "M2", "M3", "M2-mid"], choices=list(INCUBATION),
+                   help="Table 2's assembled students (each ~20 min at 600 steps with the perceptual term; "
+                        "M2-mid: M2 with the mid-block term only, which separates the perceptual term's effect)")
     p.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_asdm", help="models and evaluations (resumable)")
@@ -128,10 +137,10 @@ class Bench:
             assemble_saved(student, self.args.teacher, take, str(out))
         return str(out)
 
-    def fast(self, name: str) -> str:
+    def fast(self, name: str, gri: bool = True) -> str:
         """The fastest architecture of bench_asdm_speed.py, at toy scale: bk-tiny without the attention of
-        the highest resolution (SnapFusion) and GRI at the next one. The toy latent is 8x8, so level 1 is
-        4x4: window 2 (half the side, as 16 at SD's 32x32), reduction 2 (a 2x2 pooled set)."""
+        the highest resolution (SnapFusion) and (gri) GRI at the next one. The toy latent is 8x8, so level 1
+        is 4x4: window 2 (half the side, as 16 at SD's 32x32), reduction 2 (a 2x2 pooled set)."""
         from slimdiff.modules import GRISettings, apply_gri
         from slimdiff.unet import apply_preset, load_unet, remove_units, save_student
 
@@ -140,10 +149,11 @@ class Bench:
             teacher = load_unet(self.args.teacher)
             tiny, info = apply_preset(teacher, "bk-tiny")
             units = ["down.0.layer.0.attn", "up.2.layer.0.attn", "up.2.layer.1.attn"]
-            gri = GRISettings(window=2, reduction=2, levels=(1,))
-            student = apply_gri(remove_units(tiny, units), gri)
-            save_student(student, out, source=self.args.teacher,
-                         recipe={**info, "removed_after_preset": units, "gri": dataclasses.asdict(gri)})
+            student, recipe = remove_units(tiny, units), {**info, "removed_after_preset": units}
+            if gri:
+                settings = GRISettings(window=2, reduction=2, levels=(1,))
+                student, recipe = apply_gri(student, settings), {**recipe, "gri": dataclasses.asdict(settings)}
+            save_student(student, out, source=self.args.teacher, recipe=recipe)
         return str(out)
 
     # ------------------------------------------------------------------ evaluation
@@ -179,11 +189,16 @@ def table1(b: Bench) -> dict:
 def table2(b: Bench) -> dict:
     base_kd = b.distill("bk-base-kd", b.prune("bk-base", "bk-base"))
     models = {"teacher": b.args.teacher, "bk-base (2 x budget)": b.distill("bk-base-kd2", base_kd)}
-    sas = dict(lambda_mid=1.0, lambda_perc=1.0)  # A-SDM 2.5: mid-block and perceptual supervision
+    labels = []
     for m in b.args.incubation:
-        models[f"{m} (teacher parts frozen)"] = b.distill(f"{m}-kd", b.assemble(m, base_kd, m), **sas)
-    return b.compare("table2", models, teacher=0,
-                     contrasts=[(f"{m} (teacher parts frozen)", "bk-base (2 x budget)") for m in b.args.incubation])
+        take, sas = INCUBATION[m]
+        label = f"{m} (teacher parts frozen{', mid-block SAS only' if 'lambda_perc' not in sas else ''})"
+        models[label] = b.distill(f"{m}-kd", b.assemble(take, base_kd, take), **sas)
+        labels.append(label)
+    contrasts = [(m, "bk-base (2 x budget)") for m in labels]
+    if "M2" in b.args.incubation and "M2-mid" in b.args.incubation:
+        contrasts.append((labels[b.args.incubation.index("M2-mid")], labels[b.args.incubation.index("M2")]))
+    return b.compare("table2", models, teacher=0, contrasts=contrasts)
 
 
 def table3(b: Bench) -> dict:
@@ -204,9 +219,12 @@ def table3(b: Bench) -> dict:
 
 def table4(b: Bench) -> dict:
     """The fastest candidate against distilled bk-small (issue 10 item 6: within its CI?)."""
-    models = {"bk-small": b.distill("bk-small-kd", b.prune("bk-small", "bk-small")),
-              "bk-tiny - 64x64 attn + GRI": b.distill("fast-kd", b.fast("fast"))}
-    return b.compare("table4", models)
+    models = {"bk-small (1.61x)": b.distill("bk-small-kd", b.prune("bk-small", "bk-small")),
+              "bk-tiny (1.71x)": b.distill("bk-tiny-kd", b.prune("bk-tiny", "bk-tiny")),
+              "bk-tiny - 64x64 attn": b.distill("fast-noattn-kd", b.fast("fast-noattn", gri=False)),
+              "bk-tiny - 64x64 attn + GRI at 32x32 (2.74x)": b.distill("fast-kd", b.fast("fast"))}
+    labels = list(models)
+    return b.compare("table4", models, contrasts=[(labels[2], labels[1]), (labels[3], labels[2])])
 
 
 TITLES = {1: "Table 1: CondConv-e2 (A-SDM Table 1)", 2: "Table 2: progressive incubation (A-SDM Table 2)",
@@ -214,7 +232,7 @@ TITLES = {1: "Table 1: CondConv-e2 (A-SDM Table 1)", 2: "Table 2: progressive in
           4: "Table 4: the fastest architecture (2.74x at sd15-arch 512px) vs distilled bk-small"}
 
 
-def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
+def report(results: dict, args: argparse.Namespace, seconds: float, kept=frozenset()) -> str:
     lines = ["# A-SDM on the toy world (`bench/bench_asdm.py`)", "",
              f"Teacher {args.teacher}; distillation {args.distill_steps} steps per stage, batch {args.batch_size}, "
              f"AdamW lr {args.learning_rate} cosine, {args.feat_loss} feature KD (the demo's settings); "
@@ -222,6 +240,8 @@ def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
              f"{args.num_images} test-split images per model, seed {args.seed}; {round(seconds)} s.", ""]
     for t, result in results.items():
         lines += [f"## {TITLES[int(t)]}", "", result["markdown"], ""]
+        if t in kept:
+            lines[-1:-1] = ["", f"(Kept from the run of {result['written']}: not rerun by this invocation.)"]
         if result.get("markdown_contrasts"):
             lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
     return "\n".join(lines)
@@ -232,10 +252,19 @@ def main() -> None:
     t0 = time.time()
     bench = Bench(args)
     tables = {1: table1, 2: table2, 3: table3, 4: table4}
-    results = {str(t): tables[t](bench) for t in args.tables}
-    write_json(args.out + ".json", {"settings": vars(args), "results": {t: {k: v for k, v in r.items() if k != "prompts"}
-                                                                        for t, r in results.items()}})
-    atomic_write(args.out + ".md", report(results, args, time.time() - t0))
+    results = {}
+    for t in args.tables:
+        results[str(t)] = {k: v for k, v in tables[t](bench).items() if k != "prompts"}
+        results[str(t)]["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    kept = {}
+    if Path(args.out + ".json").is_file():  # tables not rerun now are kept from the earlier run, and say so
+        old = read_json(args.out + ".json")
+        for t, r in old.get("results", {}).items():
+            if t not in results and old.get("settings", {}).get("distill_steps") == args.distill_steps:
+                kept[t] = {**r, "written": r.get("written", "an earlier run")}
+    results = dict(sorted({**kept, **results}.items()))
+    write_json(args.out + ".json", {"settings": vars(args), "results": results})
+    atomic_write(args.out + ".md", report(results, args, time.time() - t0, kept=set(kept)))
     print(f"wrote {args.out}.md and {args.out}.json")
 
 
