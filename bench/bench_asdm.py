@@ -142,13 +142,13 @@ class Bench:
         the highest resolution (SnapFusion) and (gri) GRI at the next one. The toy latent is 8x8, so level 1
         is 4x4: window 2 (half the side, as 16 at SD's 32x32), reduction 2 (a 2x2 pooled set)."""
         from slimdiff.modules import GRISettings, apply_gri
-        from slimdiff.unet import apply_preset, load_unet, remove_units, save_student
+        from slimdiff.unet import apply_preset, list_units, load_unet, remove_units, save_student
 
         out = self.work / name
         if not (out / "recipe.json").is_file():
             teacher = load_unet(self.args.teacher)
             tiny, info = apply_preset(teacher, "bk-tiny")
-            units = ["down.0.layer.0.attn", "up.2.layer.0.attn", "up.2.layer.1.attn"]
+            units = [u.name for u in list_units(tiny) if u.kind == "attn" and u.level == 0]  # the 8x8 ones
             student, recipe = remove_units(tiny, units), {**info, "removed_after_preset": units}
             if gri:
                 settings = GRISettings(window=2, reduction=2, levels=(1,))

@@ -30,12 +30,12 @@ import time
 
 import torch
 
-from slimdiff.io import atomic_write, write_json
+from slimdiff.io import atomic_write, read_json, write_json
 from slimdiff.modules import CondConv2d, CondConvResnetBlock2D, CondConvSettings, GRISettings, apply_condconv, apply_gri
 from slimdiff.modules.gri import GRITransformer2DModel
 from slimdiff.profile import UnitFlopCounter, make_unet_inputs
 from slimdiff.profile.latency import median, num_threads, time_rounds
-from slimdiff.unet import apply_preset, assemble, get_module, load_unet, remove_units
+from slimdiff.unet import apply_preset, assemble, get_module, list_units, load_unet, remove_units
 
 CPU = torch.device("cpu")
 
@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
                    help="GRI settings of the whole-U-Net configurations (default 16 4)")
     p.add_argument("--unit-repeats", type=int, default=2, help="timed rounds of the unit timings")
     p.add_argument("--model-repeats", type=int, default=2, help="timed rounds of the whole U-Nets")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="time only these U-Net candidates (exact names) and "
+                   "skip the units; the other rows of an existing OUT.json are kept (and say so)")
     p.add_argument("--out", default="docs/bench/asdm_speed", help="writes OUT.md and OUT.json")
     return p.parse_args()
 
@@ -109,11 +111,22 @@ def candidates(teacher, gri: GRISettings) -> dict:
         cc = apply_condconv(apply_preset(teacher, "bk-base")[0], teacher, CondConvSettings(experts=2, init="e2"))
         return assemble(gri_at(cc, (0, 1)), teacher, "M2")
 
-    def tiny_gri():  # speed-only candidate: no attention at 64x64, GRI at 32x32
-        tiny = apply_preset(teacher, "bk-tiny")[0]
-        return gri_at(remove_units(tiny, ["down.0.layer.0.attn", "up.2.layer.0.attn", "up.2.layer.1.attn"]), (1,))
 
-    return {"M2": m2, "A-SDM: M2 + CondConv-e2 + GRI": asdm,
+    def tiny():
+        return apply_preset(teacher, "bk-tiny")[0]
+
+    def tiny_no64():  # SnapFusion: the highest-resolution (64x64, level 0) attention removed
+        m = tiny()
+        return remove_units(m, [u.name for u in list_units(m) if u.kind == "attn" and u.level == 0])
+
+    def tiny_gri():  # speed-only candidate: no attention at 64x64, GRI at 32x32
+        return gri_at(tiny_no64(), (1,))
+
+    def tiny_gri01():  # GRI in place of the 64x64 and 32x32 self-attention
+        return gri_at(tiny(), (0, 1))
+
+    return {"M2": m2, "A-SDM: M2 + CondConv-e2 + GRI": asdm, "bk-tiny": tiny,
+            "bk-tiny, GRI at 64x64 and 32x32": tiny_gri01, "bk-tiny, no 64x64 attention": tiny_no64,
             "bk-tiny, no 64x64 attention, GRI at 32x32": tiny_gri}
 
 
@@ -138,12 +151,18 @@ def main() -> None:
     size = args.latent_size
     with num_threads(1):
         teacher = load_unet("sd15-arch")
-        units = timed(unit_calls(teacher, size), args.unit_repeats)
+        builders = candidates(teacher, GRISettings(*args.gri))
+        if args.only:
+            unknown = sorted(set(args.only) - set(builders))
+            if unknown:
+                raise SystemExit(f"--only {unknown} unknown; candidates are {list(builders)}")
+            builders = {n: b for n, b in builders.items() if n in args.only}
+        units = {} if args.only else timed(unit_calls(teacher, size), args.unit_repeats)
         # each candidate timed round-robin with the teacher, then freed (memory)
         whole: dict[str, dict] = {}
         n_teacher = sum(p.numel() for p in teacher.parameters()) / 1e6
         teacher_call = lambda x=make_unet_inputs(teacher, size, 768, batch=2): x(teacher)  # noqa: E731
-        for name, build in candidates(teacher, GRISettings(*args.gri)).items():
+        for name, build in builders.items():
             model = build()
             x = make_unet_inputs(model, size, 768, batch=2)
             pair = timed({"sd15-arch": teacher_call, name: lambda m=model, x=x: x(m)}, args.model_repeats)
@@ -152,6 +171,7 @@ def main() -> None:
             pair[name]["teacher_ms"] = pair["sd15-arch"]["ms"]
             whole.setdefault("sd15-arch", {**pair["sd15-arch"], "params_m": n_teacher, "unet_speedup": 1.0,
                                            "teacher_ms": pair["sd15-arch"]["ms"]})
+            whole[name]["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             whole[name] = pair[name]
             del model, x, pair
             gc.collect()
@@ -160,6 +180,13 @@ def main() -> None:
     for row in whole.values():  # against the teacher timed in the same rounds
         row["pipeline_ms"] = fixed + args.steps * row["ms"]
         row["pipeline_speedup"] = (fixed + args.steps * row["teacher_ms"]) / row["pipeline_ms"]
+    if args.only and os.path.isfile(args.out + ".json"):  # rows not rerun: kept from the earlier run (marked)
+        old = read_json(args.out + ".json")
+        units = old["units"]
+        kept = {n: {**u, "kept": u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()
+                if n not in whole}
+        order = ["sd15-arch"] + list(candidates(teacher, GRISettings(*args.gri)))
+        whole = {n: ({**whole, **kept} if n in whole or n in kept else {})[n] for n in order if n in whole or n in kept}
     result = {"settings": {**vars(args), "resolution": size * 8, "batch": 2, "threads": 1, "clock": "cpu",
                            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -186,7 +213,8 @@ def report(r: dict) -> str:
     lines += ["", f"## U-Net per step and pipeline ({s['steps']} steps)", "",
               "| model | params (M) | GFLOPs / step | U-Net ms / step | U-Net speed-up | pipeline s | pipeline speed-up |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {u['params_m']:.1f} | {u['gflops']:.0f} | {u['ms']:.0f} | {u['unet_speedup']:.2f}x | "
+    lines += [f"| {n}{' (kept from ' + u['kept'][:16] + ')' if u.get('kept') else ''} | {u['params_m']:.1f} | "
+              f"{u['gflops']:.0f} | {u['ms']:.0f} | {u['unet_speedup']:.2f}x | "
               f"{u['pipeline_ms'] / 1e3:.1f} | {u['pipeline_speedup']:.2f}x |" for n, u in r["unets"].items()]
     parts = ", ".join(f"{n} {p['ms']:.0f} ms" for n, p in r["pipeline_parts"].items())
     lines += ["", "- Each candidate was timed round-robin with the teacher (pairs: SD-scale copies do not all fit in "

@@ -34,11 +34,12 @@ EAGER = dict(teacher_inference_mode=False, channels_last=False, adamw="loop", me
 LADDER = [
     ("eager fp32, uncached (baseline)", {}),
     ("+ teacher inference_mode", dict(teacher_inference_mode=True)),
-    ("+ foreach AdamW", dict(adamw="foreach")),
+    ("+ fused AdamW", dict(adamw="fused")),
     ("+ latent/text cache (= defaults)", dict(cache=True)),
 ]
 EXTRAS = [  # each on top of the defaults, alone
     ("defaults + channels-last", dict(channels_last=True)),
+    ("defaults, foreach AdamW instead", dict(adamw="foreach")),
     ("defaults + log_every 10", dict(log_every=10)),
     ("defaults + teacher bf16 (numerics)", dict(teacher_dtype="bf16")),
 ]
@@ -56,24 +57,27 @@ def proxy_pipeline():
     from slimdiff.vae import load_vae
 
     tok = build_tokenizer(77)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # every child builds the same random weights (the cache keys on the encoders' weights)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
                                         num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                         pad_token_id=tok.pad_token_id, hidden_act="quick_gelu"))
-    return components.assemble_pipeline(load_unet("sd15-arch"), load_vae("sd15-arch"), text, tokenizer=tok,
+    unet, vae = load_unet("sd15-arch"), load_vae("sd15-arch")
+    return components.assemble_pipeline(unet, vae, text, tokenizer=tok,
                                         scheduler=components.train_scheduler())
 
 
 def load_world(world: str):
     from slimdiff.unet import apply_preset, load_pipeline
 
-    pipe = load_pipeline("toy") if world == "toy" else proxy_pipeline()
+    pipe = proxy_pipeline() if world == "proxy" else load_pipeline("toy")
     return pipe, apply_preset(pipe.unet, "bk-small")[0]
 
 
 def run_one(settings: dict, queue) -> None:
     """Child process: one distillation; report steps/s, final loss, peak memory (and the profile)."""
+    if settings.get("inductor_cache"):  # a fresh on-disk compile cache: the first step is a cold compile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = settings.pop("inductor_cache")
     import torch
 
     from slimdiff.distill import DistillConfig, distill
@@ -133,8 +137,9 @@ def _precompute(world, base, cache_dir) -> None:
     fill_cache(data, BatchEncoder(pipe.vae, pipe.tokenizer, pipe.text_encoder, cache), 16, progress=False)
 
 
-def bench_world(world: str, base: dict, rows: list, rounds: int, work: Path) -> dict:
-    """Interleaved rounds over `rows` [(name, settings)]; returns name -> medians (+ all rounds)."""
+def bench_world(world: str, base: dict, rows: list, rounds: int, work: Path, cold_compile: bool = False) -> dict:
+    """Interleaved rounds over `rows` [(name, settings)]; returns name -> medians (+ all rounds).
+    `cold_compile`: every run gets an empty inductor cache (its first step pays the whole compile)."""
     cache_dir = work / f"cache-{world}"
     if any(s.get("cache") for _, s in rows):
         precompute(world, base, cache_dir)
@@ -145,6 +150,8 @@ def bench_world(world: str, base: dict, rows: list, rounds: int, work: Path) -> 
                  "out": str(work / f"{world}-{k}-{r}")}
             if settings.get("cache"):
                 s["cache_dir"] = str(cache_dir)
+            if cold_compile:
+                s["inductor_cache"] = str(work / f"inductor-{world}-{k}-{r}")
             if r == 0 and k in (0, len(rows) - 1):
                 s["profile_steps"] = max(1, base["max_steps"] - 1)  # profile: baseline and defaults
             res = child(s)
@@ -158,18 +165,18 @@ def bench_world(world: str, base: dict, rows: list, rounds: int, work: Path) -> 
         out[name] = {"steps_per_s": sps, "speedup": sps / ref, "rounds": [x["steps_per_s"] for x in runs],
                      "final_loss": runs[0]["final_loss"], "peak_mib": max(x["peak_mib"] for x in runs),
                      "first_step_s": statistics.median(x["first_step_s"] for x in runs),
+                     "first_step_rounds": [x["first_step_s"] for x in runs],
                      "profile": next((x["profile"] for x in runs if x["profile"]), None)}
     return out
 
 
-def ladder_settings(with_compile: bool, extras: bool = True) -> list:
+def ladder_settings(extras: bool = True) -> list:
     """The ladder, then the extras on top of the defaults (all; --quick: only channels-last)."""
     rows, acc = [], dict(EAGER)
     for name, extra in LADDER:
         acc = {**acc, **extra}
         rows.append((name, dict(acc)))
-    rows += [(name, {**acc, **extra}) for name, extra in (EXTRAS if extras else EXTRAS[:1]) + ([COMPILE] if with_compile else [])]
-    return rows
+    return rows + [(name, {**acc, **extra}) for name, extra in (EXTRAS if extras else EXTRAS[:1])]
 
 
 def report(args, results: dict, load: tuple[float, float]) -> list[str]:
@@ -177,23 +184,33 @@ def report(args, results: dict, load: tuple[float, float]) -> list[str]:
 
     lines = ["# Distillation throughput: speed options one at a time", "",
              f"Written by `python bench/bench_distill_throughput.py{' --quick' if args.quick else ''}"
-             f"{' --compile' if args.compile else ''}` on {time.strftime('%Y-%m-%d %H:%M')} "
-             f"({args.rounds} interleaved rounds per world, medians).",
+             f"{' --compile' if args.compile else ''}{' --worlds ' + ' '.join(args.worlds) if getattr(args, 'worlds', None) else ''}"
+             f"` on {time.strftime('%Y-%m-%d %H:%M')} (interleaved rounds, medians; each table lists its rounds).",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
              f"{args.threads} torch thread(s) per run; load average {load[0]:.1f} before and {load[1]:.1f} after "
              f"(the cores are shared with other jobs: absolute numbers vary, the ratios of one run are fair).", ""]
     for world, res in results.items():
-        steps = args.steps if world == "toy" else args.proxy_steps
-        about = ("toy world at the demo's settings: teacher `toy` -> `bk-small`, batch 64, lr 1e-3, "
-                 f"{args.toy_size} scenes" if world == "toy" else
-                 "real-scale proxy: `sd15-arch` -> `bk-small`, 256 px, batch 1 (random weights; see the bench docstring)")
-        lines += [f"## {about}", "", f"{steps} steps per run; steps/s over steps 2..{steps}; loss after step {steps}.",
-                  "", "| setting | steps/s | vs baseline | rounds | loss | peak MiB | first step s |",
+        steps = args.proxy_steps if world == "proxy" else args.steps
+        about = {"toy": "toy world at the demo's settings: teacher `toy` -> `bk-small`, batch 64, lr 1e-3, "
+                        f"{args.toy_size} scenes",
+                 "compile": "toy world, `--compile` (inductor) against the defaults, a cold compile cache every run",
+                 "proxy": "real-scale proxy: `sd15-arch` -> `bk-small`, 256 px, batch 1 (random weights; see the "
+                          "bench docstring)"}[world]
+        lines += [f"## {about}", ""]
+        if res.get("_written"):
+            lines += [f"(Kept from the run of {res['_written']}: not rerun by this invocation.)", ""]
+        lines += [f"{steps} steps per run; steps/s over steps 2..{steps}; loss after step {steps}; first step s: "
+                  f"median (rounds).", "", "| setting | steps/s | vs baseline | rounds | loss | peak MiB | first step s |",
                   "|---|---:|---:|---|---:|---:|---:|"]
+        res = {k: v for k, v in res.items() if not k.startswith("_")}
         for name, r in res.items():
+            firsts = r.get("first_step_rounds") or []
             lines.append(f"| {name} | {r['steps_per_s']:.3f} | **{r['speedup']:.2f}x** | "
                          f"{', '.join(f'{x:.3f}' for x in r['rounds'])} | {r['final_loss']:.5f} | {r['peak_mib']:.0f} | "
-                         f"{r['first_step_s']:.1f} |")
+                         f"{r['first_step_s']:.1f}{' (' + ', '.join(f'{x:.0f}' for x in firsts) + ')' if firsts else ''} |")
+        if world == "toy" and any("compile" in n for n in res):
+            lines += ["", "(The compile row of this table ran with inductor's on-disk cache warm from an earlier "
+                          "compile on this machine: its first step is not a cold compile; the compile section is.)"]
         profiled = [(n, r["profile"]) for n, r in res.items() if r["profile"]]
         if profiled:
             lines += ["", "Per-phase medians (ms, `--profile-steps`), round 1:", "",
@@ -209,11 +226,14 @@ def report(args, results: dict, load: tuple[float, float]) -> list[str]:
               "and the cache (the same encoder outputs; the disk and RAM caches hold what the encoders gave when an "
               "item was first encoded).",
               "- Float32 with another summation order (loss curves equal within 1e-4 relative on the tiny fixture): "
-              "foreach AdamW, channels-last, compile with `aot_eager`.",
+              "fused and foreach AdamW, channels-last, compile with `aot_eager`.",
               "- Changes numerics: teacher bf16 (within 3e-2 relative on the tiny fixture), inductor compile.",
-              "- Default on: inference_mode, foreach AdamW, the RAM cache when data is revisited "
+              "- Default on: inference_mode, fused AdamW (foreach where torch has no fused kernel for the device), "
+              "the RAM cache when data is revisited "
               "(`--cache-dir` for a disk cache, `slimdiff cache` to precompute one). Off: channels-last (no gain "
-              "measured here), bf16 teacher, compile, "
+              "measured here), bf16 teacher (slower here: autocast casts cost more than bf16 saves at the toy's "
+              "sizes), compile (its compile time is the first-step column; it pays off only for runs far longer "
+              "than the gain per step repays), "
               "log_every > 1 (no measurable gain on the CPU; on a GPU it removes a device sync per step).", ""]
     return lines
 
@@ -227,7 +247,10 @@ def main(argv=None) -> int:
     p.add_argument("--proxy-steps", type=int, default=3, help="proxy steps per run (0: skip the proxy)")
     p.add_argument("--toy-size", type=int, default=1024, help="toy scenes (the demo: 4096; the cache is precomputed)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--compile", action="store_true", help="also time --compile (inductor: minutes of compiling)")
+    p.add_argument("--compile", action="store_true", help="also the compile world: defaults vs --compile (inductor, "
+                   "a cold cache every run: minutes of compiling each)")
+    p.add_argument("--worlds", nargs="+", choices=["toy", "compile", "proxy"], default=["toy", "proxy"],
+                   help="what to run; the worlds of an existing OUT .json not run now are kept (and say so)")
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "distill_throughput.md"))
     p.add_argument("--from-json", metavar="FILE", help="only re-render the markdown from a saved .json")
     args = p.parse_args(argv)
@@ -249,17 +272,33 @@ def main(argv=None) -> int:
     proxy = {**common, "teacher": None, "pipeline": None, "toy_size": 16, "batch_size": 1, "resolution": 256,
              "learning_rate": 5e-5, "max_steps": args.proxy_steps}
     load0 = os.getloadavg()[0]
-    results = {"toy": bench_world("toy", toy, ladder_settings(args.compile, not args.quick), args.rounds, work)}
-    if args.proxy_steps > 1:
-        rows = ladder_settings(False)
-        results["proxy"] = bench_world("proxy", proxy, [rows[0], rows[len(LADDER) - 1]], 1, work)
+    worlds = list(dict.fromkeys(args.worlds + (["compile"] if args.compile else [])))
+    rows = ladder_settings(not args.quick)
+    defaults = rows[len(LADDER) - 1]
+    results = {}
+    if "toy" in worlds:
+        results["toy"] = bench_world("toy", toy, rows, args.rounds, work)
+    if "compile" in worlds:
+        results["compile"] = bench_world("compile", toy, [defaults, (COMPILE[0], {**defaults[1], **COMPILE[1]})],
+                                         args.rounds, work, cold_compile=True)
+    if "proxy" in worlds and args.proxy_steps > 1:
+        results["proxy"] = bench_world("proxy", proxy, [rows[0], defaults], 1, work)
+    for r in results.values():
+        r["_written"] = None
+    out = Path(args.out)
+    if out.with_suffix(".json").is_file():  # worlds not run now: kept from the earlier run
+        old = json.loads(out.with_suffix(".json").read_text())
+        for world, r in old.get("results", {}).items():
+            if world not in results:
+                results[world] = {**r, "_written": r.get("_written") or old.get("written", "an earlier run")}
+    results = {w: results[w] for w in ("toy", "compile", "proxy") if w in results}
     lines = report(args, results, (load0, os.getloadavg()[0]))
 
     from slimdiff.io import atomic_write, write_json
 
-    out = Path(args.out)
     atomic_write(out, "\n".join(lines))
-    write_json(out.with_suffix(".json"), {"args": vars(args), "results": results, "load": [load0, os.getloadavg()[0]]})
+    write_json(out.with_suffix(".json"), {"args": vars(args), "results": results, "load": [load0, os.getloadavg()[0]],
+                                          "written": time.strftime("%Y-%m-%d %H:%M")})
     print("\n".join(lines))
     return 0
 

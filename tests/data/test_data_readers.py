@@ -201,3 +201,20 @@ def test_a_truncated_shard_is_reported_and_a_corrupt_sample_named(tmp_path):
     ds = build_dataset(str(shard), resolution=16)
     with pytest.raises(ValueError, match=r"data item 1: sample '001' of .*s-000\.tar is not a readable image"):
         ds[1]
+
+
+def test_cache_key_ignores_config_bookkeeping():
+    """A VAE built from defaults has `_use_default_values`, a list from a set whose order changes from
+    process to process: the key must not depend on it (it did: the disk cache never hit)."""
+    from diffusers import AutoencoderKL
+    from diffusers.configuration_utils import FrozenDict
+
+    from slimdiff.data.cache import module_fingerprint
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2)
+    key = module_fingerprint(vae)
+    vae._internal_dict = FrozenDict({**vae.config, "_use_default_values": ["b", "a"], "_name_or_path": "x"})
+    assert module_fingerprint(vae) == key
+    vae._internal_dict = FrozenDict({**vae.config, "latent_channels": 3})
+    assert module_fingerprint(vae) != key  # a real config change still changes it

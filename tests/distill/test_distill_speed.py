@@ -62,6 +62,7 @@ def test_memory_cache_gives_the_same_run(make_config, tmp_path):
 @pytest.mark.parametrize("option, rel", [
     (dict(channels_last=True), 1e-4),  # float32, another summation order
     (dict(adamw="foreach"), 1e-4),  # the same update, batched kernels
+    (dict(adamw="fused"), 1e-4),  # the same update, one kernel
     (dict(teacher_dtype="bf16"), 3e-2),  # bf16 teacher: 8-bit mantissa
     (dict(compile=True, compile_backend="aot_eager"), 1e-4),  # traced graphs, eager kernels
 ])

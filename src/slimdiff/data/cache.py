@@ -33,12 +33,16 @@ from slimdiff.io import atomic_path, write_json
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """Config + dtype + per-tensor sums: changes when the weights do (cheap: one pass, no copy)."""
+    """Config + dtype + per-tensor sums: changes when the weights do (cheap: one pass, no copy).
+    Config keys starting with "_" are left out: they are bookkeeping, not the model, and diffusers'
+    `_use_default_values` is a list made from a set, whose order changes from process to process
+    (hash randomisation), which made the key of a VAE built from defaults differ in every process."""
     h = hashlib.sha1()
     config = getattr(module, "config", None)
     if config is not None:
         cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config) if isinstance(config, dict) \
             else vars(config)
+        cfg = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, t in module.state_dict().items():

@@ -95,7 +95,7 @@ class DistillConfig:
     compile: bool = False  # torch.compile student and teacher (changes numerics slightly; pays compile time)
     compile_backend: str = "inductor"  # torch.compile backend (inductor needs a C++ compiler on the CPU)
     channels_last: bool = False  # NHWC weights and inputs (float32, rounding-level); off: no gain measured on CPU
-    adamw: str = "foreach"  # AdamW implementation "loop" | "foreach" | "fused" (same rule, rounding level)
+    adamw: str = "fused"  # AdamW implementation "loop" | "foreach" | "fused" (same rule, rounding level)
     log_every: int = 1  # steps between host syncs that read the losses (the log still has every step)
     profile_steps: int = 0  # time each phase of this many steps (after the first) -> out/profile.{json,md}
 

@@ -23,6 +23,7 @@ The options (`DistillConfig` fields; which are exact is said per option):
 from __future__ import annotations
 
 import contextlib
+import warnings
 import shutil
 import statistics
 import time
@@ -145,9 +146,17 @@ def as_channels_last(x: torch.Tensor, on: bool) -> torch.Tensor:
 
 
 def adamw(params: list, impl: str, **kwargs) -> torch.optim.AdamW:
-    """torch AdamW in the implementation `impl` ("loop": for-loop, "foreach", "fused")."""
+    """torch AdamW in the implementation `impl` ("loop": for-loop, "foreach", "fused": one kernel
+    for all parameters, on the CPU and CUDA; where torch has no fused kernel for the parameters'
+    device or dtype it falls back to foreach and says so)."""
     flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
-    return torch.optim.AdamW(params, **kwargs, **flags)
+    try:
+        return torch.optim.AdamW(params, **kwargs, **flags)
+    except RuntimeError as e:
+        if impl != "fused":
+            raise
+        warnings.warn(f"fused AdamW is not available here ({str(e).splitlines()[0]}); using foreach AdamW")
+        return torch.optim.AdamW(params, **kwargs, foreach=True)
 
 
 def compile_model(model: nn.Module, backend: str) -> nn.Module:
