@@ -111,7 +111,6 @@ def candidates(teacher, gri: GRISettings) -> dict:
         cc = apply_condconv(apply_preset(teacher, "bk-base")[0], teacher, CondConvSettings(experts=2, init="e2"))
         return assemble(gri_at(cc, (0, 1)), teacher, "M2")
 
-
     def tiny():
         return apply_preset(teacher, "bk-tiny")[0]
 
@@ -152,6 +151,7 @@ def main() -> None:
     with num_threads(1):
         teacher = load_unet("sd15-arch")
         builders = candidates(teacher, GRISettings(*args.gri))
+        order = ["sd15-arch", *builders]  # the report's row order
         if args.only:
             unknown = sorted(set(args.only) - set(builders))
             if unknown:
@@ -171,8 +171,7 @@ def main() -> None:
             pair[name]["teacher_ms"] = pair["sd15-arch"]["ms"]
             whole.setdefault("sd15-arch", {**pair["sd15-arch"], "params_m": n_teacher, "unet_speedup": 1.0,
                                            "teacher_ms": pair["sd15-arch"]["ms"]})
-            whole[name]["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            whole[name] = pair[name]
+            whole[name] = {**pair[name], "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
             del model, x, pair
             gc.collect()
         parts = timed(pipeline_parts(size), 2)
@@ -183,10 +182,9 @@ def main() -> None:
     if args.only and os.path.isfile(args.out + ".json"):  # rows not rerun: kept from the earlier run (marked)
         old = read_json(args.out + ".json")
         units = old["units"]
-        kept = {n: {**u, "kept": u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()
-                if n not in whole}
-        order = ["sd15-arch"] + list(candidates(teacher, GRISettings(*args.gri)))
-        whole = {n: ({**whole, **kept} if n in whole or n in kept else {})[n] for n in order if n in whole or n in kept}
+        kept = {n: {**u, "kept": u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()}
+        merged = {**kept, **whole}
+        whole = {n: merged[n] for n in order if n in merged}
     result = {"settings": {**vars(args), "resolution": size * 8, "batch": 2, "threads": 1, "clock": "cpu",
                            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
