@@ -147,6 +147,7 @@ def pipeline_parts(latent: int) -> dict:
 def main() -> None:
     args = parse_args()
     t0, load0 = time.time(), os.getloadavg()[0]
+    units_kept = None  # the date of the units table when --only keeps it from an earlier run
     size = args.latent_size
     with num_threads(1):
         teacher = load_unet("sd15-arch")
@@ -181,7 +182,7 @@ def main() -> None:
         row["pipeline_speedup"] = (fixed + args.steps * row["teacher_ms"]) / row["pipeline_ms"]
     if args.only and os.path.isfile(args.out + ".json"):  # rows not rerun: kept from the earlier run (marked)
         old = read_json(args.out + ".json")
-        units = old["units"]
+        units, units_kept = old["units"], old.get("units_kept") or old["settings"]["date"]
         kept = {n: {**u, "kept": u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()}
         merged = {**kept, **whole}
         whole = {n: merged[n] for n in order if n in merged}
@@ -190,6 +191,8 @@ def main() -> None:
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            "seconds": round(time.time() - t0), "load_start": load0, "load_end": os.getloadavg()[0]},
               "units": units, "unets": whole, "pipeline_parts": parts}
+    if args.only and units_kept:
+        result["units_kept"] = units_kept
     write_json(args.out + ".json", result)
     atomic_write(args.out + ".md", report(result))
     print(report(result))
@@ -205,8 +208,11 @@ def report(r: dict) -> str:
         f"attention matmuls included. GRI of the U-Net rows: window {s['gri'][0]}, reduction {s['gri'][1]}. "
         f"Run {s['date']}, {s['seconds']} s; load average {s['load_start']:.2f} -> {s['load_end']:.2f} on "
         f"{os.cpu_count()} cores.", "",
-        "## Units (batch 2)", "", "| unit | GFLOPs | ms |", "|---|---:|---:|",
+        "## Units (batch 2)", "",
     ]
+    if r.get("units_kept"):
+        lines += [f"(Kept from the run of {r['units_kept'][:16]}: not rerun by this invocation.)", ""]
+    lines += ["| unit | GFLOPs | ms |", "|---|---:|---:|"]
     lines += [f"| {n} | {u['gflops']:.2f} | {u['ms']:.1f} |" for n, u in r["units"].items()]
     lines += ["", f"## U-Net per step and pipeline ({s['steps']} steps)", "",
               "| model | params (M) | GFLOPs / step | U-Net ms / step | U-Net speed-up | pipeline s | pipeline speed-up |",
@@ -216,7 +222,8 @@ def report(r: dict) -> str:
               f"{u['pipeline_ms'] / 1e3:.1f} | {u['pipeline_speedup']:.2f}x |" for n, u in r["unets"].items()]
     parts = ", ".join(f"{n} {p['ms']:.0f} ms" for n, p in r["pipeline_parts"].items())
     lines += ["", "- Each candidate was timed round-robin with the teacher (pairs: SD-scale copies do not all fit in "
-              "memory); its speed-ups are against the teacher of its own rounds; the teacher row is its first pair.",
+              "memory); its speed-ups are against the teacher of its own rounds; the teacher row is its first pair. Rows "
+              "kept from an earlier run may come from another machine: compare their speed-ups, not their ms.",
               f"- Pipeline = text encoder + {s['steps']} x U-Net step + VAE decoder, each measured ({parts}).",
               "- The paper (A-SDM): U-Net 22% faster, pipeline 19% faster (GPU, its own configuration).",
               "- Speed only: quality of these configurations on the toy world is `bench/bench_asdm.py`'s job.", ""]
