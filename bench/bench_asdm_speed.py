@@ -11,7 +11,8 @@ self-attention for several (window, reduction); FLOPs counted per unit. (2) whol
 batch 2 (one denoising step with guidance): sd15-arch, bk-base (stage 1), M2 (A-SDM Table 2's
 best: bk-base down.0-1 + up.2-3 in the teacher), M2 + CondConv-e2 in down.0/up.3, M2 +
 CondConv-e2 + GRI at levels 0-1 (= every attention of the student part: the A-SDM
-configuration), and speed-only candidates built from bk-tiny. (3) the pipeline: text encoder
+configuration), speed-only candidates built from bk-tiny, and the LAPTOP-Diff architecture that
+bench_asdm.py's Table 4 searched under an sd15-arch latency budget (read from --asdm). (3) the pipeline: text encoder
 (CLIP ViT-L/14 architecture) once, STEPS U-Net steps, VAE decoder (SD's architecture) once:
 pipeline time = text + STEPS x U-Net + VAE, each measured. Everything random-weighted
 (architecture only). Round-robin rounds (each model once per round), medians; clock: process
@@ -50,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model-repeats", type=int, default=2, help="timed rounds of the whole U-Nets")
     p.add_argument("--only", nargs="+", metavar="NAME", help="time only these U-Net candidates (exact names) and "
                    "skip the units; the other rows of an existing OUT.json are kept (and say so)")
+    p.add_argument("--asdm", default="docs/bench/asdm.json", help="bench_asdm.py's results: the units its "
+                   "LAPTOP-Diff search removed (Table 4), timed here as a candidate when present")
     p.add_argument("--out", default="docs/bench/asdm_speed", help="writes OUT.md and OUT.json")
     return p.parse_args()
 
@@ -99,7 +102,10 @@ def unit_calls(teacher, size: int) -> dict:
     return calls
 
 
-def candidates(teacher, gri: GRISettings) -> dict:
+LAPTOP = "LAPTOP-Diff, sd15-arch latency -60% (bench_asdm Table 4)"
+
+
+def candidates(teacher, gri: GRISettings, asdm_json: str | None = None) -> dict:
     """2. name -> builder of each U-Net compared with the teacher (see the module docstring).
     Built one at a time (SD-scale copies are 2-3 GB each), intermediates dropped at once."""
     gri_at = lambda m, levels: apply_gri(m, GRISettings(gri.window, gri.reduction, levels=levels))  # noqa: E731
@@ -124,9 +130,13 @@ def candidates(teacher, gri: GRISettings) -> dict:
     def tiny_gri01():  # GRI in place of the 64x64 and 32x32 self-attention
         return gri_at(tiny(), (0, 1))
 
-    return {"M2": m2, "A-SDM: M2 + CondConv-e2 + GRI": asdm, "bk-tiny": tiny,
-            "bk-tiny, GRI at 64x64 and 32x32": tiny_gri01, "bk-tiny, no 64x64 attention": tiny_no64,
-            "bk-tiny, no 64x64 attention, GRI at 32x32": tiny_gri}
+    found = {"M2": m2, "A-SDM: M2 + CondConv-e2 + GRI": asdm, "bk-tiny": tiny,
+             "bk-tiny, GRI at 64x64 and 32x32": tiny_gri01, "bk-tiny, no 64x64 attention": tiny_no64,
+             "bk-tiny, no 64x64 attention, GRI at 32x32": tiny_gri}
+    laptop = read_json(asdm_json)["results"].get("4", {}).get("laptop") if asdm_json and os.path.isfile(asdm_json) else None
+    if laptop:  # the toy world's search, same unit names in sd15-arch (same topology)
+        found[LAPTOP] = lambda: remove_units(teacher, laptop["removed"])
+    return found
 
 
 def pipeline_parts(latent: int) -> dict:
@@ -151,7 +161,7 @@ def main() -> None:
     size = args.latent_size
     with num_threads(1):
         teacher = load_unet("sd15-arch")
-        builders = candidates(teacher, GRISettings(*args.gri))
+        builders = candidates(teacher, GRISettings(*args.gri), args.asdm)
         order = ["sd15-arch", *builders]  # the report's row order
         if args.only:
             unknown = sorted(set(args.only) - set(builders))
