@@ -193,7 +193,7 @@ def main() -> None:
     if args.only and os.path.isfile(args.out + ".json"):  # rows not rerun: kept from the earlier run (marked)
         old = read_json(args.out + ".json")
         units, units_kept = old["units"], old.get("units_kept") or old["settings"]["date"]
-        kept = {n: {**u, "kept": u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()}
+        kept = {n: {**u, "kept": u.get("kept") or u.get("date") or old["settings"]["date"]} for n, u in old["unets"].items()}
         merged = {**kept, **whole}
         whole = {n: merged[n] for n in order if n in merged}
     result = {"settings": {**vars(args), "resolution": size * 8, "batch": 2, "threads": 1, "clock": "cpu",
