@@ -277,7 +277,9 @@ def report(results: dict, args: argparse.Namespace, seconds: float, kept=frozens
     for t, result in results.items():
         lines += [f"## {TITLES[int(t)]}", "", result["markdown"], ""]
         if t in kept:
-            lines[-1:-1] = ["", f"(Kept from the run of {result['written']}: not rerun by this invocation.)"]
+            when = f"the run of {result['written']}" if result.get("written") else "an earlier run"
+            reused = f"; that run reused {', '.join(result['reused'])}" if result.get("reused") else ""
+            lines[-1:-1] = ["", f"(Kept from {when}{reused}: not rerun by this invocation.)"]
         if result.get("markdown_contrasts"):
             lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
     return "\n".join(lines)
@@ -292,12 +294,13 @@ def main() -> None:
     for t in args.tables:
         results[str(t)] = {k: v for k, v in tables[t](bench).items() if k != "prompts"}
         results[str(t)]["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results[str(t)]["reused"] = list(args.reuse)
     kept = {}
     if Path(args.out + ".json").is_file():  # tables not rerun now are kept from the earlier run, and say so
         old = read_json(args.out + ".json")
         for t, r in old.get("results", {}).items():
             if t not in results and old.get("settings", {}).get("distill_steps") == args.distill_steps:
-                kept[t] = {**r, "written": r.get("written", "an earlier run")}
+                kept[t] = {**r, "written": r.get("written"), "reused": r.get("reused", old["settings"].get("reuse", []))}
     results = dict(sorted({**kept, **results}.items()))
     write_json(args.out + ".json", {"settings": vars(args), "results": results})
     atomic_write(args.out + ".md", report(results, args, time.time() - t0, kept=set(kept)))
