@@ -12,8 +12,8 @@ batch 2 (one denoising step with guidance): sd15-arch, bk-base (stage 1), M2 (A-
 best: bk-base down.0-1 + up.2-3 in the teacher), M2 + CondConv-e2 in down.0/up.3, M2 +
 CondConv-e2 + GRI at levels 0-1 (= every attention of the student part: the A-SDM
 configuration), speed-only candidates built from bk-tiny, and the LAPTOP-Diff architecture that
-bench_asdm.py's Table 4 searched under an sd15-arch latency budget (read from --asdm). (3) the pipeline: text encoder
-(CLIP ViT-L/14 architecture) once, STEPS U-Net steps, VAE decoder (SD's architecture) once:
+bench_asdm.py's Table 4 searched under an sd15-arch latency budget (read from --asdm). (3) the
+pipeline: text encoder (CLIP ViT-L/14 architecture) once, STEPS U-Net steps, VAE decoder (SD's architecture) once:
 pipeline time = text + STEPS x U-Net + VAE, each measured. Everything random-weighted
 (architecture only). Round-robin rounds (each model once per round), medians; clock: process
 CPU time with one thread (a shared machine's other jobs are left out). Quality is not measured
@@ -102,10 +102,7 @@ def unit_calls(teacher, size: int) -> dict:
     return calls
 
 
-LAPTOP = "LAPTOP-Diff, sd15-arch latency -60% (bench_asdm Table 4)"
-
-
-def candidates(teacher, gri: GRISettings, asdm_json: str | None = None) -> dict:
+def candidates(teacher, gri: GRISettings, asdm_json: str) -> dict:
     """2. name -> builder of each U-Net compared with the teacher (see the module docstring).
     Built one at a time (SD-scale copies are 2-3 GB each), intermediates dropped at once."""
     gri_at = lambda m, levels: apply_gri(m, GRISettings(gri.window, gri.reduction, levels=levels))  # noqa: E731
@@ -133,10 +130,18 @@ def candidates(teacher, gri: GRISettings, asdm_json: str | None = None) -> dict:
     found = {"M2": m2, "A-SDM: M2 + CondConv-e2 + GRI": asdm, "bk-tiny": tiny,
              "bk-tiny, GRI at 64x64 and 32x32": tiny_gri01, "bk-tiny, no 64x64 attention": tiny_no64,
              "bk-tiny, no 64x64 attention, GRI at 32x32": tiny_gri}
-    laptop = read_json(asdm_json)["results"].get("4", {}).get("laptop") if asdm_json and os.path.isfile(asdm_json) else None
+    laptop = laptop_search(asdm_json)
     if laptop:  # the toy world's search, same unit names in sd15-arch (same topology)
-        found[LAPTOP] = lambda: remove_units(teacher, laptop["removed"])
+        found[f"LAPTOP-Diff, sd15-arch latency -{laptop['ratio']:.0%} (bench_asdm Table 4)"] = \
+            lambda: remove_units(teacher, laptop["removed"])
     return found
+
+
+def laptop_search(asdm_json: str) -> dict | None:
+    """bench_asdm.py's Table 4 LAPTOP-Diff search ({removed, ratio, ...}), or None when not run."""
+    if not os.path.isfile(asdm_json):
+        return None
+    return read_json(asdm_json)["results"].get("4", {}).get("laptop")
 
 
 def pipeline_parts(latent: int) -> dict:
@@ -166,7 +171,8 @@ def main() -> None:
         if args.only:
             unknown = sorted(set(args.only) - set(builders))
             if unknown:
-                raise SystemExit(f"--only {unknown} unknown; candidates are {list(builders)}")
+                raise SystemExit(f"--only {unknown} unknown; candidates are {list(builders)} (the LAPTOP-Diff one "
+                                 f"needs --asdm FILE with bench_asdm.py's Table 4; {args.asdm!r} has none)")
             builders = {n: b for n, b in builders.items() if n in args.only}
         units = {} if args.only else timed(unit_calls(teacher, size), args.unit_repeats)
         # each candidate timed round-robin with the teacher, then freed (memory)
@@ -201,7 +207,7 @@ def main() -> None:
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            "seconds": round(time.time() - t0), "load_start": load0, "load_end": os.getloadavg()[0]},
               "units": units, "unets": whole, "pipeline_parts": parts}
-    if args.only and units_kept:
+    if units_kept:
         result["units_kept"] = units_kept
     write_json(args.out + ".json", result)
     atomic_write(args.out + ".md", report(result))
