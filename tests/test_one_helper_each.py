@@ -25,7 +25,7 @@ def _grep(pattern: str) -> list[str]:
      "ModelMixin.num_parameters() or slimdiff.unet.num_params"),
     (r"def (time_ms|_sync)\b", ["profile/latency.py"], "slimdiff.profile.latency.time_call"),
     (r"def (cross_attention_dims?|text_width)\b", ["unet/access.py"], "slimdiff.unet.text_width"),
-    (r"class EMA\b|EMAModel\(|\.mul_\(\w*decay\)", ["distill/ema.py"], "slimdiff.distill.ema.EMA"),
+    (r"class EMA\b|EMAModel\(|\.mul_\(\w*decay\)", ["train/ema.py"], "slimdiff.train.ema.EMA"),
 ])
 def test_one_definition(pattern, allowed, use):
     assert _grep(pattern) == allowed, f"use {use}"
@@ -59,7 +59,7 @@ def test_num_params_of_models_and_units():
 
 
 def test_ema_without_warm_up_is_the_plain_average():
-    from slimdiff.distill.ema import EMA
+    from slimdiff.train.ema import EMA
 
     p = torch.nn.Parameter(torch.zeros(3))
     ema = EMA([p], decay=0.9, warmup=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimdiff.distill import distill
-from slimdiff.distill.trainer import Trainer
+from slimdiff.distill.kd import KdTrainer as Trainer
 
 
 def _hooks(model) -> int:

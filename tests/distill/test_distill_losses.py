@@ -5,16 +5,15 @@ import math
 import pytest
 import torch
 
-from slimdiff.distill.ema import EMA
+from slimdiff.train.ema import EMA
 from slimdiff.distill.losses import (
     feature_distance,
     feature_kd,
     mse,
     normalized_sq_error,
     perceptual_loss,
-    task_target,
-    x0_estimate,
 )
+from slimdiff.train.maths import task_target, x0_estimate
 
 
 def test_mse_hand_value():

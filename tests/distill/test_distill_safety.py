@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimdiff.distill import DistillConfig, distill
-from slimdiff.distill import checkpoint as ckpt
-from slimdiff.distill import trainer as trainer_mod
-from slimdiff.distill.checkpoint import JsonlLog
-from slimdiff.distill.trainer import NonFiniteLossError, Trainer
+from slimdiff.train import checkpoint as ckpt
+from slimdiff.train import loop as trainer_mod
+from slimdiff.train.checkpoint import JsonlLog
+from slimdiff.distill.kd import KdTrainer as Trainer
+from slimdiff.train.loop import NonFiniteLossError
 
 
 class Payload:

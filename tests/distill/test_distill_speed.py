@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 from slimdiff.cli import main
 from slimdiff.distill import DistillConfig, distill
-from slimdiff.distill.speed import PHASES, PhaseTimer, precompute_cache
-from slimdiff.distill.trainer import Trainer
+from slimdiff.train.parts import precompute_cache
+from slimdiff.train.speed import PHASES, PhaseTimer
+from slimdiff.distill.kd import KdTrainer as Trainer
 
 # the reference: every speed option off, as the trainer ran before them
 EAGER = dict(teacher_inference_mode=False, channels_last=False, adamw="loop", log_every=1, memory_cache="off")

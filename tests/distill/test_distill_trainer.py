@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from slimdiff.distill import distill
-from slimdiff.distill import trainer as trainer_mod
-from slimdiff.distill.trainer import Trainer
+from slimdiff.train import loop as trainer_mod
+from slimdiff.distill.kd import KdTrainer as Trainer
 
 
 def read_log(path):

@@ -8,10 +8,11 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from slimdiff.distill import trainer as trainer_mod
-from slimdiff.distill.step import (StepDistillConfig, StepTrainer, add_guidance_embedding, alpha_sigma, cfg_combine,
-                                   ddim_step, guidance_embedding, snr_weight, step_distill, step_paths, step_target,
-                                   to_x0_eps, v_from)
+from slimdiff.data import collate_items
+from slimdiff.distill.step import (StepDistillConfig, StepTrainer, add_guidance_embedding, cfg_combine, snr_weight,
+                                   step_distill, step_target)
+from slimdiff.train import loop as trainer_mod
+from slimdiff.train.maths import alpha_sigma, ddim_step, guidance_embedding, step_paths, to_x0_eps, v_from
 from slimdiff.testing import tiny_unet
 
 
@@ -133,7 +134,7 @@ def test_a_student_equal_to_the_teachers_two_step_map_has_zero_loss(make_step, t
         return SimpleNamespace(sample=torch.cat(out))
 
     trainer.model = oracle
-    batches = iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=2, collate_fn=trainer_mod.collate_items))
+    batches = iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=2, collate_fn=collate_items))
     with torch.no_grad():
         for position in range(3):
             terms = trainer._micro_step(next(batches), position)

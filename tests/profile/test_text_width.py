@@ -30,7 +30,7 @@ def test_text_width_of_diffusers_and_slim_models(models):
 
 
 def test_every_consumer_reads_the_slim_width(models):
-    from slimdiff.distill.loading import check_compatible
+    from slimdiff.train.parts import check_compatible
     from slimdiff.eval import unet_latency
     from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
     from slimdiff.prune.calibration import CalibrationConfig, random_calibration

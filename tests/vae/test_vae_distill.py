@@ -7,10 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from slimdiff.cli import main
-from slimdiff.distill import trainer as trainer_mod
+from slimdiff.train import loop as trainer_mod
 from slimdiff.vae import VaePruneConfig, load_vae, prune_decoder, save_vae
-from slimdiff.vae.distill import VaeDistillConfig, distill_vae
-from slimdiff.vae.trainer import VaeTrainer
+from slimdiff.vae.distill import VaeDistillConfig, VaeTrainer, distill_vae
 
 
 @pytest.fixture(scope="module")

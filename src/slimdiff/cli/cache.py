@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimdiff.distill import DistillConfig
-    from slimdiff.distill.speed import precompute_cache
+    from slimdiff.train.parts import precompute_cache
 
     cfg = DistillConfig(teacher=args.teacher, data=args.data, cache_dir=args.cache_dir,
                         **option_values(args, _OPTIONS))

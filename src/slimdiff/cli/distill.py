@@ -25,7 +25,7 @@ COMMON_OPTIONS = [
     ("--checkpoints-keep", "checkpoints_keep", dict(type=int, help="checkpoints kept (default 2)")),
     ("--resume", "resume", dict(metavar="CKPT", help="'latest' or a checkpoint directory")),
 ]
-# speed options (slimdiff.distill.speed; docs/bench/distill_throughput.md); defaults: DistillConfig
+# speed options (slimdiff.train.speed; docs/bench/distill_throughput.md); defaults: DistillConfig
 _ON_OFF = dict(action=argparse.BooleanOptionalAction)
 SPEED_OPTIONS = [
     ("--prefetch-factor", "prefetch_factor", dict(type=int, help="batches per worker loaded ahead")),
@@ -42,7 +42,7 @@ SPEED_OPTIONS = [
     ("--profile-steps", "profile_steps", dict(type=int, metavar="N", help="time the phases of N steps")),
 ]
 # (flag, DistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.config
-_OPTIONS = [
+OPTIONS = [
     ("--pipeline", "pipeline", dict(metavar="DIR", help="tokenizer/text encoder/VAE/scheduler source "
                                     "(default: the teacher, when it is a pipeline dir or toy)")),
     ("--caption-column", "caption_column", dict(help="caption column / .json key (default text)")),
@@ -91,7 +91,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="a `slimdiff prune` output, a UNet dir or a pipeline dir")
     p.add_argument("--data", required=True, help="toy | image folder (metadata.jsonl/.csv) | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
-    add_options(p, _OPTIONS)
+    add_options(p, OPTIONS)
     p.set_defaults(func=run)
 
 
@@ -125,7 +125,7 @@ def config_from_args(args: argparse.Namespace):
     from slimdiff.distill import DistillConfig
 
     values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out,
-              **option_values(args, _OPTIONS)}
+              **option_values(args, OPTIONS)}
     if "feat_map" in values:
         values["feat_map"] = parse_feat_map(values["feat_map"])
     if values.get("freeze") == ["none"]:
@@ -137,14 +137,15 @@ def run(args: argparse.Namespace) -> int:
     from slimdiff.distill import distill
 
     result = distill(config_from_args(args), progress=not args.quiet)
-    if result.num_processes == 1 or _is_main():
+    if result.num_processes == 1 or is_main_process():
         terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         print(f"distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms})")
         print(f"student: {result.out}" + (f"  pipeline: {result.pipeline_dir}" if result.pipeline_dir else ""))
     return 0
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
+    """Whether this is the main process of an `accelerate launch` run (the one that prints)."""
     from accelerate.state import PartialState
 
     return PartialState().is_main_process

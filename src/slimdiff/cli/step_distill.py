@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from slimdiff.cli.distill import _OPTIONS as _DISTILL_OPTIONS
-from slimdiff.cli.distill import _is_main
+from slimdiff.cli.distill import OPTIONS as DISTILL_OPTIONS
+from slimdiff.cli.distill import add_options, is_main_process, option_values
 
 _LOSS_FIELDS = {"lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc", "feat_loss", "feat_map",
                 "perceptual_net", "perceptual_weights"}
@@ -34,7 +34,7 @@ _OPTIONS = [
     ("--teacher-prediction-type", "teacher_prediction_type",
      dict(choices=["epsilon", "v_prediction", "sample"], help="default: the pipeline scheduler's")),
     ("--guidance", "guidance", dict(type=float, help="sampling guidance for the recipe (default: toy 5, else 7.5)")),
-] + [o for o in _DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
+] + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
 
 
 def add_parser(subparsers) -> None:
@@ -48,23 +48,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="toy (the teacher itself), a prune/distill output or a UNet dir")
     p.add_argument("--data", default="toy", help="toy (default) | image folder | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
-    for flag, field, kwargs in _OPTIONS:
-        p.add_argument(flag, dest=field, **{"default": None, **kwargs})
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(p, _OPTIONS)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):
     from slimdiff.distill.step import StepDistillConfig
 
-    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out}
-    for _, field, _ in _OPTIONS:
-        if getattr(args, field) is not None:
-            values[field] = getattr(args, field)
+    values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out,
+              **option_values(args, _OPTIONS)}
     if "guidance_range" in values:
         values["guidance_min"], values["guidance_max"] = values.pop("guidance_range")
-    if values.get("max_grad_norm") == 0:
-        values["max_grad_norm"] = None
     return StepDistillConfig(**values)
 
 
@@ -72,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from slimdiff.distill.step import step_distill
 
     result = step_distill(config_from_args(args), progress=not args.quiet)
-    if result.num_processes == 1 or _is_main():
+    if result.num_processes == 1 or is_main_process():
         terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         print(f"step-distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms})")
         print(f"student: {result.out}  pipeline: {result.pipeline_dir}")

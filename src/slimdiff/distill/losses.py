@@ -11,6 +11,7 @@ mean over processes of per-process losses equals the loss of the whole global ba
       + l_perc * sum_l MSE(phi_l(D(x0_S)), phi_l(D(x0_T))) A-SDM SAS: perceptual
 
 with d = MSE ("plain") or the normalized distance ||F_S - F_T||^2 / ||F_T||^2 ("normalized").
+The task target and the x0 estimate (x0 / eps / v) are `slimdiff.train.maths`'.
 """
 
 from __future__ import annotations
@@ -62,40 +63,6 @@ def feature_kd(student_feats: Mapping[str, Tensor], teacher_feats: Mapping[str, 
     return torch.stack(terms).sum()
 
 
-def task_target(prediction_type: str, latents: Tensor, noise: Tensor, timesteps: Tensor,
-                alphas_cumprod: Tensor) -> Tensor:
-    """What the U-Net is trained to predict, from the scheduler config's `prediction_type`.
-
-    latents x0, noise eps: (B, C, h, w); timesteps: (B,) long; alphas_cumprod: (T,).
-    epsilon -> eps; v_prediction -> v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0; sample -> x0.
-    """
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        a, s = _alpha_sigma(alphas_cumprod, timesteps, latents)
-        return a * noise - s * latents
-    if prediction_type == "sample":
-        return latents
-    raise ValueError(f"prediction_type {prediction_type!r} is not one of ['epsilon', 'v_prediction', 'sample']")
-
-
-def x0_estimate(prediction_type: str, x_t: Tensor, pred: Tensor, timesteps: Tensor,
-                alphas_cumprod: Tensor) -> Tensor:
-    """The clean-latent estimate implied by a U-Net output (used by the perceptual loss).
-
-    x_t = a x0 + s eps with a = sqrt(ab_t), s = sqrt(1 - ab_t):
-    epsilon: x0 = (x_t - s eps) / a;  v: x0 = a x_t - s v;  sample: x0 = pred.
-    """
-    a, s = _alpha_sigma(alphas_cumprod, timesteps, x_t)
-    if prediction_type == "epsilon":
-        return (x_t - s * pred) / a
-    if prediction_type == "v_prediction":
-        return a * x_t - s * pred
-    if prediction_type == "sample":
-        return pred
-    raise ValueError(f"prediction_type {prediction_type!r} is not one of ['epsilon', 'v_prediction', 'sample']")
-
-
 def perceptual_loss(features: Callable[[Tensor], Sequence[Tensor]], images_s: Tensor, images_t: Tensor) -> Tensor:
     """A-SDM SAS perceptual term: sum_l MSE(phi_l(img_S), phi_l(img_T)); images (B, 3, H, W) in [0, 1].
 
@@ -105,10 +72,3 @@ def perceptual_loss(features: Callable[[Tensor], Sequence[Tensor]], images_s: Te
         feats_t = [f.detach() for f in features(images_t)]
     feats_s = features(images_s)
     return torch.stack([mse(fs, ft) for fs, ft in zip(feats_s, feats_t, strict=True)]).sum()
-
-
-def _alpha_sigma(alphas_cumprod: Tensor, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """sqrt(ab_t), sqrt(1 - ab_t) for each example, shaped (B, 1, 1, 1) to broadcast over `like`."""
-    ab = alphas_cumprod.to(like.device, torch.float32)[timesteps.to(like.device)]  # (B,)
-    shape = (-1,) + (1,) * (like.ndim - 1)
-    return ab.sqrt().view(shape), (1 - ab).sqrt().view(shape)

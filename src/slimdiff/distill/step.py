@@ -44,7 +44,9 @@ projection starts at zero (the student starts as its source) and rows without CF
 Output (`out/`): the student and recipe.json (`step_distill`: the settings; `sampling`: steps,
 guidance, timesteps), and `out/pipeline/`, a plain `StableDiffusionPipeline` directory whose
 DDIMScheduler (trailing, v_prediction) gives exactly the trained timesteps at `steps` steps.
-The loop, resume, checkpoints, log, cache and multi-process are `slimdiff.distill.trainer`'s.
+The loop, resume, checkpoints, log, cache and multi-process are the training core's
+(`slimdiff.train`); the set-up and data side are `slimdiff.distill.kd.KdTrainer`'s. The x0/eps/v
+conversions and the DDIM step are `slimdiff.train.maths`'.
 """
 
 from __future__ import annotations
@@ -54,15 +56,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slimdiff.distill.config import DistillConfig
-from slimdiff.distill.trainer import DistillResult, Trainer
+from slimdiff.distill.kd import DistillResult, KdTrainer
+from slimdiff.eval.runner import default_sampling
 from slimdiff.io import atomic_path, read_json, write_json
+from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
+                                  embed_dim, guidance_embedding, sampler_for, step_paths, to_x0_eps, v_from)
 
 SCHEDULES = ("direct", "progressive")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-STUDENT_PREDICTION = "v_prediction"
 Tensor = torch.Tensor
 
 
@@ -78,8 +82,8 @@ class StepDistillConfig(DistillConfig):
     teacher_steps: int = 32  # DDIM steps of the teacher schedule the student's are cut from (SnapFusion: 32)
     schedule: str = "direct"  # "direct": k = teacher_steps/steps per step | "progressive": halve, k = 2
     cfg_prob: float = 0.1  # p: share of examples trained on guided outputs (SnapFusion 0.1; 0: vanilla)
-    guidance_min: float = 2.0  # w_g ~ U[guidance_min, guidance_max] (SnapFusion: [2, 14])
-    guidance_max: float = 14.0
+    guidance_min: float = GUIDANCE_RANGE[0]  # w_g ~ U[guidance_min, guidance_max] (SnapFusion: [2, 14])
+    guidance_max: float = GUIDANCE_RANGE[1]
     guidance_embed: bool = False  # student reads w (time_cond_proj_dim): one U-Net call per step
     guidance_embed_dim: int = 256  # width of the w embedding (LCM's w_embedding_dim)
     teacher_prediction_type: str | None = None  # None: the pipeline scheduler's prediction_type
@@ -152,34 +156,6 @@ def step_distill(config: StepDistillConfig, teacher: nn.Module | None = None, st
 # tensors: z, x0, eps, v (B, C, h, w); a, s (B, 1, 1, 1); w (B,)
 
 
-def alpha_sigma(ab: Tensor) -> tuple[Tensor, Tensor]:
-    """ab (B,) -> a = sqrt(ab), s = sqrt(1 - ab), each (B, 1, 1, 1)."""
-    ab = ab.float().view(-1, 1, 1, 1)
-    return ab.sqrt(), (1 - ab).sqrt()
-
-
-def to_x0_eps(prediction_type: str, z: Tensor, out: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """(x0, eps) implied by a U-Net output: epsilon x0 = (z - s eps)/a; v x0 = a z - s v, eps = s z + a v;
-    sample eps = (z - a x0)/s."""
-    if prediction_type == "epsilon":
-        return (z - s * out) / a, out
-    if prediction_type == "v_prediction":
-        return a * z - s * out, s * z + a * out
-    if prediction_type == "sample":
-        return out, (z - a * out) / s
-    raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
-
-
-def v_from(x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
-    """v = a eps - s x0 (Salimans & Ho 2022, section 4)."""
-    return a * eps - s * x0
-
-
-def ddim_step(x0: Tensor, eps: Tensor, a_next: Tensor, s_next: Tensor) -> Tensor:
-    """Deterministic DDIM (eta = 0): z_t' = a_t' x0 + s_t' eps."""
-    return a_next * x0 + s_next * eps
-
-
 def step_target(z_t: Tensor, z_end: Tensor, a_t: Tensor, s_t: Tensor, a_end: Tensor, s_end: Tensor) -> Tensor:
     """SnapFusion's student target: the x0 whose one DDIM step t -> t'' lands on the teacher's z_t''."""
     r = s_end / s_t
@@ -197,24 +173,16 @@ def cfg_combine(cond: Tensor, uncond: Tensor, w: Tensor) -> Tensor:
     return w * cond - (w - 1) * uncond
 
 
-def guidance_embedding(w: Tensor, dim: int) -> Tensor:
-    """(B,) guidance scales -> (B, dim): exactly what StableDiffusionPipeline feeds a U-Net with
-    `time_cond_proj_dim` (its get_guidance_scale_embedding of w - 1; it uses no pipeline state)."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w.float() - 1, embedding_dim=dim)
-
-
 def guided_output(model: nn.Module, z: Tensor, t: Tensor, text: Tensor, null_text: Tensor, w: Tensor,
-                  embed_dim: int | None) -> tuple[Tensor, Tensor]:
+                  dim: int | None) -> tuple[Tensor, Tensor]:
     """(guided, conditional) U-Net outputs at guidance w (B,), in one model call.
 
-    Guidance-embedded (`embed_dim`): one pass reading emb(w - 1); it is guided and conditional at once.
+    Guidance-embedded (`dim`: the embedding width): one pass reading emb(w - 1); it is guided and conditional at once.
     Otherwise the rows with w != 1 run again on `null_text` (1, L, D) in the same batch and are
     combined by `cfg_combine`; rows with w = 1 return the conditional output unchanged.
     """
-    if embed_dim is not None:
-        out = model(z, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, embed_dim).to(z)).sample
+    if dim is not None:
+        out = model(z, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, dim).to(z)).sample
         return out, out
     g = (w != 1).nonzero().flatten()  # (m,) guided rows
     b = z.shape[0]
@@ -224,45 +192,6 @@ def guided_output(model: nn.Module, z: Tensor, t: Tensor, text: Tensor, null_tex
     uncond = torch.zeros_like(cond)
     uncond[g] = out[b:]
     return cfg_combine(cond, uncond, w), cond
-
-
-def sampler_for(scheduler_config: dict, steps: int):
-    """The DDIMScheduler a student of `steps` steps samples with (trailing spacing, v-prediction)."""
-    from diffusers import DDIMScheduler
-
-    keep = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    keep.update(timestep_spacing="trailing", prediction_type=STUDENT_PREDICTION, clip_sample=False,
-                thresholding=False)
-    sched = DDIMScheduler.from_config(keep)
-    sched.set_timesteps(steps)
-    return sched
-
-
-def step_paths(scheduler_config: dict, teacher_steps: int, steps: int,
-               sampled: bool = True) -> tuple[list[int], Tensor, Tensor]:
-    """The student's timesteps (N,) and, for each, the teacher's path: timesteps (N, k) and ab (N, k + 1).
-
-    Student step i goes t_i -> t_{i+1} (the last to x0: ab = the scheduler's final_alpha_cumprod);
-    the teacher takes the k = teacher_steps/steps DDIM steps of its schedule in between. Raises when
-    the student's timesteps are not every k-th of the teacher's, or (`sampled`: the student is saved
-    with its sampler; not for progressive's inner stages) its DDIM sampler would not step t_i -> t_{i+1}.
-    """
-    teacher = sampler_for(scheduler_config, teacher_steps)
-    student = sampler_for(scheduler_config, steps)
-    T, k = student.config.num_train_timesteps, teacher_steps // steps
-    t_teacher, t_student = teacher.timesteps.tolist(), student.timesteps.tolist()
-    if (sampled and T % steps) or t_teacher[::k] != t_student:
-        raise ValueError(f"steps={steps}: the teacher's {teacher_steps}-step DDIM schedule cannot give it (DDIM "
-                         f"steps t -> t - {T}//{steps}, so num_train_timesteps={T} must be a multiple of the "
-                         f"step count and the student's timesteps {t_student} every {k}-th of the teacher's); "
-                         f"choose steps among {[n for n in (1, 2, 4, 5, 8, 10, 20, 25) if T % n == 0]}")
-    ab_all = teacher.alphas_cumprod.float()
-    final = torch.as_tensor(teacher.final_alpha_cumprod, dtype=torch.float32)
-    ts = torch.tensor(t_teacher + [-1]).view(-1)  # -1: the end (x0)
-    path_t = torch.stack([ts[i * k:(i + 1) * k] for i in range(steps)])  # (N, k)
-    ends = torch.stack([ts[i * k:(i + 1) * k + 1] for i in range(steps)])  # (N, k + 1)
-    path_ab = torch.where(ends >= 0, ab_all[ends.clamp(min=0)], final)
-    return t_student, path_t, path_ab
 
 
 def add_guidance_embedding(unet: nn.Module, dim: int) -> nn.Module:
@@ -286,10 +215,6 @@ def add_guidance_embedding(unet: nn.Module, dim: int) -> nn.Module:
     return new.to(next(unet.parameters()).device)
 
 
-def _embed_dim(model: nn.Module) -> int | None:
-    return model.config.get("time_cond_proj_dim")
-
-
 def _declared_prediction(source: str | None) -> tuple[str, str] | None:
     """(prediction_type, where) a teacher directory declares: a step-distill recipe or its pipeline's scheduler."""
     if source is None or source == "toy" or not Path(source).is_dir():
@@ -306,8 +231,8 @@ def _declared_prediction(source: str | None) -> tuple[str, str] | None:
 # ---------------------------------------------------------------------------------- the trainer
 
 
-class StepTrainer(Trainer):
-    """`Trainer` with the step-distillation loss: same loop, resume, checkpoints, log and outputs."""
+class StepTrainer(KdTrainer):
+    """`KdTrainer` with the step-distillation loss: same set-up, loop, resume, checkpoints, log and outputs."""
 
     name = "step-distill"
 
@@ -338,11 +263,15 @@ class StepTrainer(Trainer):
         self.stage_teacher_pred = self.teacher_pred
         self._set_paths(0)
 
+    def _guidance_dim(self) -> None:
+        """None: the KD pass feeds no guidance embedding; `guided_output` feeds the student's own."""
+        return None
+
     def _prepare_student(self, student: nn.Module) -> nn.Module:
         if self.cfg.guidance_embed:
             return add_guidance_embedding(student, self.cfg.guidance_embed_dim)
-        if _embed_dim(student) is not None:
-            raise ValueError(f"the student is guidance-embedded (time_cond_proj_dim={_embed_dim(student)}); "
+        if embed_dim(student) is not None:
+            raise ValueError(f"the student is guidance-embedded (time_cond_proj_dim={embed_dim(student)}); "
                              f"set guidance_embed (--guidance-embed) to train it")
         return student
 
@@ -362,8 +291,6 @@ class StepTrainer(Trainer):
         j = max(i for i, b in enumerate(self.bounds) if b <= step)
         if j == self.stage:
             return
-        from safetensors.torch import load_file, save_file
-
         student = self.accelerator.unwrap_model(self.model)
         path = self._stage_file(j)
         if step == self.bounds[j]:
@@ -390,7 +317,7 @@ class StepTrainer(Trainer):
         cfg = self.cfg
         # 1. encodings and randomness: the student step i of each row, its timestep t_i, guidance w
         n = len(self.student_timesteps)
-        latents, noise, text, idx, g, rows = self._sample_batch(
+        latents, noise, text, idx, g, rows = self.data.sample(
             items, position, draw_t=lambda G, gen: torch.randint(0, n, (G,), generator=gen))
         G = latents.shape[0] * self.world
         use_cfg = (torch.rand(G, generator=g) < cfg.cfg_prob)[rows]
@@ -406,7 +333,7 @@ class StepTrainer(Trainer):
             z = z_t
             for j in range(self.path_t.shape[1]):
                 out, _ = guided_output(self.teacher, z.to(self.dtype), self.path_t[idx, j], text.to(self.dtype),
-                                       self.null_text.to(self.dtype), w, _embed_dim(self.teacher))
+                                       self.null_text.to(self.dtype), w, embed_dim(self.teacher))
                 a, s = alpha_sigma(ab[:, j])
                 x0, eps = to_x0_eps(self.stage_teacher_pred, z, out.float(), a, s)
                 z = ddim_step(x0, eps, *alpha_sigma(ab[:, j + 1]))
@@ -427,12 +354,12 @@ class StepTrainer(Trainer):
 
     # ------------------------------------------------------------------------------ outputs
 
-    def _sampling(self) -> dict:
-        from slimdiff.eval.runner import default_sampling
+    def _default_guidance(self) -> float:
+        """The world's sampling guidance (toy 5, else 7.5): the one call to port to `slimdiff.sample`."""
+        return default_sampling(self.parts.pipeline, self.parts.toy_world)[1]
 
-        guidance = self.cfg.guidance
-        if guidance is None:
-            guidance = default_sampling(self.parts.pipeline, self.parts.toy_world)[1]
+    def _sampling(self) -> dict:
+        guidance = self.cfg.guidance if self.cfg.guidance is not None else self._default_guidance()
         embedded = self.cfg.guidance_embed
         return {"steps": self.cfg.steps, "guidance": guidance, "scheduler": "DDIMScheduler",
                 "timestep_spacing": "trailing", "prediction_type": STUDENT_PREDICTION,

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from slimdiff.train.maths import DEFAULT_GUIDANCE, timestep_cond
+
 from .calibration import CalibrationSet
 
 CANDIDATE_KINDS = ("resnet", "attn")  # LAPTOP-Diff prunes ResNet and Transformer units
@@ -108,7 +110,9 @@ class OutputLossCriterion(Criterion):
         outs = []
         for x, t, c in self.calibration.batches(self.batch_size):
             x, c = x.to(p.device, p.dtype), c.to(p.device, p.dtype)
-            out = model(x, t.to(p.device), encoder_hidden_states=c, return_dict=False)[0]
+            # a guidance-embedded (LCM-style) U-Net reads w as its pipeline feeds it (default guidance)
+            out = model(x, t.to(p.device), encoder_hidden_states=c,
+                        timestep_cond=timestep_cond(model, DEFAULT_GUIDANCE, x.shape[0], x), return_dict=False)[0]
             outs.append(out.float())
         return outs
 

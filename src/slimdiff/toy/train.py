@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from slimdiff.io import atomic_path, read_json, to_jsonable, write_json
 from slimdiff.toy import components, world
 from slimdiff.toy.tokenizer import build_tokenizer
+from slimdiff.train.ema import EMA  # the project's one EMA (used plain here: no warm-up of the decay)
 
 STAGES = ("vae", "unet", "judge", "all")
 
@@ -251,7 +252,6 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
-    from slimdiff.distill.ema import EMA  # the project's one EMA; plain (no warm-up of the decay)
 
     ema = {"unet": EMA(unet.parameters(), cfg.ema_decay, warmup=False),
            "text": EMA(text.parameters(), cfg.ema_decay, warmup=False)}

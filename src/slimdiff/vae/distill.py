@@ -17,31 +17,38 @@ on images in [0, 1]). The student's post_quant_conv and decoder are trained; its
 teacher's, frozen. The last `eval_latents` latents of the pool are held out and give the
 decoder PSNR against the teacher before and after training.
 
-The loop is the distillation trainer's (`slimdiff.distill.trainer`: accelerate, optimiser steps
-with accumulation, JSONL log, progress bar, loss plot; `slimdiff.distill.checkpoint`: atomic
-checkpoints, exact resume). Batches are pure functions of (seed, step), so a resumed run sees the
-batches an uninterrupted one would.
+`VaeTrainer` is a method trainer on the training core (`slimdiff.train.loop`: accelerate,
+optimiser steps with accumulation, JSONL log, progress bar, loss plot, atomic checkpoints, exact
+resume); the latent pool is `slimdiff.vae.latents`'. Batches are pure functions of (seed, step),
+so a resumed run sees the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from slimdiff.distill.config import LR_SCHEDULERS, MIXED_PRECISION, PERCEPTUAL_NETS, config_mismatches
-
-LATENT_SOURCES = ("unet", "data", "both")
-PATH_FIELDS = ("teacher", "student", "data", "prompts", "perceptual_weights")
-RESUMABLE_CHANGES = ("out", "resume", "checkpoint_every", "checkpoints_keep", "cpu", "max_steps")
+from slimdiff import __version__
+from slimdiff.data.toy import is_toy_source
+from slimdiff.distill.losses import mse, perceptual_loss
+from slimdiff.distill.perceptual import load_perceptual_net
+from slimdiff.train.config import TrainConfig
+from slimdiff.train.loop import Trainer, plot_losses
+from slimdiff.train.parts import check_path, is_pipeline_source, load_checked
+from slimdiff.vae.latents import LATENT_SOURCES, ensure_pool
+from slimdiff.recipe import read_recipe
+from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
 
 
 @dataclasses.dataclass
-class VaeDistillConfig:
+class VaeDistillConfig(TrainConfig):
+    """`TrainConfig` (optimisation, bookkeeping, perceptual term) plus the models and latents."""
+
     # --- models and latents ---------------------------------------------------------------
     student: str | None = None  # a prune-vae output (anything load_vae takes); None when passed in memory
     teacher: str = "toy"  # pipeline (toy | directory): teacher VAE, and the U-Net/prompts for latents="unet"
@@ -56,69 +63,26 @@ class VaeDistillConfig:
     toy_size: int = 4096  # data="toy": distinct train-split scenes
     resolution: int | None = None  # data images' size; None: the teacher VAE's sample_size
 
-    # --- losses ----------------------------------------------------------------------------
+    # --- losses (lambda_perc, perceptual_net, perceptual_weights: TrainConfig) ------------------
     lambda_mse: float = 1.0  # MSE(student image, teacher image), images in [-1, 1]
-    lambda_perc: float = 0.0  # perceptual term on the two images (0: off)
-    perceptual_net: str = "auto"  # "auto" (judge on the toy world, else vgg16) | "judge" | "vgg16"
-    perceptual_weights: str | None = None  # torchvision-format VGG16 state dict for perceptual_net="vgg16"
 
-    # --- optimisation ----------------------------------------------------------------------
-    max_steps: int = 1000  # optimiser steps
-    batch_size: int = 8  # latents per process and micro-step
-    grad_accum: int = 1  # micro-steps per optimiser step
+    # --- optimisation (the rest: TrainConfig) ------------------------------------------------
     learning_rate: float = 1e-4  # AdamW (the paper gives none; 1e-4 is diffusers' VAE fine-tuning default)
     adam_weight_decay: float = 0.0  # no decay: the student starts from inherited weights
-    lr_scheduler: str = "constant"  # diffusers.optimization name
-    lr_warmup_steps: int = 0  # linear warm-up, in optimiser steps
-    max_grad_norm: float | None = 1.0  # gradient clipping by global norm; None: off
-    mixed_precision: str = "no"  # accelerate: "no" (float32, the safe default) | "fp16" | "bf16"
-    seed: int = 0  # latents (prompts, noise), batch order
-    cpu: bool = False  # force the CPU even where an accelerator is available
 
-    # --- bookkeeping -----------------------------------------------------------------------
-    checkpoint_every: int = 500  # optimiser steps between checkpoints (0: none)
-    checkpoints_keep: int = 2  # newest checkpoints kept
-    resume: str | None = None  # "latest" or a checkpoint directory
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("teacher", "student", "data", "prompts", "perceptual_weights")
 
     def __post_init__(self):
-        def bad(field: str, valid: str):
-            raise ValueError(f"VaeDistillConfig.{field}={getattr(self, field)!r} is invalid: {valid}")
-
+        super().__post_init__()
         if self.latents not in LATENT_SOURCES:
-            bad("latents", f"choose one of {list(LATENT_SOURCES)}")
-        for name in ("num_latents", "eval_latents", "max_steps", "batch_size", "grad_accum", "toy_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "an integer >= 1")
-        for name in ("lr_warmup_steps", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                bad(name, "an integer >= 0")
+            self.invalid("latents", f"choose one of {list(LATENT_SOURCES)}")
+        self.check_ints(("num_latents", "eval_latents", "toy_size"), 1)
         if self.gen_steps is not None and self.gen_steps < 1:
-            bad("gen_steps", "None or an integer >= 1")
-        if self.checkpoints_keep < 1:
-            bad("checkpoints_keep", "an integer >= 1")
-        for name in ("lambda_mse", "lambda_perc"):
-            if getattr(self, name) < 0:
-                bad(name, "loss weights must be >= 0")
+            self.invalid("gen_steps", "None or an integer >= 1")
+        if self.lambda_mse < 0:
+            self.invalid("lambda_mse", "loss weights must be >= 0")
         if self.lambda_mse == 0 and self.lambda_perc == 0:
             raise ValueError("VaeDistillConfig: lambda_mse and lambda_perc are both 0; set one > 0")
-        if self.perceptual_net not in PERCEPTUAL_NETS:
-            bad("perceptual_net", f"choose one of {list(PERCEPTUAL_NETS)}")
-        if self.learning_rate <= 0:
-            bad("learning_rate", "a positive number")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            bad("lr_scheduler", f"choose one of {list(LR_SCHEDULERS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            bad("mixed_precision", f"choose one of {list(MIXED_PRECISION)}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            bad("max_grad_norm", "a positive number, or None for no clipping")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            bad("resolution", "None or a multiple of 8 (pixels)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
-        return config_mismatches(self.to_dict(), saved, RESUMABLE_CHANGES, PATH_FIELDS, self.lr_scheduler)
 
 
 @dataclasses.dataclass
@@ -134,7 +98,7 @@ class VaeDistillResult:
     pipeline_dir: Path | None  # out/pipeline: the teacher pipeline with the distilled VAE
 
 
-class _Decoding(nn.Module):
+class Decoding(nn.Module):
     """What decoding runs: z (B, C, h, w) -> post_quant_conv -> decoder -> image (B, 3, H, W).
     The one module the optimiser and accelerate see (the encoder is not in it)."""
 
@@ -161,6 +125,108 @@ def decoded(decode, z: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
 
 def distill_vae(config: VaeDistillConfig, student: nn.Module | None = None, progress: bool = True) -> VaeDistillResult:
     """Distill the teacher decoder into `student` (or `config.student`) as `config` says."""
-    from slimdiff.vae.trainer import VaeTrainer  # accelerate is imported there
-
     return VaeTrainer(config, student, progress).run()
+
+
+class VaeTrainer(Trainer):
+    """Decoder distillation: a micro-batch is a list of rows of the training latents."""
+
+    name = "distill-vae"
+
+    def __init__(self, config: VaeDistillConfig, student=None, progress: bool = True):
+        """Numbered-step orchestration of the set-up (each step checks its inputs)."""
+        super().__init__(config, progress)
+        cfg = self.cfg
+        # 1-2. accelerate; the resume point (a mismatched config fails before anything loads)
+        self.start()
+        # 3. teacher and student VAEs (checks: paths, a VAE each, same latent space and image channels)
+        self._load_models(student)
+        # 4. the latent pool: built once by the main process (U-Net generations / encoder latents)
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ensure_pool(cfg, self.teacher, self.device, self.out / "latents.safetensors", progress)
+        self.accelerator.wait_for_everyone()
+        pool = load_file(str(self.out / "latents.safetensors"))
+        self.train_z, self.eval_z = pool["train"], pool["eval"]  # (N, C, h, w), (E, C, h, w)
+        if len(self.train_z) < cfg.batch_size * self.world:
+            raise ValueError(f"{len(self.train_z)} training latents, fewer than the global batch "
+                             f"{cfg.batch_size * self.world}")
+        self.dataset_size = len(self.train_z)
+        # 5. perceptual network; 6. frozen teacher, trainable decoding path of the student
+        self.perc_net = None
+        if cfg.lambda_perc > 0:
+            self.perc_net = load_perceptual_net(cfg.perceptual_net, cfg.perceptual_weights, is_toy_source(cfg.teacher))
+            self.perc_net.to(self.device, self.dtype).requires_grad_(False).eval()
+        self.teacher.requires_grad_(False).eval().to(self.device)
+        if self.dtype != torch.float32:
+            self.teacher.to(self.dtype)
+        self.student.requires_grad_(False).to(self.device)
+        decoding = Decoding(self.student).requires_grad_(True).train()
+        self.teacher_eval = decoded(self._teacher_decode, self.eval_z)  # (E, 3, H, W)
+        self.psnr_before = psnr(decoded(lambda z: decoding(z.to(self.device)), self.eval_z), self.teacher_eval)
+        # 7. optimiser, LR schedule; wrap the decoding path; resume (the core's)
+        self.prepare(decoding, list(decoding.parameters()))
+
+    def _load_models(self, student) -> None:
+        cfg = self.cfg
+        check_path("--teacher", cfg.teacher)
+        if student is None:
+            check_path("--student", cfg.student)
+        self.teacher = load_checked("--teacher", cfg.teacher, load_vae)
+        if student is None:
+            if cfg.student is None:
+                raise ValueError("no student: set --student (a `slimdiff prune-vae` output) or pass student=")
+            student = load_checked("--student", cfg.student, load_vae)
+        if student is self.teacher:
+            raise ValueError("teacher and student are the same object; load the student separately")
+        for key in ("latent_channels", "out_channels"):
+            if student.config[key] != self.teacher.config[key]:
+                raise ValueError(f"teacher and student VAEs differ in {key}: {self.teacher.config[key]} vs "
+                                 f"{student.config[key]}")
+        self.student = student
+        self.input_recipe = read_recipe(cfg.student) if cfg.student else {}
+
+    @torch.no_grad()
+    def _teacher_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.teacher.decode(z.to(self.device, self.dtype)).sample
+
+    def _micro_step(self, rows: list[int], position: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch: latents z (b, C, h, w) -> images (b, 3, H, W) in [-1, 1]."""
+        z = self.train_z[rows].to(self.device)
+        with self.accelerator.autocast():
+            img_s = self.model(z)
+        img_t = self._teacher_decode(z).float()
+        terms: dict[str, torch.Tensor] = {}
+        if self.cfg.lambda_mse > 0:
+            terms["loss_mse"] = mse(img_s, img_t)
+        if self.cfg.lambda_perc > 0:
+            with self.accelerator.autocast():
+                terms["loss_perc"] = perceptual_loss(self.perc_net, (img_s + 1) / 2, (img_t.to(self.dtype) + 1) / 2)
+        terms["loss"] = sum({"loss_mse": self.cfg.lambda_mse, "loss_perc": self.cfg.lambda_perc}[k] * v
+                            for k, v in terms.items())
+        return terms
+
+    def _result(self, decoding: nn.Module, losses: dict, steps_per_sec: float, log_path: Path) -> VaeDistillResult:
+        """The VAE + recipe.json, loss curves and, for a pipeline teacher, out/pipeline (main process)."""
+        cfg = self.cfg
+        student = self.student.eval()
+        psnr_after = psnr(decoded(lambda z: decoding(z.to(self.device)), self.eval_z), self.teacher_eval)
+        pipeline_dir = None
+        if self.accelerator.is_main_process:
+            recipe = {k: v for k, v in self.input_recipe.items() if k != "vae_class"}
+            recipe["distill_vae"] = {
+                "config": cfg.to_dict(), "teacher": cfg.teacher,
+                "student_init": cfg.student if cfg.student is not None else "in memory",
+                "train_latents": len(self.train_z), "eval_latents": len(self.eval_z),
+                "psnr_vs_teacher_db": {"before": self.psnr_before, "after": psnr_after},
+                "final_losses": losses, "steps": cfg.max_steps, "steps_per_sec": steps_per_sec,
+                "num_processes": self.world, "global_batch": cfg.batch_size * self.world * cfg.grad_accum,
+                "slimdiff_version": __version__,
+            }
+            save_vae(student, self.out, recipe=recipe)
+            plot_losses(log_path, self.out / "loss_curves.png", sorted(losses))
+            if is_pipeline_source(cfg.teacher):
+                pipeline_dir = save_pipeline_with_vae(cfg.teacher, student, self.out / "pipeline")
+        return VaeDistillResult(student=student, out=self.out, steps=cfg.max_steps, losses=losses,
+                                psnr_before=self.psnr_before, psnr_after=psnr_after, steps_per_sec=steps_per_sec,
+                                log_path=log_path, pipeline_dir=pipeline_dir)

@@ -204,7 +204,7 @@ def prune_vae(source: str, out: str, config: VaePruneConfig | None = None) -> di
     Returns what was written and the parameter counts.
     """
     from slimdiff import __version__
-    from slimdiff.distill.loading import is_pipeline_source
+    from slimdiff.train.parts import is_pipeline_source
     from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
 
     config = config or VaePruneConfig()

@@ -1,11 +1,11 @@
-"""Training-speed pieces of the distillation trainer: the per-phase profile and the speed options.
+"""Training-speed pieces of the loop: the per-phase profile and the speed options.
 
     timer = PhaseTimer(enabled=True, cuda=False)
     with timer("teacher forward"):
         ...
     timer.end_step(); summary = timer.summary()    # median ms per phase over the profiled steps
 
-The options (`DistillConfig` fields; which are exact is said per option):
+The options (`DistillConfig` fields, applied by `slimdiff.distill.kd`; which are exact is said per option):
   - `teacher_inference_mode` (exact): the teacher runs under `torch.inference_mode`, keeping no
     autograd state; its outputs are then cloned once (a loss may save them for backward, which
     inference tensors may not be), the same values.
@@ -23,18 +23,21 @@ The options (`DistillConfig` fields; which are exact is said per option):
 from __future__ import annotations
 
 import contextlib
-import warnings
 import shutil
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from slimdiff.io import atomic_write, write_json
+
 # the phases of one optimiser step, in order (the profile's rows)
 PHASES = ("data", "text encoder", "vae encode", "teacher forward", "student forward", "losses+hooks",
           "backward", "optimizer", "logging+syncs")
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # --mixed-precision -> dtype
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ADAMW_IMPLS = ("loop", "foreach", "fused")
 
@@ -82,8 +85,6 @@ class PhaseTimer:
 
 def write_profile(summary: dict, out: Path, about: str) -> tuple[Path, Path]:
     """out/profile.json and out/profile.md: median ms per phase, its share, the largest phase."""
-    from slimdiff.io import atomic_write, write_json
-
     phases, total = summary["phases"], summary["total_ms"]
     largest = max(phases, key=phases.get) if phases else None
     write_json(out / "profile.json", {**summary, "largest_phase": largest, "about": about})
@@ -168,33 +169,3 @@ def compile_model(model: nn.Module, backend: str) -> nn.Module:
 
 def about_run(device: torch.device) -> str:
     return f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
-    """Fill `cfg.cache_dir` with the encodings of the whole data set `cfg.data`, exactly as the
-    trainer would write them (same resolution, encoders, dtype and cache key), with a progress bar.
-    Returns (items encoded now, the cache directory). A later `distill` with this `--cache-dir`
-    skips image loading and both encoders from its first step."""
-    from slimdiff.data import build_dataset
-    from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
-    from slimdiff.distill.loading import _load, is_pipeline_source
-    from slimdiff.distill.trainer import DTYPES
-    from slimdiff.unet import load_pipeline, load_unet
-
-    if cfg.cache_dir is None:
-        raise ValueError("precompute_cache needs DistillConfig.cache_dir (--cache-dir DIR)")
-    source = cfg.pipeline or (cfg.teacher if cfg.teacher is not None and is_pipeline_source(cfg.teacher) else None)
-    if source is None:
-        raise ValueError(f"the teacher {cfg.teacher!r} is a bare U-Net: give --pipeline for the tokenizer, text "
-                         f"encoder and VAE")
-    pipe = _load("--pipeline" if cfg.pipeline else "--teacher", source, load_pipeline)
-    unet = pipe.unet if source == cfg.teacher else _load("--teacher", cfg.teacher, load_unet)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
-    vae, text_encoder = (m.requires_grad_(False).eval().to(device, DTYPES[cfg.mixed_precision])
-                         for m in (pipe.vae, pipe.text_encoder))
-    resolution = cfg.resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
-    data = build_dataset(cfg.data, resolution, seed=cfg.seed, toy_size=cfg.toy_size,
-                         caption_column=cfg.caption_column, image_column=cfg.image_column)
-    cache = EncodingCache(cfg.cache_dir, data.fingerprint, vae, text_encoder)
-    done = fill_cache(data, BatchEncoder(vae, pipe.tokenizer, text_encoder, cache), cfg.batch_size, progress)
-    return done, cache.dir
