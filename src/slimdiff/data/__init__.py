@@ -10,24 +10,22 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from slimdiff.data.imagefolder import ImageFolderDataset
+from slimdiff.data.toy import WORLD, ToyDataset
+from slimdiff.data.webdataset import WebDatasetShards
+
 
 def build_dataset(source: str, resolution: int, seed: int = 0, toy_size: int = 4096,
                   caption_column: str = "text", image_column: str = "file_name") -> Dataset:
     """`toy` | an image folder (imagefolder layout) | webdataset shard(s): file, dir of *.tar, glob, {a..b}."""
-    if source == "toy":
-        from slimdiff.data.toy import ToyDataset
-
+    if source == WORLD:
         return ToyDataset(toy_size, seed=seed, resolution=resolution)
     path = Path(source)
     is_tar_dir = path.is_dir() and any(path.glob("*.tar")) and not any(
         (path / m).is_file() for m in ("metadata.jsonl", "metadata.csv"))
     if source.endswith(".tar") or "{" in source or any(c in source for c in "*?[") or is_tar_dir:
-        from slimdiff.data.webdataset import WebDatasetShards
-
         return WebDatasetShards(source, resolution, caption_column=caption_column)
     if path.is_dir():
-        from slimdiff.data.imagefolder import ImageFolderDataset
-
         return ImageFolderDataset(path, resolution, caption_column=caption_column, image_column=image_column)
     raise FileNotFoundError(f"data {source!r} not found: give 'toy', an image folder with metadata.jsonl/.csv, "
                             f"or webdataset .tar shard(s)")

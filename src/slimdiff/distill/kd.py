@@ -95,8 +95,6 @@ class KdTrainer(Trainer):
                     m._compiled_call_impl = None  # undo nn.Module.compile(): plain eager calls again
         self._caller.restore()
 
-    # ------------------------------------------------------------------------------ set-up
-
     def _setup(self, teacher, student, pipeline) -> None:
         """Numbered-step orchestration of the set-up (each step checks its inputs; see the comments)."""
         cfg = self.cfg

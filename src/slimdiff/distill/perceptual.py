@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimdiff.toy.judge import load_judge
+
 # torchvision vgg16 "D" configuration: conv widths, "M" = 2x2 max-pool
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 VGG16_TAPS = (3, 8, 15, 22, 29)  # indices in `features` of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
@@ -90,8 +92,6 @@ class JudgeFeatures(nn.Module):
 
     @classmethod
     def load(cls) -> "JudgeFeatures":
-        from slimdiff.toy.judge import load_judge
-
         return cls(load_judge())
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -59,10 +59,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from slimdiff.data.toy import WORLD
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.eval.runner import default_sampling
-from slimdiff.io import atomic_path, read_json, write_json
+from slimdiff.io import atomic_path, read_json
+from slimdiff.recipe import read_recipe, recipe_path, write_recipe
 from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
                                   embed_dim, guidance_embedding, sampler_for, step_paths, to_x0_eps, v_from)
 
@@ -217,11 +219,11 @@ def add_guidance_embedding(unet: nn.Module, dim: int) -> nn.Module:
 
 def _declared_prediction(source: str | None) -> tuple[str, str] | None:
     """(prediction_type, where) a teacher directory declares: a step-distill recipe or its pipeline's scheduler."""
-    if source is None or source == "toy" or not Path(source).is_dir():
+    if source is None or source == WORLD or not Path(source).is_dir():
         return None
-    for recipe in (Path(source) / "recipe.json", Path(source) / "pipeline" / "recipe.json"):
-        if recipe.is_file() and "step_distill" in read_json(recipe):
-            return STUDENT_PREDICTION, str(recipe)
+    for directory in (Path(source), Path(source) / "pipeline"):
+        if "step_distill" in read_recipe(directory):
+            return STUDENT_PREDICTION, str(recipe_path(directory))
     sched = Path(source) / "scheduler" / "scheduler_config.json"
     if sched.is_file() and "prediction_type" in read_json(sched):
         return read_json(sched)["prediction_type"], str(sched)
@@ -384,5 +386,5 @@ class StepTrainer(KdTrainer):
         sampler = sampler_for(self.parts.scheduler_config, self.cfg.steps)
         out = super()._save_pipeline(student, scheduler or sampler)
         if out is not None:
-            write_json(out / "recipe.json", read_json(self.out / "recipe.json"))
+            write_recipe(out, read_recipe(self.out))
         return out

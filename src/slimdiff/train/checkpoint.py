@@ -6,7 +6,7 @@
         lr_scheduler.json        LR schedule state
         ema.safetensors/.json    EMA shadow weights and counters (when on)
         random_states_<rank>.pkl RNG states of each process (accelerate's; weights_only=True)
-        train_state.json         step, global batch, processes and the DistillConfig
+        train_state.json         step, global batch, processes and the run's config (a TrainConfig)
 
 No state is pickled by slimdiff: accelerate's `register_for_checkpointing` would write
 `custom_checkpoint_<i>.pkl` and read it back with `weights_only=False`, which runs any code a
@@ -16,7 +16,7 @@ Written into `.tmp-checkpoint-<step>` and renamed when complete, so a directory 
 temp dirs or incomplete `checkpoint-*` dirs a kill left behind are removed at the next save.
 `--resume latest` takes the newest checkpoint that passes `checkpoint_problems` (damaged ones
 are skipped with a warning naming them). The data position needs no state of its own: batches,
-noise, timesteps and dropped units are pure functions of (seed, step) (see trainer).
+noise, timesteps and dropped units are pure functions of (seed, step) (see `slimdiff.train.loop`).
 """
 
 from __future__ import annotations

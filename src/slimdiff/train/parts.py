@@ -23,7 +23,8 @@ from torch import nn
 from slimdiff.data import build_dataset
 from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
 from slimdiff.data.toy import WORLD, is_toy_source
-from slimdiff.io import apply_file_modes, read_json
+from slimdiff.io import apply_file_modes
+from slimdiff.recipe import read_recipe
 from slimdiff.train.speed import DTYPES
 from slimdiff.unet import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, text_widths, to_diffusers
 from slimdiff.unet.builtins import BUILTIN_CONFIGS
@@ -118,9 +119,7 @@ def load_parts(config, teacher: nn.Module | None = None, student: nn.Module | No
             raise ValueError("no student: set DistillConfig.student (e.g. a `slimdiff prune` output) or pass student=")
         student = load_checked("--student", config.student, load_unet)
     # the recipe of the directory the student came from (also when the caller passes it loaded)
-    recipe: dict = {}
-    if config.student is not None and (Path(config.student) / "recipe.json").is_file():
-        recipe = read_json(Path(config.student) / "recipe.json")
+    recipe = read_recipe(config.student) if config.student is not None else {}
     if student is teacher:
         raise ValueError("teacher and student are the same object; load or copy the student separately")
     # 4. checks
