@@ -32,7 +32,7 @@ from slimdiff.distill.perceptual import load_perceptual_net
 from slimdiff.distill.stochastic_depth import StochasticDepth
 from slimdiff.train import speed
 from slimdiff.train.batches import LatentBatches
-from slimdiff.train.loop import DEPTH_STREAM, NonFiniteLossError, Trainer, plot_losses, random_generator
+from slimdiff.train.loop import DEPTH_STREAM, Trainer, plot_losses, random_generator
 from slimdiff.train.maths import GUIDANCE_RANGE, embed_dim, guidance_embedding, task_target, x0_estimate
 from slimdiff.train.parts import CallerState, Parts, load_parts, noise_scheduler, save_pipeline, source_path
 from slimdiff.unet import get_module, save_unet
