@@ -30,6 +30,7 @@ from slimdiff.distill.features import FeatureRecorder, check_shapes, default_fea
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss
 from slimdiff.distill.perceptual import load_perceptual_net
 from slimdiff.distill.stochastic_depth import StochasticDepth
+from slimdiff.recipe import validate_recipe
 from slimdiff.train import speed
 from slimdiff.train.batches import LatentBatches
 from slimdiff.train.loop import DEPTH_STREAM, Trainer, plot_losses, random_generator
@@ -349,7 +350,7 @@ class KdTrainer(Trainer):
         """Student + recipe.json, loss curves, out/pipeline (on the main process)."""
         plot_path = pipeline_dir = None
         if self.accelerator.is_main_process:
-            save_unet(student, self.out, recipe=self._recipe(losses, steps_per_sec))
+            save_unet(student, self.out, recipe=validate_recipe(self._recipe(losses, steps_per_sec)))
             plot_path = plot_losses(log_path, self.out / "loss_curves.png", sorted(losses))
             pipeline_dir = self._save_pipeline(student)
         return DistillResult(student=student, out=self.out, steps=self.cfg.max_steps, losses=losses,

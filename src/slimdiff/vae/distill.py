@@ -41,7 +41,7 @@ from slimdiff.train.config import TrainConfig
 from slimdiff.train.loop import Trainer, plot_losses
 from slimdiff.train.parts import check_path, is_pipeline_source, load_checked
 from slimdiff.vae.latents import LATENT_SOURCES, ensure_pool
-from slimdiff.recipe import read_recipe
+from slimdiff.recipe import read_recipe, validate_recipe
 from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
 
 
@@ -113,8 +113,8 @@ class Decoding(nn.Module):
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean PSNR in dB of images in [-1, 1] (clamped, as a pipeline shows them) against a reference."""
     a, b = ((images.float().clamp(-1, 1) + 1) / 2), ((reference.float().clamp(-1, 1) + 1) / 2)
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)  # (B,)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+    err = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)  # (B,) per-image MSE
+    return float((10 * torch.log10(1.0 / err)).mean())
 
 
 @torch.no_grad()
@@ -223,7 +223,7 @@ class VaeTrainer(Trainer):
                 "num_processes": self.world, "global_batch": cfg.batch_size * self.world * cfg.grad_accum,
                 "slimdiff_version": __version__,
             }
-            save_vae(student, self.out, recipe=recipe)
+            save_vae(student, self.out, recipe=validate_recipe(recipe))
             plot_losses(log_path, self.out / "loss_curves.png", sorted(losses))
             if is_pipeline_source(cfg.teacher):
                 pipeline_dir = save_pipeline_with_vae(cfg.teacher, student, self.out / "pipeline")
