@@ -212,7 +212,7 @@ def profile_stage(run: DemoRun) -> Stage:
         profile_unet(run.teacher, settings, name=config.model).save_json(run.out / "profile.json")
 
     return Stage("profile", {k: run.settings[k] for k in ("model", "quick", "seed")}, make,
-                 done=(run.out / "profile.json").is_file)
+                 output=run.out / "profile.json")
 
 
 def prune_stage(run: DemoRun) -> Stage:
@@ -225,7 +225,7 @@ def prune_stage(run: DemoRun) -> Stage:
         save_student(student, run.out / "pruned", config.model, {"preset": config.preset, **info})
 
     return Stage("prune", {k: run.settings[k] for k in ("model", "preset")}, make,
-                 done=(run.out / "pruned" / "recipe.json").is_file)
+                 output=run.out / "pruned")
 
 
 def distill_stage(run: DemoRun) -> Stage:
@@ -239,7 +239,7 @@ def distill_stage(run: DemoRun) -> Stage:
                 progress=run.progress)
 
     keys = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "seed")
-    return Stage("distill", {k: s[k] for k in keys}, make, done=(run.out / "distill" / "recipe.json").is_file)
+    return Stage("distill", {k: s[k] for k in keys}, make, output=run.out / "distill")
 
 
 def step_distill_stage(run: DemoRun, step_cfg: StepDistillConfig) -> Stage:
@@ -255,7 +255,7 @@ def step_distill_stage(run: DemoRun, step_cfg: StepDistillConfig) -> Stage:
     keys = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "seed", "step_distill",
             "step_distill_train_steps")
     return Stage("step-distill", {k: s[k] for k in keys}, make,
-                 done=(run.out / "step-distill" / "pipeline" / "model_index.json").is_file)
+                 output=run.out / "step-distill")
 
 
 def load_step_distilled(run: DemoRun) -> None:
@@ -290,8 +290,7 @@ def evaluate_stage(run: DemoRun) -> Stage:
                 im.save(eval_dir / "images" / name / f"{i:03d}.png")
         write_compare(comparison, eval_dir / "compare.json", eval_dir / "compare.md")
 
-    return Stage("evaluate", key, make,
-                 done=lambda: (eval_dir / "compare.json").is_file() and (eval_dir / "images").is_dir())
+    return Stage("evaluate", key, make, output=eval_dir)
 
 
 def measure_latency(run: DemoRun) -> tuple[dict[str, float], dict[str, float]]:
@@ -388,7 +387,8 @@ def report_stage(run: DemoRun, t_start: float) -> dict:
     summary = {
         **per_model,
         "settings": s,
-        "distill": {"steps": distilled.get("steps", s["distill_steps"]), "steps_per_sec": distilled.get("steps_per_sec")},
+        "distill": {"steps": distilled.get("steps", s["distill_steps"]),
+                    "steps_per_sec": distilled.get("steps_per_sec")},
         "threads": torch.get_num_threads(),
         "wall_s": time.perf_counter() - t_start,
     }
