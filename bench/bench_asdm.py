@@ -26,8 +26,8 @@ toy criterion, SD-scale costs, see Bench.laptop), each distilled with the same b
 distilled bk-small: which stay within bk-small's CI?
 Each table is one `slimdiff.eval.compare` (the same NUM_IMAGES test prompts and initial noise for
 every model, 95% bootstrap CIs, `*` where the paired difference from the first row excludes 0, and
-paired contrasts between named rows). Work is resumable: a finished model (its recipe.json) or
-table (work/eval/TABLE.json with the same settings) is reused.
+paired contrasts between named rows). Work is resumable: a finished model (work/NAME) or table
+(work/eval/TABLE.json) is reused when made with the same settings (`slimdiff.stages`).
 Results: OUT.md and OUT.json.
 """
 
@@ -38,7 +38,20 @@ import dataclasses
 import time
 from pathlib import Path
 
+from slimdiff.demo import DEMO_DISTILL, DEMO_DISTILL_STEPS, demo_distill_settings
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.eval.compare import compare
 from slimdiff.io import atomic_write, read_json, write_json
+from slimdiff.modules import CondConvSettings, GRISettings, apply_condconv, apply_gri
+from slimdiff.profile import LatencyLUT
+from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
+from slimdiff.prune.criteria import OutputLossCriterion, removable_units
+from slimdiff.prune.laptop import Budget, BudgetAccount, laptop_select
+from slimdiff.recipe import read_recipe
+from slimdiff.sample import multi_unet_pipeline
+from slimdiff.stages import Stage, differences, run_or_reuse
+from slimdiff.unet import apply_preset, list_units, load_pipeline, load_unet, remove_units, save_student, to_slim
+from slimdiff.unet.assemble import assemble_saved
 
 
 # Table 2's stage-2 students: {name: (blocks taken from the compressed student, SAS weights)}.
@@ -56,10 +69,13 @@ LAPTOP_RATIO = 0.6  # LAPTOP's latency budget in Table 4: remove 60% (2.5x predi
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="toy")
-    p.add_argument("--distill-steps", type=int, default=600, help="distillation budget per stage and model (demo: 600)")
-    p.add_argument("--batch-size", type=int, default=64, help="distillation batch size (demo: 64)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate, cosine (demo: 1e-3)")
-    p.add_argument("--feat-loss", default="normalized", help="feature KD form (demo: normalized)")
+    # the distillation settings of `slimdiff demo` (slimdiff.demo.DEMO_DISTILL)
+    p.add_argument("--distill-steps", type=int, default=DEMO_DISTILL_STEPS,
+                   help="distillation budget per stage and model")
+    p.add_argument("--batch-size", type=int, default=DEMO_DISTILL["batch_size"], help="distillation batch size")
+    p.add_argument("--learning-rate", type=float, default=DEMO_DISTILL["learning_rate"],
+                   help="AdamW learning rate, cosine")
+    p.add_argument("--feat-loss", default=DEMO_DISTILL["feat_loss"], help="feature KD form")
     p.add_argument("--reuse", nargs="*", default=[], metavar="NAME=DIR",
                    help="already distilled students with the same settings, e.g. bk-small-kd=runs/demo/distill")
     p.add_argument("--num-images", type=int, default=256, help="images per evaluation")
@@ -68,7 +84,7 @@ def parse_args() -> argparse.Namespace:
                    help="Table 2's assembled students (each ~20 min at 600 steps with the perceptual term; "
                         "M2-mid: M2 with the mid-block term only, which separates the perceptual term's effect)")
     p.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEMO_DISTILL["seed"])
     p.add_argument("--work", default="runs/bench_asdm", help="models and evaluations (resumable)")
     p.add_argument("--out", default="docs/bench/asdm", help="writes OUT.md and OUT.json")
     return p.parse_args()
@@ -85,84 +101,85 @@ class Bench:
             self.reuse[name] = path
 
     def settings(self, steps: int) -> dict:
-        """The DistillConfig fields every model of the bench shares (the demo's)."""
+        """The DistillConfig fields every model of the bench shares: the demo's (slimdiff.demo)."""
         a = self.args
-        return dict(teacher=a.teacher, data="toy", max_steps=steps, batch_size=a.batch_size,
-                    learning_rate=a.learning_rate, lr_scheduler="cosine", lr_warmup_steps=min(50, steps // 10),
-                    feat_loss=a.feat_loss, seed=a.seed, cpu=True, cache_dir=str(self.work / "cache"))
+        return dict(teacher=a.teacher, cache_dir=str(self.work / "cache"),
+                    **demo_distill_settings(steps, batch_size=a.batch_size, learning_rate=a.learning_rate,
+                                            feat_loss=a.feat_loss, seed=a.seed))
+
+    def stage(self, name: str, settings: dict, make) -> str:
+        """work/NAME made by `make(out)`, or reused when made with the same `settings` (slimdiff.stages)."""
+        out = self.work / name
+        run_or_reuse(Stage(name, settings, lambda: make(out), output=out), self.work, lambda m: print(m, flush=True))
+        return str(out)
 
     def reused(self, name: str) -> str:
         """work/NAME's stand-in from --reuse, checked to be distilled with the bench's settings."""
         path = self.reuse[name]
-        saved = read_json(Path(path) / "recipe.json")["distill"]["config"]
+        saved = read_recipe(path)["distill"]["config"]
         want = {k: v for k, v in self.settings(self.args.distill_steps).items() if k not in ("cache_dir", "cpu")}
-        differ = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+        differ = differences(saved, want)
         if differ:
-            raise ValueError(f"--reuse {name}={path} was distilled with other settings {differ} (saved, bench)")
+            raise ValueError(f"--reuse {name}={path} was distilled with other settings ({'; '.join(differ)})")
         return path
 
     # ------------------------------------------------------------------ models
     def prune(self, name: str, preset: str, condconv: bool = False) -> str:
         """A preset student (with CondConv-e2 in down.0/up.3) of the teacher, saved in work/NAME."""
-        from slimdiff.modules import CondConvSettings, apply_condconv
-        from slimdiff.unet import apply_preset, load_unet, save_student
+        teacher_name, seed = self.args.teacher, self.args.seed
 
-        out = self.work / name
-        if not (out / "recipe.json").is_file():
-            teacher = load_unet(self.args.teacher)
+        def make(out: Path):
+            teacher = load_unet(teacher_name)
             student, info = apply_preset(teacher, preset)
             if condconv:
-                cc = CondConvSettings(experts=2, init="e2", seed=self.args.seed)
+                cc = CondConvSettings(experts=2, init="e2", seed=seed)
                 student, info = apply_condconv(student, teacher, cc), {**info, "condconv": cc.to_dict()}
-            save_student(student, out, source=self.args.teacher, recipe=info)
-        return str(out)
+            save_student(student, out, source=teacher_name, recipe=info)
+
+        return self.stage(name, {"teacher": teacher_name, "preset": preset, "condconv": condconv,
+                                 "seed": seed if condconv else None}, make)
 
     def distill(self, name: str, student: str, **losses) -> str:
         """`student` distilled for --distill-steps steps into work/NAME (resumes a killed run)."""
-        from slimdiff.distill import DistillConfig, distill
-
         if name in self.reuse and not losses:
             return self.reused(name)
-        out = self.work / name
-        if (out / "recipe.json").is_file() and "distill" in read_json(out / "recipe.json"):
-            return str(out)
         a = self.args
-        resume = "latest" if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) else None
-        cfg = DistillConfig(student=student, out=str(out), resume=resume, checkpoint_every=max(1, a.distill_steps // 4),
-                            **self.settings(a.distill_steps), **losses)
-        t0 = time.time()
-        distill(cfg, progress=False)
-        print(f"{name}: distilled {a.distill_steps} steps in {time.time() - t0:.0f} s", flush=True)
-        return str(out)
+
+        def make(out: Path):
+            resume = "latest" if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) else None
+            cfg = DistillConfig(student=student, out=str(out), resume=resume,
+                                checkpoint_every=max(1, a.distill_steps // 4), **self.settings(a.distill_steps),
+                                **losses)
+            t0 = time.time()
+            distill(cfg, progress=False)
+            print(f"{name}: distilled {a.distill_steps} steps in {time.time() - t0:.0f} s", flush=True)
+
+        settings = {k: v for k, v in self.settings(a.distill_steps).items() if k != "cache_dir"}
+        return self.stage(name, {"student": student, **settings, **losses}, make)
 
     def assemble(self, name: str, student: str, take: str) -> str:
-        from slimdiff.unet.assemble import assemble_saved
-
-        out = self.work / name
-        if not (out / "recipe.json").is_file():
-            assemble_saved(student, self.args.teacher, take, str(out))
-        return str(out)
+        return self.stage(name, {"student": student, "teacher": self.args.teacher, "take": take},
+                          lambda out: assemble_saved(student, self.args.teacher, take, str(out)))
 
     def fast(self, name: str, gri_levels: tuple = (1,), drop_level0: bool = True) -> str:
         """The fast architectures of bench_asdm_speed.py, at toy scale: bk-tiny, (drop_level0) without the
         attention of the highest resolution (SnapFusion), with GRI at `gri_levels`. The toy latent is 8x8
         (level 0) and 4x4 (level 1): window 2 (a quarter / half of the side, as 16 at SD's 64x64 / 32x32),
         reduction 2 (a 4x4 / 2x2 pooled set)."""
-        from slimdiff.modules import GRISettings, apply_gri
-        from slimdiff.unet import apply_preset, list_units, load_unet, remove_units, save_student
+        teacher_name = self.args.teacher
 
-        out = self.work / name
-        if not (out / "recipe.json").is_file():
-            teacher = load_unet(self.args.teacher)
-            student, recipe = apply_preset(teacher, "bk-tiny")
+        def make(out: Path):
+            student, recipe = apply_preset(load_unet(teacher_name), "bk-tiny")
             if drop_level0:
                 units = [u.name for u in list_units(student) if u.kind == "attn" and u.level == 0]  # the 8x8 ones
                 student, recipe = remove_units(student, units), {**recipe, "removed_after_preset": units}
             if gri_levels:
                 settings = GRISettings(window=2, reduction=2, levels=tuple(gri_levels))
                 student, recipe = apply_gri(student, settings), {**recipe, "gri": dataclasses.asdict(settings)}
-            save_student(student, out, source=self.args.teacher, recipe=recipe)
-        return str(out)
+            save_student(student, out, source=teacher_name, recipe=recipe)
+
+        return self.stage(name, {"teacher": teacher_name, "gri_levels": list(gri_levels), "drop_level0": drop_level0},
+                          make)
 
     def laptop(self, name: str, ratio: float) -> str:
         """LAPTOP-Diff searched for SD-scale speed: the toy teacher's output-loss scores are the criterion
@@ -170,43 +187,38 @@ class Bench:
         (the committed table of bench_presets_latency.py, LUT), and the exact knapsack removes at least
         RATIO of that latency at the least summed score. The toy U-Net has sd15-arch's topology, so the
         unit names are the same; bench_asdm_speed.py times the same removal on sd15-arch."""
-        from slimdiff.profile import LatencyLUT
-        from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
-        from slimdiff.prune.criteria import OutputLossCriterion, removable_units
-        from slimdiff.prune.laptop import Budget, BudgetAccount, laptop_select
-        from slimdiff.unet import load_pipeline, load_unet, save_student, to_slim
+        teacher_name, seed = self.args.teacher, self.args.seed
 
-        out = self.work / name
-        if not (out / "recipe.json").is_file():
-            teacher = to_slim(load_unet(self.args.teacher)).eval()
+        def make(out: Path):
+            teacher = to_slim(load_unet(teacher_name)).eval()
             candidates = removable_units(teacher)
             account = BudgetAccount.build(load_unet("sd15-arch"), "latency", candidates, LatencyLUT.load(LUT))
-            calib = toy_calibration(load_pipeline(self.args.teacher), CalibrationConfig(size=32, seed=self.args.seed))
+            calib = toy_calibration(load_pipeline(teacher_name), CalibrationConfig(size=32, seed=seed))
             student, res = laptop_select(teacher, OutputLossCriterion(calib), Budget("latency", ratio),
                                          candidates=candidates, account=account, measure=False)
-            save_student(student, out, source=self.args.teacher,
+            save_student(student, out, source=teacher_name,
                          recipe={"search": {**res.to_recipe(), "costs_from": f"sd15-arch, {LUT}"}})
-        return str(out)
+
+        return self.stage(name, {"teacher": teacher_name, "ratio": ratio, "seed": seed, "lut": LUT}, make)
 
     # ------------------------------------------------------------------ evaluation
     def compare(self, table: str, models: dict, steps=None, contrasts=(), teacher: int | None = None) -> dict:
         """`slimdiff.eval.compare` of `models` {label: model} on the same test prompts and noise, the first
-        row the baseline of the paired differences; cached in work/eval/TABLE.json for these settings."""
-        from slimdiff.eval.compare import compare
-
+        row the baseline of the paired differences; work/eval/TABLE.json, reused with the same settings."""
         a = self.args
         key = {"models": list(models), "num_images": a.num_images, "steps": steps, "seed": a.seed,
                "distill_steps": a.distill_steps}
+
+        def make(path: Path):
+            t0 = time.time()
+            result = compare(list(models.values()), names=list(models), num_images=a.num_images, steps=steps,
+                             seed=a.seed, teacher=teacher, contrasts=contrasts, progress=False)
+            write_json(path, result)
+            print(f"{table}: compared {len(models)} models in {time.time() - t0:.0f} s", flush=True)
+
         path = self.work / "eval" / f"{table}.json"
-        if path.is_file() and read_json(path).get("bench_key") == key:
-            return read_json(path)
-        t0 = time.time()
-        result = compare(list(models.values()), names=list(models), num_images=a.num_images, steps=steps,
-                         seed=a.seed, teacher=teacher, contrasts=contrasts, progress=False)
-        result["bench_key"] = key
-        write_json(path, result)
-        print(f"{table}: compared {len(models)} models in {time.time() - t0:.0f} s", flush=True)
-        return result
+        run_or_reuse(Stage(table, key, lambda: make(path), output=path), path.parent, lambda m: print(m, flush=True))
+        return read_json(path)
 
 
 def table1(b: Bench) -> dict:
@@ -234,8 +246,6 @@ def table2(b: Bench) -> dict:
 
 
 def table3(b: Bench) -> dict:
-    from slimdiff.sample import multi_unet_pipeline
-
     steps, teacher = b.args.sample_steps, b.args.teacher
     small = b.distill("bk-base-kd", b.prune("bk-base", "bk-base"))
     k10, k15 = round(steps * 10 / 25), round(steps * 15 / 25)
@@ -263,7 +273,7 @@ def table4(b: Bench) -> dict:
     contrasts = [(labels[2], labels[1]), (labels[3], labels[1]), (labels[4], labels[3]), (labels[5], labels[0])]
     result = b.compare("table4", models, contrasts=contrasts)
     # the LAPTOP architecture, for bench_asdm_speed.py to time on sd15-arch
-    search = read_json(Path(laptop) / "recipe.json")["search"]
+    search = read_recipe(laptop)["search"]
     result["laptop"] = {"removed": search["removed"], "costs_from": search["costs_from"],
                         "ratio": search["budget"]["ratio"], "predicted_ratio": search["budget"]["predicted_ratio"]}
     return result

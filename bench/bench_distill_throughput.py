@@ -265,10 +265,12 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.steps, args.proxy_steps, args.toy_size = 2, 6, 2, 256
 
+    from slimdiff.demo import DEMO_DISTILL  # here, not at the top: children import torch after their settings
+
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
     common = dict(data="toy", checkpoint_every=0, seed=0, threads=args.threads, cpu=True, lr_scheduler="cosine")
-    toy = {**common, "teacher": "toy", "toy_size": args.toy_size, "batch_size": 64, "learning_rate": 1e-3,
-           "max_steps": args.steps}
+    toy = {**common, "teacher": "toy", "toy_size": args.toy_size, "batch_size": DEMO_DISTILL["batch_size"],
+           "learning_rate": DEMO_DISTILL["learning_rate"], "max_steps": args.steps}  # the demo's batch and rate
     proxy = {**common, "teacher": None, "pipeline": None, "toy_size": 16, "batch_size": 1, "resolution": 256,
              "learning_rate": 5e-5, "max_steps": args.proxy_steps}
     load0 = os.getloadavg()[0]

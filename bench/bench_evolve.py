@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from slimdiff.eval import evaluate
 from slimdiff.io import atomic_write, write_json
 from slimdiff.prune import SearchConfig, latency_table, run_search, save_search
 from slimdiff.prune.laptop import context_length_for, lut_wallclock_ms
@@ -67,8 +68,6 @@ def _fmt(result: dict, key: str) -> str:
 
 
 def evaluate_unet(args, unet) -> dict:
-    from slimdiff.eval import evaluate
-
     r = evaluate(unet, base=args.teacher, split="test", num_images=args.eval_images, steps=args.eval_steps,
                  seed=args.seed, progress=False)
     keep = {k: v for k, v in r.items() if k not in ("prompts", "timing")}

@@ -9,7 +9,8 @@ Questions (toy-world issue, item 5):
 Every student is pruned from the toy teacher with its preset, then distilled with the settings
 of `slimdiff demo` (same steps, batch, learning rate, seed; task + output + feature KD), and
 all are generated on the same test prompts and initial noise (`slimdiff.eval.compare`).
-Distillations are kept under `--work` and reused when the bench is rerun.
+Distillations are kept under `--work` and reused when the bench is rerun with the same settings
+(`slimdiff.stages`).
 Results: OUT.md, OUT.json.
 """
 
@@ -23,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-from slimdiff.io import atomic_write, write_json
+from slimdiff.demo import DEMO_DISTILL, DEMO_DISTILL_STEPS, demo_distill_settings
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.eval import stats
+from slimdiff.eval.compare import compare
+from slimdiff.io import atomic_write, read_json, write_json
+from slimdiff.stages import Stage, differences, run_or_reuse
+from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
 
 # name -> (preset, feature loss)
 STUDENTS = {
@@ -37,12 +44,12 @@ STUDENTS = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="toy")
-    # the distillation settings of `slimdiff demo` (slimdiff.demo.DemoConfig)
-    p.add_argument("--distill-steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    # the distillation settings of `slimdiff demo` (slimdiff.demo.DEMO_DISTILL)
+    p.add_argument("--distill-steps", type=int, default=DEMO_DISTILL_STEPS)
+    p.add_argument("--batch-size", type=int, default=DEMO_DISTILL["batch_size"])
+    p.add_argument("--learning-rate", type=float, default=DEMO_DISTILL["learning_rate"])
     p.add_argument("--num-images", type=int, default=256, help="test prompts per model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEMO_DISTILL["seed"])
     p.add_argument("--work", default="runs/bench_kd", help="pruned and distilled students (reused on rerun)")
     p.add_argument("--demo", help="a finished `slimdiff demo --out DIR` with the same settings: its distilled "
                    "bk-small (normalized KD) is reused instead of distilled again (identical: same seed)")
@@ -51,36 +58,37 @@ def parse_args() -> argparse.Namespace:
 
 
 def distilled(args, name: str, preset: str, feat_loss: str, teacher, pipe) -> Path:
-    """Prune with `preset` and distill (resumable); returns the distilled student's directory."""
-    from slimdiff.distill import DistillConfig, distill
-    from slimdiff.unet import apply_preset, load_unet, save_student
-
+    """Prune with `preset` and distill (resumable; reused with the same settings); returns the
+    distilled student's directory."""
+    work = Path(args.work)
     slug = name.split(" ")[0] + "-" + feat_loss
-    pruned, out = Path(args.work) / f"{slug}-pruned", Path(args.work) / slug
+    pruned, out = work / f"{slug}-pruned", work / slug
     if args.demo and (preset, feat_loss) == ("bk-small", "normalized"):
-        from slimdiff.io import read_json
-
         demo = read_json(Path(args.demo) / "demo_config.json")
         want = {"model": args.teacher, "preset": preset, "feat_loss": feat_loss, "distill_steps": args.distill_steps,
                 "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed}
-        differ = {k: (demo.get(k), v) for k, v in want.items() if demo.get(k) != v}
+        differ = differences(demo, want)
         if differ:
-            raise ValueError(f"--demo {args.demo} was run with other settings {differ} (demo, bench)")
+            raise ValueError(f"--demo {args.demo} was run with other settings ({'; '.join(differ)})")
         return Path(args.demo) / "distill"
-    if not (pruned / "recipe.json").is_file():
+
+    def prune():
         student, info = apply_preset(teacher, preset)
         save_student(student, pruned, args.teacher, {"preset": preset, **info})
-    if not (out / "recipe.json").is_file():
-        cfg = DistillConfig(
-            teacher=args.teacher, student=str(pruned), data="toy", out=str(out), max_steps=args.distill_steps,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, lr_scheduler="cosine",
-            lr_warmup_steps=min(50, args.distill_steps // 10), feat_loss=feat_loss, seed=args.seed,
-            checkpoint_every=max(50, args.distill_steps // 4), cpu=True, cache_dir=str(Path(args.work) / "cache"),
-            resume="latest" if (out / "checkpoints").is_dir() else None,
-        )
+
+    fields = demo_distill_settings(args.distill_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                   feat_loss=feat_loss, seed=args.seed)
+
+    def train():
+        cfg = DistillConfig(teacher=args.teacher, student=str(pruned), out=str(out),
+                            checkpoint_every=max(50, args.distill_steps // 4), cache_dir=str(work / "cache"),
+                            resume="latest" if (out / "checkpoints").is_dir() else None, **fields)
         t0 = time.time()
         distill(cfg, teacher=teacher, student=load_unet(pruned).train(), pipeline=pipe, progress=True)
         print(f"{name}: distilled in {time.time() - t0:.0f} s")
+
+    run_or_reuse(Stage(pruned.name, {"teacher": args.teacher, "preset": preset}, prune, output=pruned), work, print)
+    run_or_reuse(Stage(slug, {"teacher": args.teacher, "preset": preset, **fields}, train, output=out), work, print)
     return out
 
 
@@ -88,9 +96,6 @@ def main() -> None:
     args = parse_args()
     t_start = time.time()
     load = [f"start: load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"]
-    from slimdiff.eval.compare import compare
-    from slimdiff.unet import load_pipeline, load_unet
-
     # 1. the teacher, then every student pruned and distilled with the same budget
     pipe = load_pipeline(args.teacher)
     teacher = pipe.unet.eval()
@@ -106,8 +111,6 @@ def main() -> None:
                  ("bk-small (normalized KD)", "bk-small (plain KD)")]
     result = compare(pipes, names=list(unets), num_images=args.num_images, seed=args.seed, extra=extra,
                      contrasts=contrasts)
-    from slimdiff.eval import stats
-
     load.append(f"end: load average {os.getloadavg()[0]:.2f}")
     meta = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.time() - t_start),

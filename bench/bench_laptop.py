@@ -27,6 +27,9 @@ import time
 
 import torch
 
+from slimdiff.demo import DEMO_DISTILL, demo_distill_settings
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.eval.compare import compare
 from slimdiff.io import atomic_write, write_json
 from slimdiff.prune.additivity import additivity_study, plot_additivity
 from slimdiff.prune.calibration import CalibrationConfig, toy_calibration
@@ -34,6 +37,7 @@ from slimdiff.prune.criteria import MagnitudeCriterion, OutputLossCriterion, Ran
 from slimdiff.prune.laptop import Budget, laptop_select
 from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
+from slimdiff.report.tables import format_ci
 from slimdiff.unet import apply_preset, load_pipeline, load_unet, text_width, to_slim
 
 
@@ -45,10 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=256, help="test-split images per model (one paired comparison)")
     p.add_argument("--eval-steps", type=int, default=20, help="sampler steps per image")
     p.add_argument("--distill-steps", type=int, default=600, help="same for both students; 0: no distillation")
-    # the distillation settings of `slimdiff demo` (slimdiff.demo.DemoConfig), so the figures compare
-    p.add_argument("--distill-batch", type=int, default=64)
-    p.add_argument("--distill-lr", type=float, default=1e-3)
-    p.add_argument("--feat-loss", choices=["plain", "normalized"], default="normalized")
+    # the distillation settings of `slimdiff demo` (slimdiff.demo.DEMO_DISTILL), so the figures compare
+    p.add_argument("--distill-batch", type=int, default=DEMO_DISTILL["batch_size"])
+    p.add_argument("--distill-lr", type=float, default=DEMO_DISTILL["learning_rate"])
+    p.add_argument("--feat-loss", choices=["plain", "normalized"], default=DEMO_DISTILL["feat_loss"])
     p.add_argument("--additivity-sizes", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--sets-per-size", type=int, default=8)
     p.add_argument("--latency-repeats", type=int, default=5)
@@ -66,14 +70,11 @@ def evaluate_unet(args, unet, ctx: int, timed: dict, key: str) -> dict:
 
 
 def distill_student(args, teacher, student, name: str):
-    from slimdiff.distill import DistillConfig, distill
-
     out = os.path.join(tempfile.mkdtemp(prefix="bench_laptop_"), name)
-    cfg = DistillConfig(teacher=None, student=None, pipeline=args.teacher, data="toy", out=out,
-                        max_steps=args.distill_steps, batch_size=args.distill_batch, seed=args.seed,
-                        learning_rate=args.distill_lr, lr_scheduler="cosine",
-                        lr_warmup_steps=min(50, args.distill_steps // 10), feat_loss=args.feat_loss,
-                        checkpoint_every=0, cache_dir=os.path.join(tempfile.gettempdir(), "bench_laptop_cache"))
+    fields = demo_distill_settings(args.distill_steps, batch_size=args.distill_batch, learning_rate=args.distill_lr,
+                                   feat_loss=args.feat_loss, seed=args.seed, cpu=False)  # cpu: the device as before
+    cfg = DistillConfig(teacher=None, student=None, pipeline=args.teacher, out=out, checkpoint_every=0,
+                        cache_dir=os.path.join(tempfile.gettempdir(), "bench_laptop_cache"), **fields)
     return distill(cfg, teacher=copy.deepcopy(teacher), student=copy.deepcopy(student), progress=True).student.eval()
 
 
@@ -138,7 +139,6 @@ def main() -> None:
     # 6. generation metrics of every model in one paired comparison (same prompts and noise, 95% CIs)
     comparison = None
     if not args.no_eval:
-        from slimdiff.eval.compare import compare
 
         extra = {k: {"params": u.num_parameters(), "latency_ms": ms[k]} for k, u in timed.items()}
         comparison = compare([load_pipeline(args.teacher, unet=u) for u in timed.values()], names=list(timed),
@@ -187,7 +187,6 @@ def _f(x, fmt=".3f") -> str:
 
 
 def _q(row: dict, key: str) -> str:
-    from slimdiff.report.tables import format_ci
 
     return format_ci(row.get(key), row.get("ci", {}).get(key)) if row.get(key) is not None else "-"
 

@@ -31,12 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.eval import evaluate
-from slimdiff.eval.runner import default_sampling, resolve_pipeline
-from slimdiff.io import atomic_write, read_json, write_json
+from slimdiff.eval.runner import default_sampling, make_scheduler, resolve_pipeline
+from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
 from slimdiff.report.tables import markdown_table
 from slimdiff.sample.peers import apply_accelerator
+from slimdiff.stages import Stage, run_or_reuse
+from slimdiff.unet import apply_preset, load_unet, save_student
 
 QUALITY_KEYS = ("all_correct", "alignment", "alignment_score", "kid", "judge_fid")  # shown when the runner has them
 
@@ -75,40 +79,30 @@ def distilled_bk_small(args) -> str:
     """A bk-small student of the teacher, distilled (BK-SDM losses), as `slimdiff prune` + `distill` make it."""
     if args.bk_small:
         return args.bk_small
-    from slimdiff.distill import DistillConfig, distill
-    from slimdiff.unet import apply_preset, load_unet, save_student
+    work = Path(args.work)
+    pruned, out = work / "bk-small", work / "bk-small-kd"
 
-    out = Path(args.work) / "bk-small-kd"
-    if (out / "pipeline" / "model_index.json").is_file():
-        return str(out)
-    pruned = Path(args.work) / "bk-small"
-    if not (pruned / "config.json").is_file():
+    def prune():
         student, info = apply_preset(load_unet(args.teacher), "bk-small")
         save_student(student, pruned, args.teacher, {"preset": "bk-small"})
-    distill(DistillConfig(teacher=args.teacher, student=str(pruned), out=str(out), max_steps=args.distill_steps,
-                          batch_size=args.batch_size, learning_rate=1e-3, feat_loss="normalized",
-                          checkpoint_every=500, resume="latest", seed=args.seed))
+
+    settings = dict(teacher=args.teacher, max_steps=args.distill_steps, batch_size=args.batch_size,
+                    learning_rate=1e-3, feat_loss="normalized", seed=args.seed)
+    run_or_reuse(Stage("bk-small", {"teacher": args.teacher, "preset": "bk-small"}, prune, output=pruned), work, print)
+    run_or_reuse(Stage("bk-small-kd", settings, output=out, run=lambda: distill(DistillConfig(
+        student=str(pruned), out=str(out), checkpoint_every=500, resume="latest", **settings))), work, print)
     return str(out)
 
 
 def step_student(args, name: str, student: str, steps: int, **settings) -> str:
-    from slimdiff.distill.step import StepDistillConfig, step_distill
-
+    """`student` step-distilled to `steps` sampling steps into work/NAME (reused with the same settings)."""
     out = Path(args.work) / name
-    if (out / "recipe.json").is_file():  # reused: only when trained with this run's settings
-        saved = read_json(out / "recipe.json")["step_distill"]["config"]
-        want = {"max_steps": args.train_steps, "teacher_steps": args.teacher_steps, "batch_size": args.batch_size,
-                "learning_rate": args.lr, "steps": steps, **settings}
-        differ = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-        if differ:
-            raise ValueError(f"{out} was trained with other settings {differ} (saved, now): use another --work")
-    if not (out / "pipeline" / "model_index.json").is_file():
-        step_distill(StepDistillConfig(teacher=args.teacher, student=student, out=str(out), steps=steps,
-                                       teacher_steps=args.teacher_steps, max_steps=args.train_steps,
-                                       batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler="cosine",
-                                       lr_warmup_steps=args.train_steps // 20, checkpoint_every=100,
-                                       cache_dir=str(Path(args.work) / "cache"),
-                                       resume="latest", seed=args.seed, **settings))
+    cfg = dict(teacher=args.teacher, student=student, steps=steps, teacher_steps=args.teacher_steps,
+               max_steps=args.train_steps, batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler="cosine",
+               lr_warmup_steps=args.train_steps // 20, seed=args.seed, **settings)
+    run_or_reuse(Stage(name, cfg, output=out, run=lambda: step_distill(StepDistillConfig(
+        out=str(out), checkpoint_every=100, cache_dir=str(Path(args.work) / "cache"), resume="latest", **cfg))),
+        Path(args.work), print)
     return str(out)
 
 
@@ -160,8 +154,6 @@ def build(row: dict, device):
     if device is not None:
         pipe.to(device)
     if row.get("scheduler"):
-        from slimdiff.eval.runner import make_scheduler
-
         pipe.scheduler = make_scheduler(row["scheduler"], pipe)
         if row.get("scheduler_overrides"):
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **row["scheduler_overrides"])

@@ -33,9 +33,12 @@ import tempfile
 import numpy as np
 import torch
 
+from slimdiff.eval.runner import evaluate
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
-from slimdiff.vae import VaePruneConfig, build_builtin_vae, decoder_params, decoder_widths, prune_decoder
+from slimdiff.vae import (VaePruneConfig, build_builtin_vae, decoder_params, decoder_widths, load_vae, prune_decoder,
+                          save_vae)
+from slimdiff.vae.distill import VaeDistillConfig, distill_vae
 
 
 def parse_args() -> argparse.Namespace:
@@ -118,10 +121,6 @@ def image_psnr(images, reference) -> np.ndarray:
 
 
 def toy(args, work: str) -> dict:
-    from slimdiff.eval.runner import evaluate
-    from slimdiff.vae import load_vae, save_vae
-    from slimdiff.vae.distill import VaeDistillConfig, distill_vae
-
     # 1. prune the toy VAE's decoder; 2. distill it on U-Net latents
     teacher = load_vae(args.teacher)
     pruned, info = prune_decoder(teacher, VaePruneConfig(ratio=args.toy_ratio))

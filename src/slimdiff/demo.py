@@ -3,19 +3,23 @@
     from slimdiff.demo import DemoConfig, run_demo
     summary = run_demo(DemoConfig(out="runs/demo", preset="bk-small"))
 
-Steps (each writes its result under `out/` and is skipped when a rerun finds it finished, so a
-killed demo resumes where it stopped; the distillation resumes from its last checkpoint):
+The demo is a list of stages (`slimdiff.stages`): each writes its result under `out/` with its
+settings beside it (`NAME.stage.json`) and is reused when a rerun finds it finished with the same
+settings, so a killed demo resumes where it stopped (the distillation from its last checkpoint):
   1. profile the teacher U-Net per block (params, FLOPs, latency)      -> profile.json, latency plot
   2. prune it with a preset (BK-SDM `bk-small` by default)              -> pruned/ (student + recipe)
   3. distill the pruned student from the teacher                        -> distill/ (student, log, curve)
   4. evaluate teacher, pruned and distilled on the same test prompts and seeds:
      (`slimdiff.eval.compare`: alignment score, all-correct, KID, fidelity to the teacher, each with
      a 95% CI), params, GFLOPs, U-Net and end-to-end latency                -> eval/compare.json
-  5. write the report (HTML + markdown) and `report.json`
+  5. write the report (HTML + markdown) and `report.json` (always: latency is measured anew)
 Optional (`step_distill=N`, `slimdiff demo --step-distill 8`), between 3 and 4: CFG-aware step
 distillation (`slimdiff.distill.step`) of the distilled student to N sampling steps  -> step-distill/;
 it joins the evaluation as `step-distilled`, sampled as its recipe says (N DDIM steps), and the
 report adds its end-to-end speed-up. About 5 minutes more on 2 CPU cores at the defaults.
+
+The demo's distillation settings are defined once here (`DEMO_DISTILL`, `demo_distill_settings`);
+the benches import them so that their figures compare with the demo's.
 """
 
 from __future__ import annotations
@@ -28,20 +32,54 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 
-from slimdiff.io import read_json, to_jsonable, write_json
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.distill.step import StepDistillConfig, step_distill
+from slimdiff.eval.compare import compare
+from slimdiff.eval.compare import write as write_compare
+from slimdiff.eval.latency import pipeline_latency
+from slimdiff.eval.runner import default_sampling
+from slimdiff.io import read_json, write_json
+from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
+from slimdiff.recipe import read_recipe
+from slimdiff.report import plot_bars, plot_loss_curves, write_report
+from slimdiff.report.tables import format_ci
+from slimdiff.stages import Stage, differences, run_or_reuse
+from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student, text_width
+from slimdiff.unet.presets import PRESETS
 
 MODELS = ("teacher", "pruned", "distilled")
 STEP_MODEL = "step-distilled"  # the optional fourth row (DemoConfig.step_distill)
 # the report's quality columns (slimdiff.eval.toy): continuous first, then the saturating ones
 QUALITY_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid", "psnr_to_teacher",
                 "feature_cos_to_teacher")
+# the settings the evaluation stage depends on (a rerun with others redoes it)
+EVAL_KEYS = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "num_images", "steps",
+             "guidance", "seed", "step_distill", "step_distill_train_steps")
+
+# The demo's distillation settings (slimdiff.distill.DistillConfig fields), defined once: the
+# benches (bench_kd, bench_laptop, bench_asdm, bench_distill_throughput) import them.
+DEMO_DISTILL_STEPS = 600  # optimiser steps; ~8 min on 2 shared cores
+DEMO_DISTILL: dict[str, Any] = dict(
+    data="toy",  # the toy world's scenes
+    batch_size=64,  # toy latents are 8x8: cheap
+    learning_rate=1e-3,  # AdamW; toy-scale (BK-SDM uses 5e-5 at batch 256 on SD)
+    lr_scheduler="cosine",  # after a warm-up of min(50, max_steps // 10) steps
+    feat_loss="normalized",  # LAPTOP-Diff normalized feature KD; "plain" for BK-SDM's
+    seed=0,  # data order and noise
+    cpu=True,  # the toy world trains on CPU
+)
 
 
-def _eval_key(s: dict) -> dict:
-    """The settings an evaluation depends on (a rerun with others redoes it)."""
-    return {k: s[k] for k in ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss",
-                              "num_images", "steps", "guidance", "seed", "step_distill", "step_distill_train_steps")}
+def demo_distill_settings(max_steps: int = DEMO_DISTILL_STEPS, **overrides) -> dict[str, Any]:
+    """`DEMO_DISTILL` for `max_steps` optimiser steps (warm-up min(50, max_steps // 10)), with
+    `overrides` (DistillConfig fields: batch_size, learning_rate, feat_loss, seed, ...) on top."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DistillConfig)})
+    if unknown:
+        raise ValueError(f"demo_distill_settings: {unknown} are not DistillConfig fields")
+    return {**DEMO_DISTILL, "max_steps": max_steps, "lr_warmup_steps": min(50, max_steps // 10), **overrides}
 
 
 @dataclasses.dataclass
@@ -50,22 +88,20 @@ class DemoConfig:
     model: str = "toy"  # the teacher pipeline: `toy` or a local pipeline directory of the same kind
     preset: str = "bk-small"  # a slimdiff.unet.presets name
     quick: bool = False  # smaller everything: finishes in ~3 minutes on 2 CPU cores
-    distill_steps: int | None = None  # optimiser steps; None: 600 (quick: 100); ~8 min on 2 shared cores
-    batch_size: int = 64  # distillation batch (toy latents are 8x8: cheap)
-    learning_rate: float = 1e-3  # AdamW; toy-scale (BK-SDM uses 5e-5 at batch 256 on SD)
-    feat_loss: str = "normalized"  # LAPTOP-Diff normalized feature KD; "plain" for BK-SDM's
+    distill_steps: int | None = None  # optimiser steps; None: DEMO_DISTILL_STEPS = 600 (quick: 100)
+    batch_size: int = DEMO_DISTILL["batch_size"]  # distillation batch (toy latents are 8x8: cheap)
+    learning_rate: float = DEMO_DISTILL["learning_rate"]  # AdamW, cosine after a warm-up
+    feat_loss: str = DEMO_DISTILL["feat_loss"]  # LAPTOP-Diff normalized feature KD; "plain" for BK-SDM's
     num_images: int | None = None  # test prompts per model; None: 256 (quick: 32; CIs need N >= 256)
     steps: int | None = None  # sampler steps; None: the toy pipeline's default
     guidance: float | None = None  # classifier-free guidance; None: the toy pipeline's default
     latency_repeats: int | None = None  # timed U-Net forwards per model; None: 20 (quick: 5)
-    seed: int = 0  # one seed for pruning-free steps: data order, noise, evaluation prompts and noise
+    seed: int = DEMO_DISTILL["seed"]  # one seed for pruning-free steps: data order, noise, evaluation
     grid_rows: int = 8  # prompts shown in the report's side-by-side grid
     step_distill: int | None = None  # student sampling steps of the optional step-distillation stage (e.g. 8)
     step_distill_train_steps: int | None = None  # its optimiser steps; None: 400 (quick: 20)
 
     def __post_init__(self):
-        from slimdiff.unet.presets import PRESETS
-
         if self.preset not in PRESETS:
             raise ValueError(f"DemoConfig.preset={self.preset!r} is not a preset; valid: {list(PRESETS)}")
         for name in ("distill_steps", "num_images", "steps", "latency_repeats", "step_distill",
@@ -82,10 +118,8 @@ class DemoConfig:
 
     def resolved(self) -> dict[str, Any]:
         """The settings with every None replaced by the value used."""
-        from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-
         d = dataclasses.asdict(self)
-        d["distill_steps"] = self.distill_steps or (100 if self.quick else 600)
+        d["distill_steps"] = self.distill_steps or (100 if self.quick else DEMO_DISTILL_STEPS)
         d["num_images"] = self.num_images or (32 if self.quick else 256)
         d["steps"] = self.steps or DEFAULT_STEPS
         d["guidance"] = self.guidance if self.guidance is not None else DEFAULT_GUIDANCE
@@ -94,12 +128,21 @@ class DemoConfig:
                                          if self.step_distill else None)
         return d
 
-    def step_config(self, teacher_dir: str, out: Path):
+    def distill_config(self, out: Path) -> DistillConfig:
+        """The distillation stage's settings: `demo_distill_settings` with this demo's steps, batch,
+        learning rate, feature loss and seed; resumes from out/distill/checkpoints when there."""
+        steps, distill_dir = self.resolved()["distill_steps"], out / "distill"
+        return DistillConfig(
+            teacher=self.model, student=str(out / "pruned"), out=str(distill_dir),
+            checkpoint_every=max(50, steps // 4), resume="latest" if (distill_dir / "checkpoints").is_dir() else None,
+            cache_dir=str(out / "cache"),  # exact: VAE latent moments + text embeddings of the 4096 scenes
+            **demo_distill_settings(steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                                    feat_loss=self.feat_loss, seed=self.seed))
+
+    def step_config(self, teacher_dir: str, out: Path) -> StepDistillConfig:
         """The step-distillation stage's settings: the distilled student to `step_distill` DDIM steps,
         CFG-aware (p = 0.1), from a teacher DDIM schedule of 16 steps (2N when N > 8), batch 32, AdamW
         1e-4 cosine (bench/bench_steps.py's committed settings). Invalid N: StepDistillConfig's error."""
-        from slimdiff.distill.step import StepDistillConfig
-
         n, s = self.step_distill, self.resolved()
         return StepDistillConfig(
             teacher=self.model, student=teacher_dir, data="toy", out=str(out / "step-distill"), steps=n,
@@ -110,175 +153,190 @@ class DemoConfig:
             resume="latest" if (out / "step-distill" / "checkpoints").is_dir() else None)
 
 
-def _say(msg: str, log: Callable[[str], None] | None) -> None:
-    if log is not None:
-        log(msg)
+@dataclasses.dataclass
+class DemoRun:
+    """What the stages share: the settings, the loaded teacher pipeline, and each stage's models."""
+
+    config: DemoConfig
+    settings: dict[str, Any]  # config.resolved()
+    out: Path
+    log: Callable[[str], None] | None
+    progress: bool
+    pipe: Any = None  # the teacher pipeline (its U-Net swapped for timing, then restored)
+    teacher: Any = None  # pipe.unet, eval mode
+    unets: dict[str, Any] = dataclasses.field(default_factory=dict)  # model name -> U-Net, the report's rows
+    step_pipe: Any = None  # the step-distilled pipeline (its own scheduler), when step_distill
+    step_sampling: tuple[int, float] | None = None  # its (steps, guidance), from its recipe
+
+    def say(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+
+    @property
+    def latent(self) -> int:
+        return self.teacher.config.sample_size
+
+    @property
+    def context(self) -> int:
+        return self.pipe.tokenizer.model_max_length
 
 
 def _gflops(unet, latent: int, context_length: int) -> float:
     """GFLOPs (2 x MACs, attention matmuls included) of one U-Net forward at batch 1."""
-    from slimdiff.profile import ProfileSettings, profile_unet
-
     settings = ProfileSettings(latent_size=latent, context_length=context_length, measure_latency=False)
     return profile_unet(unet, settings).total.flops / 1e9
 
 
-def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
-    """Run the demo; return the `report.json` content. See the module docstring."""
-    from slimdiff.distill import DistillConfig, distill
-    from slimdiff.eval.latency import pipeline_latency
-    from slimdiff.eval.compare import compare
-    from slimdiff.eval.compare import write as write_compare
-    from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
-    from slimdiff.report import plot_bars, plot_loss_curves, write_report
-    from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student, text_width
-
-    s = config.resolved()
-    out = Path(config.out)
-    step_cfg = config.step_config(str(out / "distill"), out) if config.step_distill else None  # checks N first
-    saved = out / "demo_config.json"  # a rerun resumes finished stages: only with the same settings
+def _check_rerun(run: DemoRun) -> None:
+    """A rerun into the same out/ resumes only with the same settings; then save them."""
+    saved = run.out / "demo_config.json"
     if saved.is_file():
-        old = read_json(saved)
-        differs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in to_jsonable(s).items()
-                   if k != "out" and old.get(k) != v]
-        if differs:
-            raise ValueError(f"{out} holds a demo run with other settings ({'; '.join(differs)}); its stages would "
-                             f"be reused: choose another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, s)
-    t_start = time.perf_counter()
+        differ = differences(read_json(saved), run.settings, ignore=("out",))
+        if differ:
+            raise ValueError(f"{run.out} holds a demo run with other settings ({'; '.join(differ)}); its stages "
+                             f"would be reused: choose another --out or delete it")
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(saved, run.settings)
 
-    # 1. the teacher pipeline and its U-Net profile (per block: params, FLOPs, latency)
-    pipe = load_pipeline(config.model)
-    pipe.set_progress_bar_config(disable=True)
-    teacher = pipe.unet.eval()
+
+# ------------------------------------------------------------------ stages (each: a Stage or a step)
+def profile_stage(run: DemoRun) -> Stage:
+    """1. the teacher U-Net's profile per block (params, FLOPs, latency at CFG batch 2) -> profile.json."""
+    config, pipe = run.config, run.pipe
     vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    latent = teacher.config.sample_size
-    context = pipe.tokenizer.model_max_length
-    profile_json = out / "profile.json"
-    if not profile_json.is_file():
-        _say("[1/5] profiling the teacher U-Net", log)
-        settings = ProfileSettings(latent_size=latent, vae_scale_factor=vae_factor, context_length=context,
+
+    def make():
+        run.say("[1/5] profiling the teacher U-Net")
+        settings = ProfileSettings(latent_size=run.latent, vae_scale_factor=vae_factor, context_length=run.context,
                                    batch=2, repeats=3 if config.quick else 10, seed=config.seed)
-        profile_unet(teacher, settings, name=config.model).save_json(profile_json)
-    profile = read_json(profile_json)
-    plot_bars({b["name"]: b["latency_ms"] for b in profile["blocks"]}, "ms (CFG batch 2)",
-              out / "teacher_block_latency.png", title="Teacher U-Net latency per block")
+        profile_unet(run.teacher, settings, name=config.model).save_json(run.out / "profile.json")
 
-    # 2. prune with the preset (weights inherited from the teacher, recipe written)
-    pruned_dir = out / "pruned"
-    if not (pruned_dir / "recipe.json").is_file():
-        _say(f"[2/5] pruning with preset {config.preset}", log)
-        student, info = apply_preset(teacher, config.preset)
-        save_student(student, pruned_dir, config.model, {"preset": config.preset, **info})
-    pruned = load_unet(pruned_dir).eval()
+    return Stage("profile", {k: run.settings[k] for k in ("model", "quick", "seed")}, make,
+                 output=run.out / "profile.json")
 
-    # 3. distill (resumes from the last checkpoint when the demo is rerun)
-    distill_dir = out / "distill"
-    dcfg = DistillConfig(
-        teacher=config.model, student=str(pruned_dir), data="toy", out=str(distill_dir),
-        max_steps=s["distill_steps"], batch_size=config.batch_size, learning_rate=config.learning_rate,
-        lr_scheduler="cosine", lr_warmup_steps=min(50, s["distill_steps"] // 10),
-        feat_loss=config.feat_loss, seed=config.seed, checkpoint_every=max(50, s["distill_steps"] // 4),
-        resume="latest" if (distill_dir / "checkpoints").is_dir() else None, cpu=True,
-        cache_dir=str(out / "cache"),  # exact: VAE latent moments + text embeddings of the 4096 scenes
-    )
-    if not (distill_dir / "recipe.json").is_file():
-        _say(f"[3/5] distilling for {s['distill_steps']} steps", log)
-        distill(dcfg, teacher=teacher, student=copy.deepcopy(pruned).train(), pipeline=pipe, progress=progress)
-    distilled = load_unet(distill_dir).eval()
 
-    # 3b. optional: step-distill the distilled student to N sampling steps (CFG-aware, SnapFusion)
-    step_dir = out / "step-distill"
-    if step_cfg is not None and not (step_dir / "pipeline" / "model_index.json").is_file():
-        from slimdiff.distill.step import step_distill
+def prune_stage(run: DemoRun) -> Stage:
+    """2. the student pruned with the preset (weights inherited from the teacher, recipe written) -> pruned/."""
+    config = run.config
 
-        _say(f"[3b/5] step-distilling the student to {config.step_distill} sampling steps "
-             f"({s['step_distill_train_steps']} training steps)", log)
-        step_distill(step_cfg, progress=progress)
-    train_log = [json.loads(line) for line in open(distill_dir / "train_log.jsonl", encoding="utf-8") if line.strip()]
-    distill_recipe = read_json(distill_dir / "recipe.json")
+    def make():
+        run.say(f"[2/5] pruning with preset {config.preset}")
+        student, info = apply_preset(run.teacher, config.preset)
+        save_student(student, run.out / "pruned", config.model, {"preset": config.preset, **info})
 
-    # 4. evaluate the three models on the same prompts and seeds (one paired comparison, CIs)
-    unets = {"teacher": teacher, "pruned": pruned, "distilled": distilled}
-    step_pipe = None
-    if step_cfg is not None:  # its own pipeline: the DDIM (trailing, v) sampler it was trained for
-        from slimdiff.eval.runner import default_sampling
+    return Stage("prune", {k: run.settings[k] for k in ("model", "preset")}, make,
+                 output=run.out / "pruned")
 
-        step_pipe = load_pipeline(str(step_dir / "pipeline"))
-        step_pipe.set_progress_bar_config(disable=True)
-        unets[STEP_MODEL] = step_pipe.unet.eval()
-        step_steps, step_guidance = default_sampling(step_pipe)
-    compare_json = out / "eval" / "compare.json"
-    images_dir = out / "eval" / "images"
-    if compare_json.is_file() and read_json(compare_json).get("settings", {}).get("demo") != _eval_key(s):
-        compare_json.unlink()  # made with other settings: redo
-    if not compare_json.is_file() or not images_dir.is_dir():
-        _say(f"[4/5] evaluating {', '.join(unets)} on {s['num_images']} test prompts", log)
-        pipes = [load_pipeline(config.model, unet=u) for n, u in unets.items() if n != STEP_MODEL]
+
+def distill_stage(run: DemoRun) -> Stage:
+    """3. the pruned student distilled from the teacher (resumes from its last checkpoint) -> distill/."""
+    s = run.settings
+
+    def make():
+        run.say(f"[3/5] distilling for {s['distill_steps']} steps")
+        student = copy.deepcopy(run.unets["pruned"]).train()
+        distill(run.config.distill_config(run.out), teacher=run.teacher, student=student, pipeline=run.pipe,
+                progress=run.progress)
+
+    keys = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "seed")
+    return Stage("distill", {k: s[k] for k in keys}, make, output=run.out / "distill")
+
+
+def step_distill_stage(run: DemoRun, step_cfg: StepDistillConfig) -> Stage:
+    """3b. optional: the distilled student step-distilled to N sampling steps (CFG-aware, SnapFusion)
+    -> step-distill/ (its pipeline samples as its recipe says)."""
+    s = run.settings
+
+    def make():
+        run.say(f"[3b/5] step-distilling the student to {run.config.step_distill} sampling steps "
+                f"({s['step_distill_train_steps']} training steps)")
+        step_distill(step_cfg, progress=run.progress)
+
+    keys = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "seed", "step_distill",
+            "step_distill_train_steps")
+    return Stage("step-distill", {k: s[k] for k in keys}, make,
+                 output=run.out / "step-distill")
+
+
+def load_step_distilled(run: DemoRun) -> None:
+    """The step-distilled pipeline joins the rows with the DDIM (trailing, v) sampler it was trained
+    for, and the (steps, guidance) its recipe records."""
+    run.step_pipe = load_pipeline(str(run.out / "step-distill" / "pipeline"))
+    run.step_pipe.set_progress_bar_config(disable=True)
+    run.unets[STEP_MODEL] = run.step_pipe.unet.eval()
+    run.step_sampling = default_sampling(run.step_pipe)
+
+
+def evaluate_stage(run: DemoRun) -> Stage:
+    """4. every model on the same prompts and seeds (one paired comparison, CIs) -> eval/compare.json,
+    eval/compare.md, eval/images/MODEL/NNN.png (the report's grid)."""
+    s, eval_dir = run.settings, run.out / "eval"
+    key = {k: s[k] for k in EVAL_KEYS}
+
+    def make():
+        run.say(f"[4/5] evaluating {', '.join(run.unets)} on {s['num_images']} test prompts")
+        names = [n for n in run.unets if n != STEP_MODEL]
+        pipes = [load_pipeline(run.config.model, unet=run.unets[n]) for n in names]
         steps, scales = [s["steps"]] * len(pipes), [s["guidance"]] * len(pipes)
-        if step_pipe is not None:  # sampled as its recipe says
-            pipes, steps, scales = pipes + [step_pipe], steps + [step_steps], scales + [step_guidance]
-        comparison = compare(pipes, names=list(unets), num_images=s["num_images"], steps=steps,
-                             guidance=scales, seed=config.seed, progress=progress,
-                             keep_images=config.grid_rows)
-        comparison["settings"]["demo"] = _eval_key(s)
+        if run.step_pipe is not None:  # sampled as its recipe says
+            pipes, names = pipes + [run.step_pipe], names + [STEP_MODEL]
+            steps, scales = steps + [run.step_sampling[0]], scales + [run.step_sampling[1]]
+        comparison = compare(pipes, names=names, num_images=s["num_images"], steps=steps, guidance=scales,
+                             seed=run.config.seed, progress=run.progress, keep_images=run.config.grid_rows)
+        comparison["settings"]["demo"] = key
         for name, ims in comparison["images"].items():
-            (images_dir / name).mkdir(parents=True, exist_ok=True)
+            (eval_dir / "images" / name).mkdir(parents=True, exist_ok=True)
             for i, im in enumerate(ims):
-                im.save(images_dir / name / f"{i:03d}.png")
-        write_compare(comparison, compare_json, out / "eval" / "compare.md")
-    comparison = read_json(compare_json)
-    from PIL import Image
+                im.save(eval_dir / "images" / name / f"{i:03d}.png")
+        write_compare(comparison, eval_dir / "compare.json", eval_dir / "compare.md")
 
-    images = {name: [Image.open(p).copy() for p in sorted((images_dir / name).glob("*.png"))] for name in unets}
-    results = {row["model"]: row for row in comparison["rows"]}
-    prompts = comparison.get("prompts", [])[: config.grid_rows]
+    return Stage("evaluate", key, make, output=eval_dir)
 
-    _say("[5/5] measuring latency and writing the report", log)
-    # one CFG step (batch 2) per model, timed round-robin so the machine's load hits all alike
-    unet_ms = model_latencies(unets, latent, text_width(teacher), batch=2, context_length=context,
+
+def measure_latency(run: DemoRun) -> tuple[dict[str, float], dict[str, float]]:
+    """(U-Net ms, end-to-end ms) per model: one CFG step (batch 2) per model, timed round-robin so
+    the machine's load hits all alike; then each pipeline at its sampling settings."""
+    s, repeats = run.settings, 3 if run.config.quick else 5
+    unet_ms = model_latencies(run.unets, run.latent, text_width(run.teacher), batch=2, context_length=run.context,
                               warmup=1, repeats=s["latency_repeats"])
     e2e_ms = {}
-    for name, unet in unets.items():
+    for name, unet in run.unets.items():
         if name == STEP_MODEL:
-            e2e_ms[name] = pipeline_latency(step_pipe, steps=step_steps, guidance=step_guidance,
-                                            repeats=3 if config.quick else 5)
+            steps, guidance = run.step_sampling
+            e2e_ms[name] = pipeline_latency(run.step_pipe, steps=steps, guidance=guidance, repeats=repeats)
             continue
-        pipe.unet = unet
-        e2e_ms[name] = pipeline_latency(pipe, steps=s["steps"], guidance=s["guidance"],
-                                        repeats=3 if config.quick else 5)
-    pipe.unet = teacher
+        run.pipe.unet = unet
+        e2e_ms[name] = pipeline_latency(run.pipe, steps=s["steps"], guidance=s["guidance"], repeats=repeats)
+    run.pipe.unet = run.teacher
+    return unet_ms, e2e_ms
 
-    # 5. report: quality with 95% CIs (paired with the teacher), size and speed
+
+def model_summaries(run: DemoRun, results: dict, unet_ms: dict, e2e_ms: dict) -> dict[str, dict]:
+    """report.json's per-model entries: quality with 95% CIs (paired with the teacher), size, speed."""
     per_model = {}
-    for name, unet in unets.items():
+    for name, unet in run.unets.items():
         r = results[name]
         per_model[name] = {
             **{k: r.get(k) for k in QUALITY_KEYS},
             "ci": {k: r["ci"][k] for k in QUALITY_KEYS if k in r.get("ci", {})},
             "differs_from_teacher": sorted(r.get("marks", {})),
             "params": unet.num_parameters(),
-            "gflops": _gflops(unet, latent, context),
+            "gflops": _gflops(unet, run.latent, run.context),
             "unet_latency_ms": unet_ms[name],
             "pipeline_latency_ms": e2e_ms[name],
         }
     t = per_model["teacher"]
-    for name, m in per_model.items():
+    for m in per_model.values():
         m["params_ratio"] = m["params"] / t["params"]
         m["unet_speedup"] = t["unet_latency_ms"] / m["unet_latency_ms"]
         m["pipeline_speedup"] = t["pipeline_latency_ms"] / m["pipeline_latency_ms"]
         m["all_correct_recovered"] = m["all_correct"] / t["all_correct"] if t["all_correct"] else None
-    summary = {
-        **per_model,
-        "settings": s,
-        "distill": {"steps": distill_recipe.get("distill", {}).get("steps", s["distill_steps"]),
-                    "steps_per_sec": distill_recipe.get("distill", {}).get("steps_per_sec")},
-        "threads": torch.get_num_threads(),
-        "wall_s": time.perf_counter() - t_start,
-    }
-    from slimdiff.report.tables import format_ci
+    return per_model
 
+
+def table_rows(per_model: dict[str, dict], results: dict) -> list[dict]:
+    """The report's table: value [95% CI] (`*`: differs from the teacher), size and speed; the
+    rendered images' scores (the world's ceiling) last when the comparison has them."""
     rows = []
     for name, m in per_model.items():
         row = {"model": name}
@@ -293,34 +351,99 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, prog
         rows.append({"model": "rendered (ceiling)",
                      **{k: format_ci(ceiling.get(k), ceiling["ci"].get(k)) if ceiling.get(k) is not None else None
                         for k in QUALITY_KEYS}})
+    return rows
+
+
+def report_intro(run: DemoRun) -> str:
+    """The report's opening paragraph: what was compared and how to read the numbers."""
+    config, s = run.config, run.settings
+    intro = (f"Teacher `{config.model}`, student pruned with `{config.preset}` and distilled for "
+             f"{s['distill_steps']} steps; {s['num_images']} test prompts per model, {s['steps']} sampler "
+             f"steps, guidance {s['guidance']}, seed {config.seed}, the same initial noise for every model. "
+             f"Quality: value [95% bootstrap CI over the prompts]; `*`: differs from the teacher (the "
+             f"paired difference's 95% CI excludes 0). Fidelity: PSNR and judge-feature cosine of each "
+             f"image against the teacher's for the same prompt and noise. Latency: median over repeats on "
+             f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run.")
+    if run.step_pipe is not None:
+        step_steps, step_guidance = run.step_sampling
+        intro += (f" `{STEP_MODEL}`: the distilled student step-distilled (CFG-aware) to {step_steps} DDIM steps "
+                  f"for {s['step_distill_train_steps']} training steps, sampled with its own {step_steps} steps "
+                  f"and guidance {step_guidance}; its pipeline speed-up is end to end (text encoder, every U-Net "
+                  f"call, VAE decoder) against the teacher at {s['steps']} steps.")
+    return intro
+
+
+def report_stage(run: DemoRun, t_start: float) -> dict:
+    """5. latency (measured anew on every run), report.json, report.html and report.md; returns the summary."""
+    out, s, config = run.out, run.settings, run.config
+    run.say("[5/5] measuring latency and writing the report")
+    comparison = read_json(out / "eval" / "compare.json")
+    images = {name: [Image.open(p).copy() for p in sorted((out / "eval" / "images" / name).glob("*.png"))]
+              for name in run.unets}
+    results = {row["model"]: row for row in comparison["rows"]}
+    unet_ms, e2e_ms = measure_latency(run)
+    per_model = model_summaries(run, results, unet_ms, e2e_ms)
+    distilled = read_recipe(out / "distill").get("distill", {})
+    summary = {
+        **per_model,
+        "settings": s,
+        "distill": {"steps": distilled.get("steps", s["distill_steps"]),
+                    "steps_per_sec": distilled.get("steps_per_sec")},
+        "threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    train_log = [json.loads(line) for line in open(out / "distill" / "train_log.jsonl", encoding="utf-8")
+                 if line.strip()]
     plots = {
         "U-Net latency per model (ms, one CFG step)": plot_bars(unet_ms, "ms", out / "unet_latency.png"),
         "Teacher U-Net latency per block": out / "teacher_block_latency.png",
+        "Distillation loss curves": (plot_loss_curves(train_log, out / "loss_curves.png") if train_log
+                                     else out / "distill" / "loss_curves.png"),
     }
-    loss_png = distill_dir / "loss_curves.png"
-    plots["Distillation loss curves"] = plot_loss_curves(train_log, out / "loss_curves.png") if train_log else loss_png
     write_json(out / "report.json", summary)
+    profile = read_json(out / "profile.json")
     html_path, md_path = write_report(
-        out, f"slimdiff demo: {config.preset} on the {config.model} world", rows,
-        images=images, prompts=prompts, plots=plots,
+        out, f"slimdiff demo: {config.preset} on the {config.model} world", table_rows(per_model, results),
+        images=images, prompts=comparison.get("prompts", [])[: config.grid_rows], plots=plots,
         extra_sections={
             "Settings": json.dumps(s, indent=2),
             "Teacher profile per block": [{k: b[k] for k in ("name", "params", "flops", "latency_ms",
                                                              "latency_share")} for b in profile["blocks"]],
         },
-        intro=(f"Teacher `{config.model}`, student pruned with `{config.preset}` and distilled for "
-               f"{s['distill_steps']} steps; {s['num_images']} test prompts per model, {s['steps']} sampler "
-               f"steps, guidance {s['guidance']}, seed {config.seed}, the same initial noise for every model. "
-               f"Quality: value [95% bootstrap CI over the prompts]; `*`: differs from the teacher (the "
-               f"paired difference's 95% CI excludes 0). Fidelity: PSNR and judge-feature cosine of each "
-               f"image against the teacher's for the same prompt and noise. Latency: median over repeats on "
-               f"{torch.get_num_threads()} CPU threads, U-Net timed round-robin in one run."
-               + (f" `{STEP_MODEL}`: the distilled student step-distilled (CFG-aware) to {step_steps} DDIM steps "
-                  f"for {s['step_distill_train_steps']} training steps, sampled with its own {step_steps} steps "
-                  f"and guidance {step_guidance}; its pipeline speed-up is end to end (text encoder, every U-Net "
-                  f"call, VAE decoder) against the teacher at {s['steps']} steps." if step_pipe is not None else "")),
+        intro=report_intro(run),
     )
     summary["report_html"], summary["report_md"] = str(html_path), str(md_path)
     write_json(out / "report.json", summary)
-    _say(f"report: {html_path}", log)
+    run.say(f"report: {html_path}")
     return summary
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
+    """Run the demo; return the `report.json` content. A numbered-step orchestration of the stages
+    (see the module docstring): each stage runs, or is reused when finished with the same settings."""
+    t_start = time.perf_counter()
+    run = DemoRun(config, config.resolved(), Path(config.out), log, progress)
+    # 0. the step-distillation settings first (an invalid N fails before any work), then the rerun check
+    step_cfg = config.step_config(str(run.out / "distill"), run.out) if config.step_distill else None
+    _check_rerun(run)
+    reuse_log = (lambda msg: run.say(f"  stage {msg}")) if log is not None else None
+
+    # 1. the teacher pipeline and its U-Net profile per block (plotted on every run)
+    run.pipe = load_pipeline(config.model)
+    run.pipe.set_progress_bar_config(disable=True)
+    run.teacher = run.unets["teacher"] = run.pipe.unet.eval()
+    run_or_reuse(profile_stage(run), run.out, reuse_log)
+    profile = read_json(run.out / "profile.json")
+    plot_bars({b["name"]: b["latency_ms"] for b in profile["blocks"]}, "ms (CFG batch 2)",
+              run.out / "teacher_block_latency.png", title="Teacher U-Net latency per block")
+    # 2. prune; 3. distill; 3b. optionally step-distill
+    run_or_reuse(prune_stage(run), run.out, reuse_log)
+    run.unets["pruned"] = load_unet(run.out / "pruned").eval()
+    run_or_reuse(distill_stage(run), run.out, reuse_log)
+    run.unets["distilled"] = load_unet(run.out / "distill").eval()
+    if step_cfg is not None:
+        run_or_reuse(step_distill_stage(run, step_cfg), run.out, reuse_log)
+        load_step_distilled(run)
+    # 4. evaluate every model on the same prompts and noise; 5. latency and the report
+    run_or_reuse(evaluate_stage(run), run.out, reuse_log)
+    return report_stage(run, t_start)

@@ -7,7 +7,7 @@ from slimdiff.io import write_json
 
 
 def test_a_rerun_with_other_settings_is_refused_before_any_work(tmp_path, monkeypatch):
-    import slimdiff.unet
+    import slimdiff.demo
 
     out = tmp_path / "demo"
     out.mkdir()
@@ -17,7 +17,7 @@ def test_a_rerun_with_other_settings_is_refused_before_any_work(tmp_path, monkey
     def no_work(*args, **kwargs):
         raise AssertionError("the demo started working")
 
-    monkeypatch.setattr(slimdiff.unet, "load_pipeline", no_work)
+    monkeypatch.setattr(slimdiff.demo, "load_pipeline", no_work)
     with pytest.raises(ValueError, match=r"holds a demo run with other settings \(preset: 'bk-small' there, "
                                          r"'bk-tiny' now\)"):
         run_demo(DemoConfig(out=str(out), preset="bk-tiny", quick=True), log=None, progress=False)

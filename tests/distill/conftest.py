@@ -24,7 +24,7 @@ def student_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a pure function of two session fixtures: shared by module-scoped runs
 def make_config(tiny_pipe, student_dir):
     """make_config(out, **overrides): 2 steps of batch 2 on 16 toy scenes at 16x16, no checkpoints."""
 

@@ -60,6 +60,17 @@ def test_memory_cache_gives_the_same_run(make_config, tmp_path):
     assert losses(hit) == pytest.approx(losses(ref), rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def fp32_curve(make_config, tmp_path_factory):
+    """The reference loss curve (3 steps, every speed option off): run once for every option compared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test runs (tests/conftest.py); module fixtures start before that
+    try:
+        return losses(distill(make_config(tmp_path_factory.mktemp("ref"), max_steps=3, **EAGER), progress=False))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("option, rel", [
     (dict(channels_last=True), 1e-4),  # float32, another summation order
     (dict(adamw="foreach"), 1e-4),  # the same update, batched kernels
@@ -67,12 +78,11 @@ def test_memory_cache_gives_the_same_run(make_config, tmp_path):
     (dict(teacher_dtype="bf16"), 3e-2),  # bf16 teacher: 8-bit mantissa
     (dict(compile=True, compile_backend="aot_eager"), 1e-4),  # traced graphs, eager kernels
 ])
-def test_numerics_changing_options_match_the_fp32_curve(make_config, tmp_path, option, rel):
-    ref = distill(make_config(tmp_path / "ref", max_steps=3, **EAGER), progress=False)
+def test_numerics_changing_options_match_the_fp32_curve(make_config, tmp_path, option, rel, fp32_curve):
     run = distill(make_config(tmp_path / "run", max_steps=3, **{**EAGER, **option}), progress=False)
-    assert losses(run) == pytest.approx(losses(ref), rel=rel)
+    assert losses(run) == pytest.approx(fp32_curve, rel=rel)
     if "channels_last" in option or "teacher_dtype" in option:
-        assert losses(run) != losses(ref)  # it is a different computation
+        assert losses(run) != fp32_curve  # it is a different computation
     if option.get("compile"):  # aot_eager runs the traced graphs with eager kernels: same numbers here
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
 

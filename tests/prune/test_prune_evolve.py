@@ -111,12 +111,15 @@ def test_evolve_does_not_rank_noise_first():
 
 
 def test_toy_score_prefers_the_continuous_alignment(monkeypatch):
-    import slimdiff.eval.runner as runner
+    import importlib
+
     from slimdiff.prune.evolve import ToyAlignmentScore
 
+    evolve_module = importlib.import_module("slimdiff.prune.evolve")  # the module (slimdiff.prune.evolve: the function)
+
     results = [{"alignment": 1.0, "alignment_score": 0.93}, {"alignment": 0.75}]
-    monkeypatch.setattr(runner, "resolve_pipeline", lambda base: type("P", (), {})())
-    monkeypatch.setattr(runner, "evaluate", lambda pipe, **kw: results.pop(0))
+    monkeypatch.setattr(evolve_module, "resolve_pipeline", lambda base: type("P", (), {})())
+    monkeypatch.setattr(evolve_module, "evaluate", lambda pipe, **kw: results.pop(0))
     score = ToyAlignmentScore(num_images=2, steps=2)
     assert score("unet") == 0.93 and score.key == "alignment_score"
     assert score("unet") == 0.75 and score.key == "alignment"

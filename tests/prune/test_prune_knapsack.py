@@ -100,18 +100,18 @@ def test_the_choice_meets_the_real_budget_by_a_hair():
 def test_laptop_validates_sets_without_building_them(tiny_slim, monkeypatch):
     """Candidate sets are checked structurally (`check_removal`); `remove_units`, which copies
     every tensor, runs once: for the final student."""
-    import slimdiff.unet as unet
+    import slimdiff.prune.laptop as laptop
     from slimdiff.prune import Budget, MagnitudeCriterion, laptop_select
 
     calls = {"remove_units": 0, "check_removal": 0}
     for name in calls:
-        real = getattr(unet, name)
+        real = getattr(laptop, name)
 
         def counted(*a, _real=real, _name=name, **k):
             calls[_name] += 1
             return _real(*a, **k)
 
-        monkeypatch.setattr(unet, name, counted)
+        monkeypatch.setattr(laptop, name, counted)
     student, result = laptop_select(tiny_slim, MagnitudeCriterion(), Budget("params", 0.3))
     assert calls["remove_units"] == 1 and calls["check_removal"] >= 1
     assert result.measured_ratio >= 0.3

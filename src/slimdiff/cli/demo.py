@@ -21,9 +21,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default="bk-small", choices=list(PRESETS), help="pruning preset (default: bk-small)")
     p.add_argument("--quick", action="store_true", help="a ~3-minute version: fewer steps and images")
     p.add_argument("--distill-steps", type=positive_int, default=None, help="optimiser steps (default 600; quick 100)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="distillation batch (default 64)")
-    p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--feat-loss", choices=["plain", "normalized"], default="normalized",
+    # None: the demo's distillation settings (slimdiff.demo.DEMO_DISTILL), defined there once
+    p.add_argument("--batch-size", type=positive_int, default=None, help="distillation batch (default 64)")
+    p.add_argument("--learning-rate", type=positive_float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--feat-loss", choices=["plain", "normalized"], default=None,
                    help="feature KD: BK-SDM plain or LAPTOP-Diff normalized (default)")
     p.add_argument("--num-images", type=positive_int, default=None, help="test prompts per model (default 256; quick 32)")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the toy pipeline's)")
@@ -39,11 +40,12 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from slimdiff.demo import DemoConfig, run_demo
 
+    given = ("batch_size", "learning_rate", "feat_loss")  # the others: DemoConfig's defaults
+    distill = {k: getattr(args, k) for k in given if getattr(args, k) is not None}
     config = DemoConfig(
         out=args.out, model=args.model, preset=args.preset, quick=args.quick, distill_steps=args.distill_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, feat_loss=args.feat_loss,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        step_distill=args.step_distill, step_distill_train_steps=args.step_distill_train_steps,
+        step_distill=args.step_distill, step_distill_train_steps=args.step_distill_train_steps, **distill,
     )
     summary = run_demo(config)
     from slimdiff.report.tables import format_ci

@@ -23,6 +23,9 @@ from typing import Sequence
 import numpy as np
 
 
+from slimdiff.report.plots import save_figure
+from slimdiff.unet import UNetEditError, remove_units
+
 from .criteria import OutputLossCriterion, as_slim, removable_units
 
 
@@ -60,8 +63,6 @@ def additivity_study(
 
     `singles`: precomputed L({u}) (e.g. the scores of a LAPTOP search) to avoid recomputing.
     """
-    from slimdiff.unet import UNetEditError, remove_units
-
     model = as_slim(model)
     candidates = list(candidates) if candidates is not None else removable_units(model)
     bad = [k for k in sizes if not 1 <= k <= len(candidates)]
@@ -106,8 +107,6 @@ def plot_additivity(result: AdditivityResult, path: str | Path, title: str = "ad
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from slimdiff.report.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for k in sorted({r["size"] for r in result.rows}):

@@ -22,6 +22,10 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from slimdiff.eval.runner import is_toy_pipeline  # the lead ports it to slimdiff.sample
+from slimdiff.toy import world
+from slimdiff.unet import load_pipeline, resolve_source, text_width
+
 
 @dataclasses.dataclass
 class CalibrationConfig:
@@ -121,8 +125,6 @@ def random_calibration(
     L = `seq_len` and D = the U-Net's text width (`slimdiff.unet.text_width`). `latents`: optional
     (N, C, H, W) clean latents x_0; default none (x_t is pure noise; see module docstring).
     """
-    from slimdiff.unet import text_width
-
     config = config or CalibrationConfig()
     n = config.size
     gen = torch.Generator().manual_seed(config.seed)
@@ -187,8 +189,6 @@ def pipeline_calibration(
 def toy_calibration(pipe, config: CalibrationConfig | None = None) -> CalibrationSet:
     """The toy world's calibration set: captions of `config.size` seeded scenes of
     `config.split`, their rendered images as x_0 (when `config.use_images`)."""
-    from slimdiff.toy import world
-
     config = config or CalibrationConfig()
     scenes = world.sample_scenes(config.split, config.size, seed=config.seed)
     prompts = [world.caption(s) for s in scenes]
@@ -207,15 +207,10 @@ def calibration_for(source, unet, config: CalibrationConfig | None = None,
     """The calibration set for a model named as `load_unet` names it (`source`):
     the toy world -> `toy_calibration`; another pipeline -> its text encoder on `prompts`
     (required); a bare U-Net (`sd15-arch`, a UNet dir) -> random embeddings."""
-    from slimdiff.unet import load_pipeline
-    from slimdiff.unet.io import resolve_source
-
     config = config or CalibrationConfig()
     if resolve_source(source)[0] != "pipeline":
         return random_calibration(unet, config)
     pipe = load_pipeline(source)
-    from slimdiff.eval.runner import is_toy_pipeline
-
     if is_toy_pipeline(pipe):
         return toy_calibration(pipe, config)
     if prompts is None:

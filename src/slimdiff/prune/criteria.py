@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from slimdiff.train.maths import DEFAULT_GUIDANCE, timestep_cond
+from slimdiff.unet import UNetEditError, check_removal, get_module, remove_units, to_slim
 
 from .calibration import CalibrationSet
 
@@ -34,8 +35,6 @@ CANDIDATE_KINDS = ("resnet", "attn")  # LAPTOP-Diff prunes ResNet and Transforme
 
 def as_slim(model):
     """The editable `SlimUNet2DConditionModel` for `model` (imported losslessly if diffusers)."""
-    from slimdiff.unet import to_slim
-
     return to_slim(model)
 
 
@@ -46,8 +45,6 @@ def removable_units(model, kinds: Sequence[str] = CANDIDATE_KINDS) -> list[str]:
     Removability depends on the structure only (`check_removal` validates without building),
     and the answer is cached per structure.
     """
-    from slimdiff.unet import UNetEditError, check_removal
-
     model = as_slim(model)
     key = json.dumps([model.config.blocks, model.base_config(), list(kinds)], sort_keys=True, default=str)
     if key not in _REMOVABLE_CACHE:
@@ -136,8 +133,6 @@ class OutputLossCriterion(Criterion):
 
     def loss(self, model, removed: Sequence[str]) -> float:
         """L(S): the output loss of removing the set `removed` from `model`."""
-        from slimdiff.unet import remove_units
-
         model = as_slim(model)
         return self.loss_of_model(model, remove_units(model, list(removed)))
 
@@ -169,8 +164,6 @@ class MagnitudeCriterion(Criterion):
 
     @torch.no_grad()
     def __call__(self, model, candidates: Sequence[str]) -> dict[str, float]:
-        from slimdiff.unet import get_module
-
         out = {}
         for u in candidates:
             ws = [p for p in get_module(model, u).parameters() if p.ndim >= 2]

@@ -44,9 +44,14 @@ The network edits go through an `Editor` (default: `slimdiff.unet`'s `remove_uni
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
+
+from slimdiff.distill import DistillConfig, distill
+from slimdiff.eval.runner import evaluate, resolve_pipeline  # the lead ports them to slimdiff.sample / eval
+from slimdiff.unet import insert_unit, remove_units
 
 from .criteria import CANDIDATE_KINDS, as_slim
 
@@ -122,19 +127,48 @@ class UNetEditor:
         return [u.name for u in model.units() if u.kind in self.kinds]
 
     def remove(self, model, unit: str):
-        from slimdiff.unet import remove_units
-
         return remove_units(model, [unit])
 
     def copy(self, model, unit: str):
-        from slimdiff.unet import insert_unit
-
         return insert_unit(model, unit, after=unit)
 
 
 def _ratio(d_score: float, d_latency: float, tolerance: float) -> float:
     """dScore+ / dLatency: score lost per ms saved, a gain (noise) or a loss <= tolerance as 0."""
     return (d_score if d_score > tolerance else 0.0) / d_latency
+
+
+def removal_effects(model, editor: Editor, score_fn, lut, latency: float, score: float,
+                    tolerance: float) -> dict[str, dict]:
+    """Step 1 of a round: for every candidate whose removal is well formed, {unit: {"d_score",
+    "d_latency", "ratio"}} (dScore+ / dLatency, None when removing it saves no time)."""
+    evals: dict[str, dict] = {}
+    for u in editor.candidates(model):
+        try:
+            pruned = editor.remove(model, u)
+        except ValueError:  # UNetEditError: removing u alone is ill formed
+            continue
+        d_l = latency - float(lut.predict(pruned))
+        d_s = score - float(score_fn(pruned))
+        evals[u] = {"d_score": d_s, "d_latency": d_l, "ratio": _ratio(d_s, d_l, tolerance) if d_l > 0 else None}
+    return evals
+
+
+def best_addition(model, editor: Editor, lut, evals: dict[str, dict], latency: float, target: float):
+    """Step 2b of a round (under target): (the model with a copy of the most useful unit that still
+    fits under `target`, that unit); ties: the cheapest, then forward order. (None, None): none fits."""
+    order = {u: k for k, u in enumerate(evals)}
+    worth = [n for n, e in evals.items() if e["ratio"] is not None and e["ratio"] > 0]  # worth nothing: no copy
+    for cand in sorted(worth, key=lambda n: (-evals[n]["ratio"], evals[n]["d_latency"], order[n])):
+        if latency + evals[cand]["d_latency"] > target:  # a copy costs what removing u saves
+            continue
+        try:
+            trial = editor.copy(model, cand)
+        except ValueError:  # UNetEditError: this unit cannot follow itself
+            continue
+        if float(lut.predict(trial)) <= target:
+            return trial, cand
+    return None, None
 
 
 def evolve(
@@ -146,7 +180,7 @@ def evolve(
     train_fn: Callable[[object], object] | None = None,
     progress: Callable[[Action], None] | None = None,
 ):
-    """Run Algorithm 1 (module docstring). Returns (model, EvolveResult).
+    """Run Algorithm 1 (module docstring) as numbered steps per round. Returns (model, EvolveResult).
 
     `score_fn(model) -> float` (higher is better; e.g. `toy_alignment_score(...)`);
     `lut.predict(model) -> ms`; `train_fn(model) -> model` robust-trains the network at the start
@@ -180,42 +214,21 @@ def evolve(
             model = train(model)
             score, untrained_edit = float(score_fn(model)), False
         # 1. evaluate every remove action on the current network
-        evals: dict[str, dict] = {}
-        for u in editor.candidates(model):
-            try:
-                pruned = editor.remove(model, u)
-            except ValueError:  # UNetEditError: removing u alone is ill formed
-                continue
-            d_l = latency - float(lut.predict(pruned))
-            d_s = score - float(score_fn(pruned))
-            evals[u] = {"d_score": d_s, "d_latency": d_l, "ratio": _ratio(d_s, d_l, tol) if d_l > 0 else None}
+        evals = removal_effects(model, editor, score_fn, lut, latency, score, tol)
         rounds.append(evals)
         order = {u: k for k, u in enumerate(evals)}
         useful = [u for u, e in evals.items() if e["ratio"] is not None]
         # 2a. over target: remove the least useful unit per ms; ties: the most ms saved
         if latency > target:
             if not useful:
-                raise ValueError(
-                    f"latency {latency:.3f} ms is over the target {target:.3f} ms and no removable unit "
-                    f"saves time (candidates: {list(evals)})"
-                )
+                raise ValueError(f"latency {latency:.3f} ms is over the target {target:.3f} ms and no removable "
+                                 f"unit saves time (candidates: {list(evals)})")
             u = min(useful, key=lambda n: (evals[n]["ratio"], -evals[n]["d_latency"], order[n]))
             new = editor.remove(model, u)
             kind = "remove"
         # 2b. under target: add a copy of the most useful unit that still fits; ties: the cheapest
         else:
-            new, u = None, None
-            worth = [n for n in useful if evals[n]["ratio"] > 0]  # copying a unit worth nothing buys nothing
-            for cand in sorted(worth, key=lambda n: (-evals[n]["ratio"], evals[n]["d_latency"], order[n])):
-                if latency + evals[cand]["d_latency"] > target:  # a copy costs what removing u saves
-                    continue
-                try:
-                    trial = editor.copy(model, cand)
-                except ValueError:  # UNetEditError: this unit cannot follow itself
-                    continue
-                if float(lut.predict(trial)) <= target:
-                    new, u = trial, cand
-                    break
+            new, u = best_addition(model, editor, lut, evals, latency, target)
             if new is None:
                 stop = "target met; no addition fits under it"
                 break
@@ -247,10 +260,6 @@ def robust_train(model, stochastic_depth: float, out, pipeline: str = "toy", pro
     step (`slimdiff.distill`'s `stochastic_depth` setting; a skipped unit computes what its
     removal does). `pipeline` provides tokenizer / text encoder / VAE / schedule; `config_kwargs`
     go to `DistillConfig` (e.g. `max_steps`, `batch_size`, `data`). Returns the trained copy (eval mode)."""
-    import copy
-
-    from slimdiff.distill import DistillConfig, distill
-
     if not 0.0 < stochastic_depth < 1.0:
         raise ValueError(f"stochastic_depth must be in (0, 1), got {stochastic_depth}")
     model = as_slim(model)
@@ -320,8 +329,6 @@ class ToyAlignmentScore:
         self._pipe = None
 
     def __call__(self, unet) -> float:
-        from slimdiff.eval.runner import evaluate, resolve_pipeline
-
         if self._pipe is None:
             self._pipe = resolve_pipeline(self.base)  # loaded once; each call swaps its U-Net
         self._pipe.unet = unet

@@ -63,19 +63,9 @@ def _quantum(costs: Sequence[float], resolution: int) -> float:
     return total / resolution
 
 
-def solve(
-    scores: Mapping[str, float],
-    costs: Mapping[str, float],
-    budget: float,
-    resolution: int = DEFAULT_RESOLUTION,
-) -> KnapsackSolution:
-    """Choose the units to remove: minimal summed score with summed cost >= `budget`.
-
-    `scores` and `costs` map the same unit names; their order (that of `scores`) is the
-    candidate order used for tie-breaking. Costs must be >= 0. Raises `BudgetError` naming the
-    budget and the largest reachable cost when no set reaches the budget.
-    """
-    # 1. validate the instance
+def check_instance(scores: Mapping[str, float], costs: Mapping[str, float], resolution: int) -> None:
+    """ValueError unless `scores` and `costs` name the same units, costs are finite and >= 0, scores
+    finite, and `resolution` >= 1."""
     names = list(scores)
     if set(names) != set(costs):
         raise ValueError(
@@ -90,6 +80,23 @@ def solve(
     bad = {n: scores[n] for n in names if not math.isfinite(scores[n])}
     if bad:
         raise ValueError(f"scores must be finite, got {bad}")
+
+
+def solve(
+    scores: Mapping[str, float],
+    costs: Mapping[str, float],
+    budget: float,
+    resolution: int = DEFAULT_RESOLUTION,
+) -> KnapsackSolution:
+    """Choose the units to remove: minimal summed score with summed cost >= `budget`.
+
+    `scores` and `costs` map the same unit names; their order (that of `scores`) is the
+    candidate order used for tie-breaking. Costs must be >= 0. Raises `BudgetError` naming the
+    budget and the largest reachable cost when no set reaches the budget.
+    """
+    # 1. validate the instance
+    check_instance(scores, costs, resolution)
+    names = list(scores)
     cost_list = [float(costs[n]) for n in names]
     total = sum(cost_list)
     if budget <= 0:

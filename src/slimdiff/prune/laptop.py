@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
+from slimdiff.profile import LatencyLUT, ProfileSettings, model_latencies, profile_unet
+from slimdiff.unet import check_removal, load_pipeline, remove_units, resolve_source, text_width
 
 from . import knapsack
 from .criteria import Criterion, as_slim, removable_units
@@ -67,8 +69,6 @@ class Budget:
 
 def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float]]:
     """(total FLOPs, FLOPs per unit) of one forward at the model's sample size (`slimdiff.profile`)."""
-    from slimdiff.profile import ProfileSettings, profile_unet
-
     p = next(model.parameters())
     size = model.config.sample_size
     size = size if isinstance(size, int) else size[0]
@@ -146,10 +146,6 @@ def measure_ratio(model, pruned, metric: str, lut=None, context_length: int = 77
 def lut_wallclock_ms(models: dict, lut) -> dict[str, float]:
     """Measured median ms of one whole forward per model, with the lookup table's settings
     (latent, text length, batch, threads, warm-up, repeats), all timed round-robin."""
-    from slimdiff.profile import model_latencies
-
-    from slimdiff.unet import text_width
-
     s = lut.settings
     first = next(iter(models.values()))
     return model_latencies(models, s.latent, text_width(first), batch=s.batch,
@@ -226,8 +222,6 @@ def laptop_select(
     text tokens for FLOPs counting. `measure=False` skips measuring the edited network (the
     measured ratio is then NaN); `wallclock=True` also times teacher and student (latency).
     """
-    from slimdiff.unet import check_removal, remove_units
-
     model = as_slim(model)
     # 1. candidates
     if candidates is None:
@@ -281,20 +275,14 @@ laptop_prune = laptop_select  # the name the issue and the CLI use
 
 def context_length_for(source) -> int:
     """Text tokens the model sees: its pipeline tokenizer's max length, else CLIP's 77."""
-    from slimdiff.unet.io import resolve_source
-
     if resolve_source(source)[0] != "pipeline":
         return 77
-    from slimdiff.unet import load_pipeline
-
     return int(load_pipeline(source).tokenizer.model_max_length)
 
 
 def latency_table(model, path=None, context_length: int = 77, repeats: int = 3, progress: bool = False):
     """The latency lookup table for `model`: loaded from `path` (extended with any missing unit),
     or built on `model` at its sample size with the profile defaults (float32, CPU)."""
-    from slimdiff.profile import LatencyLUT, ProfileSettings
-
     if path is not None:
         lut = LatencyLUT.load(path)
         lut.extend(model, progress=progress)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from slimdiff.io import atomic_write, to_jsonable
+from slimdiff.report.plots import save_figure
 
 # y order of unit positions inside a block; positions not listed go below, in order of appearance
 ROW_ORDER = (
@@ -83,8 +84,6 @@ def plot_unit_scores(
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
-
-    from slimdiff.report.plots import save_figure
 
     names = list(all_units) if all_units is not None else list(scores)
     blocks, rows = layout(names)

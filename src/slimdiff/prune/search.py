@@ -27,6 +27,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+from slimdiff.eval.runner import is_toy_pipeline, resolve_pipeline  # the lead ports it to slimdiff.sample
+from slimdiff.unet import load_unet, save_student, to_slim
+
+from .calibration import CalibrationConfig, calibration_for
+from .criteria import CRITERIA, MagnitudeCriterion, OutputLossCriterion, RandomCriterion
+from .evolve import EvolveConfig, RobustTrainer, describe_score, evolve, toy_alignment_score
+from .laptop import Budget, context_length_for, laptop_select, latency_table, lut_wallclock_ms
+from .report import write_search_report
+
 SEARCHES = ("laptop", "evolve")
 
 
@@ -58,9 +67,6 @@ class SearchConfig:
     score_steps: int = 20  # toy score: sampler steps per image
 
     def __post_init__(self):
-        from .criteria import CRITERIA
-        from .laptop import Budget
-
         if self.method not in SEARCHES:
             raise ValueError(f"search method {self.method!r} is not one of {list(SEARCHES)}")
         if not self.model:
@@ -91,8 +97,6 @@ def run_search(config: SearchConfig, score_fn: Callable[[Any], float] | None = N
     `score_fn(unet) -> float` (evolve; higher is better) replaces the toy judge's score, which
     only the toy world has.
     """
-    from slimdiff.unet import load_unet, to_slim
-
     # 1. teacher, in the editable representation
     teacher = to_slim(load_unet(config.model)).eval()
     # 2. search
@@ -108,10 +112,6 @@ def run_search(config: SearchConfig, score_fn: Callable[[Any], float] | None = N
 
 def save_search(student, recipe: dict, config: SearchConfig) -> dict[str, Path]:
     """Write the student and recipe.json (`save_student`), then `search.md` and `unit_scores.png`."""
-    from slimdiff.unet import save_student
-
-    from .report import write_search_report
-
     if not config.out:
         raise ValueError("SearchConfig.out is not set: say where to save the student")
     written = save_student(student, config.out, source=config.model, recipe=recipe)
@@ -126,29 +126,22 @@ def _log(progress: bool, text: str) -> None:
 
 
 def _criterion(config: SearchConfig, teacher, progress: bool):
-    from . import calibration as cal
-    from .criteria import MagnitudeCriterion, OutputLossCriterion, RandomCriterion
-
     if config.criterion == "magnitude":
         return MagnitudeCriterion()
     if config.criterion == "random":
         return RandomCriterion(config.seed)
-    calib = cal.calibration_for(config.model, teacher, cal.CalibrationConfig(size=config.calib_size, seed=config.seed),
-                                config.calib_prompts)
+    calib = calibration_for(config.model, teacher, CalibrationConfig(size=config.calib_size, seed=config.seed),
+                            config.calib_prompts)
     return OutputLossCriterion(calib, progress=progress)
 
 
 def _lut(config: SearchConfig, teacher):
-    from .laptop import context_length_for, latency_table
-
     lut = latency_table(teacher, config.lut, context_length_for(config.model), repeats=config.lut_repeats)
     return lut, {"path": config.lut, "built_on": "teacher" if config.lut is None else "file, extended",
                  "settings": dataclasses.asdict(lut.settings), "entries": len(lut)}
 
 
 def _laptop(config: SearchConfig, teacher, progress: bool):
-    from .laptop import Budget, context_length_for, laptop_select
-
     budget = Budget.parse(config.budget)
     lut, lut_info = _lut(config, teacher) if budget.metric == "latency" else (None, None)
     student, r = laptop_select(teacher, _criterion(config, teacher, progress), budget, lut=lut,
@@ -160,11 +153,6 @@ def _laptop(config: SearchConfig, teacher, progress: bool):
 
 
 def _evolve(config: SearchConfig, teacher, score_fn, progress: bool):
-    from slimdiff.eval.runner import is_toy_pipeline, resolve_pipeline
-
-    from .evolve import EvolveConfig, RobustTrainer, describe_score, evolve, toy_alignment_score
-    from .laptop import lut_wallclock_ms
-
     if score_fn is None:
         if not is_toy_pipeline(resolve_pipeline(config.model)):
             raise ValueError(f"evolve scores with the toy judge by default; {config.model!r} is not the toy world: "
