@@ -185,12 +185,14 @@ def model_card(model: nn.Module) -> str:
         "its `blocks` entry).", "",
         "## Loading (needs `pip install slimdiff`)", "",
         "```python",
-        "import slimdiff",
+        "import slimdiff  # first: diffusers imports no library that a model_index.json names",
         "unet = slimdiff.SlimUNet2DConditionModel.from_pretrained(this_dir)",
         "# a pipeline directory whose model_index.json names [\"slimdiff\", \"SlimUNet2DConditionModel\"]:",
         "from diffusers import DiffusionPipeline",
-        "pipe = DiffusionPipeline.from_pretrained(pipeline_dir)  # imports slimdiff itself",
+        "pipe = DiffusionPipeline.from_pretrained(pipeline_dir)",
         "```", "",
+        "Without `import slimdiff`, diffusers refuses the pipeline in one line (\"slimdiff is not one of the "
+        "libraries Diffusers can load components from ... import slimdiff before calling `from_pretrained`\").", "",
         "Plain `diffusers.UNet2DConditionModel.from_pretrained(this_dir)` cannot load it: it would build "
         "the default SD block layout from this config and fail on the tensor shapes.",
     ]
