@@ -60,6 +60,7 @@ except ValueError as e:
 
 from slimdiff.unet import load_unet  # 2. the core alone: the saved model names its unit modules
 
+print("core imports plug-ins:", "slimdiff.modules" in sys.modules)
 unet = load_unet(root + "/unet")
 g = torch.Generator().manual_seed(1)
 inputs = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 500]), torch.randn(2, 5, 16, generator=g)
@@ -79,12 +80,14 @@ def test_a_saved_student_loads_in_a_fresh_process(saved):
     run = subprocess.run([sys.executable, "-c", CHILD, str(saved)], capture_output=True, text=True, env=env,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if line.startswith(("refused", "loaded", "load_unet", "pipeline"))]
+    lines = [line for line in run.stdout.splitlines()
+             if line.startswith(("refused", "loaded", "core", "load_unet", "pipeline"))]
     types = "['attn', 'condconv_resnet', 'downsample', 'gri_attn', 'resnet', 'upsample']"
     assert lines[0].startswith("refused: slimdiff is not one of the libraries") and "import slimdiff" in lines[0]
     assert "<newline>" not in lines[0]  # one line
-    assert lines[1] == f"load_unet: SlimUNet2DConditionModel {types} same output"
-    assert lines[2] == f"pipeline: StableDiffusionPipeline SlimUNet2DConditionModel {types}"
+    assert lines[1] == "core imports plug-ins: False"
+    assert lines[2] == f"load_unet: SlimUNet2DConditionModel {types} same output"
+    assert lines[3] == f"pipeline: StableDiffusionPipeline SlimUNet2DConditionModel {types}"
 
 
 def test_the_model_card_says_how_it_loads_and_plain_diffusers_cannot(saved, tmp_path):
@@ -93,7 +96,7 @@ def test_the_model_card_says_how_it_loads_and_plain_diffusers_cannot(saved, tmp_
     assert "Without `import slimdiff`, diffusers refuses" in card
     assert "`gri_attn` from `slimdiff.modules.gri`" in card and "cannot load it" in card
     assert (saved / "pipe" / "unet" / MODEL_CARD).is_file()  # the pipeline's copy carries it too
-    with pytest.raises(Exception):  # what the card warns of: plain diffusers cannot build it
+    with pytest.raises(ValueError, match="expected shape"):  # what the card warns of: a shape error
         UNet2DConditionModel.from_pretrained(saved / "unet")
     assert type(SlimUNet2DConditionModel.from_pretrained(saved / "unet")).__name__ == "SlimUNet2DConditionModel"
     # a plain save over the same path drops the slim model's card

@@ -108,7 +108,7 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
     Tensors are copied; `inheritance` maps each tensor to the original teacher's tensor it
     descends from (through the student's own inheritance for student parts); `assembly`
     records the take, each block's and stem part's source, and `freeze` (the teacher-sourced
-    modules, the default frozen set of the second distillation).
+    modules, the default frozen set of the second distillation). A numbered-step orchestration (1-4).
     """
     # 1. both models as slim views; same topology; positions and what to take
     s, t = slim_view(student), slim_view(teacher)

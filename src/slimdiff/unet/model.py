@@ -229,6 +229,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
 
         sample: (B, in_channels, H, W) noisy latents; encoder_hidden_states: (B, T, D) text.
         Not supported (raise): class labels, ControlNet / T2I-adapter residuals.
+        A numbered-step orchestration (1. time embedding ... 5. output), as diffusers' own forward.
         """
         if class_labels is not None:
             raise ValueError("SlimUNet2DConditionModel has no class embedding; class_labels must be None")

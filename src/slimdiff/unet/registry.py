@@ -79,7 +79,8 @@ def import_unit_types(blocks: dict, unit_modules: dict[str, str] | None) -> None
         module = recorded.get(type_name)
         if module is None:
             raise UNetEditError(f"unit type {type_name!r} is not registered and the model does not say which "
-                                f"module defines it; import that module first (registered: {list(UNIT_CLASSES)})")
+                                f"module defines it; import that module first (slimdiff's own CondConv and GRI "
+                                f"types: `import slimdiff.modules`; registered: {list(UNIT_CLASSES)})")
         if not module.startswith(AUTO_IMPORT_PACKAGE):
             raise UNetEditError(f"unit type {type_name!r} is not registered: `import {module}` before loading "
                                 "this model (only slimdiff's own unit modules are imported automatically)")

@@ -343,6 +343,7 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
     Mirrors `UNet2DConditionModel.__init__`, `get_down_block`, `get_mid_block` and
     `get_up_block` (diffusers 0.42) for the SD-1.x/2.x block types, passing exactly the
     kwargs they pass, so import is lossless. Skips follow diffusers' stack pairing.
+    A numbered-step orchestration (1. down blocks, 2. mid block, 3. up blocks).
     """
     check_supported_config(cfg)
     down_types, up_types = list(cfg["down_block_types"]), list(cfg["up_block_types"])

@@ -245,7 +245,7 @@ def replace_unit(model: nn.Module, name: str, unit_type: str, kwargs: dict | Non
 
     `kwargs` default to the old unit's. Tensors whose name and shape match the old unit's are
     copied (and keep their inheritance); the others keep the new module's own initialisation
-    and are recorded as new (None). For new unit types: `register_unit_type` (model.py).
+    and are recorded as new (None). For new unit types: `register_unit_type` (registry.py).
     """
     return replace_units(model, {name: (unit_type, kwargs)})
 
