@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy top-level API so `import slimdiff` stays cheap (the CLI imports it on every call).
     if name in ("load_unet", "SlimUNet2DConditionModel"):
-        from . import unet
+        # the editable U-Net with slimdiff's own unit types registered (CondConv, GRI: they register
+        # themselves on import), so diffusers' loader can build any saved slimdiff student
+        from . import modules, unet  # noqa: F401
 
         return getattr(unet, name)
     if name in ("load_vae", "SlimAutoencoderKL"):

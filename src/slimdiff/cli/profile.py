@@ -52,15 +52,16 @@ def run(args: argparse.Namespace) -> int:
     from slimdiff.profile import LatencyLUT, ProfileSettings, profile_unet
     from slimdiff.profile.profiler import place, vae_scale_factor_of
     from slimdiff.profile.report import plot, print_table
-    from slimdiff.unet import load_unet
+    from slimdiff.unet import load_unet, resolve_source
 
     # 1. settings (validated) and the model, placed on the device in the dtype
     if args.lut and args.no_latency:
         raise ValueError("--lut needs latency; drop --no-latency")
+    kind, path = resolve_source(args.model)  # toy, a built-in, a pipeline or a UNet directory
     settings = ProfileSettings(
         resolution=args.resolution,
         latent_size=args.latent_size,
-        vae_scale_factor=vae_scale_factor_of(args.model) or 8,
+        vae_scale_factor=vae_scale_factor_of(path if kind == "pipeline" else None) or 8,
         batch=args.batch,
         dtype=args.dtype,
         device=args.device,

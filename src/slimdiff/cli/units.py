@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from slimdiff.cli.checks import positive_int
+from slimdiff.io import write_json
 
 
 def add_parser(subparsers) -> None:
@@ -26,8 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimdiff.io import write_json
-    from slimdiff.unet import list_units, load_unet
+    from slimdiff.unet import list_units, load_unet  # torch and diffusers: only once the command runs
 
     # 1. the model and its units (no copy of a diffusers model is made)
     if args.resolution % args.vae_factor:

@@ -3,7 +3,7 @@
 - `condconv`: CLME-CondConv resnets (A-SDM section 2.3): `apply_condconv(student, teacher, CondConvSettings())`
 - `gri`: global-regional interactive attention (A-SDM section 1): `apply_gri(model, GRISettings())`
 
-Both are registered unit types (`slimdiff.unet.register_unit_type`), so models using them save
+Both register their unit types at import (`slimdiff.unet.register_unit_type`), so models using them save
 with `save_pretrained`, load with `from_pretrained` and serve as a pipeline's `unet`.
 """
 

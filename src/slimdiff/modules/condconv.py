@@ -37,11 +37,14 @@ import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from slimdiff.unet import register_unit_type, replace_units, slim_view
+from slimdiff.unet.structure import block_names_of, iter_units, name_to_path
+
 IMPLS = ("grouped", "mixed")
 DEFAULT_IMPL = "grouped"  # as fast as the plain conv on this CPU; "mixed" 2x slower with 2 experts (docs/bench/asdm_speed.md)
 ROUTINGS = ("sigmoid", "constant")  # A-SDM's a(x) = sigmoid(R.GAP(x)) | a_i = 1/E (a plain mean; tests)
 INITS = ("cross-layer", "e2")
-UNIT_TYPE = "condconv_resnet"  # the unit type name in a U-Net's `blocks` (registered in slimdiff.unet.model)
+UNIT_TYPE = "condconv_resnet"  # the unit type name in a U-Net's `blocks` (registered below, at import)
 
 
 @dataclasses.dataclass
@@ -150,13 +153,14 @@ class CondConvResnetBlock2D(ResnetBlock2D):
         return f"{type(self).__name__}(e{c.num_experts},{c.impl},{c.routing_kind})"
 
 
+register_unit_type(UNIT_TYPE, CondConvResnetBlock2D, "resnet")  # CLME-CondConv resnets (A-SDM 2.3)
+
+
 # ----------------------------------------------------------------------------- applying to a U-Net
 
 
 def condconv_units(model: nn.Module, blocks: tuple[str, ...] | list[str] | None) -> list[str]:
     """The plain resnet units of `blocks` (None: the shallowest down and up blocks) in a slim U-Net."""
-    from slimdiff.unet.structure import block_names_of, iter_units
-
     if blocks is None:
         blocks = ("down.0", f"up.{len(model.config.blocks['up']) - 1}")
     valid = block_names_of(model.config.blocks)
@@ -178,16 +182,13 @@ def apply_condconv(student: nn.Module, teacher: nn.Module | None = None,
     model's `inheritance` records each expert's source tensor (in the teacher's naming), None
     for random experts and the routing.
     """
-    from slimdiff.unet.structure import name_to_path
-    from slimdiff.unet.surgery import _view, replace_units
-
     settings = settings or CondConvSettings()
     if settings.init == "cross-layer" and teacher is None:
         raise ValueError("CondConv init 'cross-layer' takes experts from the teacher's layers: pass the teacher "
                          "(or use init='e2')")
-    base = _view(student)
+    base = slim_view(student)
     names = condconv_units(base, settings.blocks)
-    units = {n: u for n, u in _units(base).items() if n in names}
+    units = {n: u for n, _, u in iter_units(base.config.blocks) if n in names}
     extra = dict(num_experts=settings.experts, routing=settings.routing, impl=settings.impl)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
@@ -210,18 +211,9 @@ def apply_condconv(student: nn.Module, teacher: nn.Module | None = None,
     return model
 
 
-def _units(model) -> dict[str, dict]:
-    from slimdiff.unet.structure import iter_units
-
-    return {n: u for n, _, u in iter_units(model.config.blocks)}
-
-
 def _teacher_convs(teacher: nn.Module) -> dict:
     """Teacher block -> [(unit path, tensors, inheritance)] of its plain resnets, in layer order."""
-    from slimdiff.unet.structure import iter_units
-    from slimdiff.unet.surgery import _view
-
-    t = _view(teacher)
+    t = slim_view(teacher)
     tensors = t.state_dict()
     out: dict[str, list] = {}
     for name, block, unit in iter_units(t.config.blocks):

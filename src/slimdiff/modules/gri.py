@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-UNIT_TYPE = "gri_attn"  # the unit type name in a U-Net's `blocks` (registered in slimdiff.unet.model)
+from slimdiff.unet import register_unit_type, replace_units, slim_view
+from slimdiff.unet.structure import iter_units
+
+UNIT_TYPE = "gri_attn"  # the unit type name in a U-Net's `blocks` (registered below, at import)
 
 
 @dataclasses.dataclass
@@ -151,6 +154,9 @@ class GRITransformer2DModel(Transformer2DModel):
         return super().forward(hidden_states, *args, **kwargs)
 
 
+register_unit_type(UNIT_TYPE, GRITransformer2DModel, "attn")  # GRI self-attention (A-SDM 1)
+
+
 def gri_units(model: nn.Module, settings: GRISettings) -> list[str]:
     """The attention units `settings` selects in a slim U-Net (explicit names or levels)."""
     attn = [u for u in model.units() if u.type == "attn"]
@@ -171,13 +177,11 @@ def apply_gri(model: nn.Module, settings: GRISettings | None = None) -> nn.Modul
     """A copy of `model` (slim or diffusers U-Net) with GRI attention in the selected units,
     every tensor inherited. Checks the window and reduction against each unit's map at the
     model's `sample_size`."""
-    from slimdiff.unet.surgery import _view, replace_units
-
     settings = settings or GRISettings()
-    base = _view(model)
+    base = slim_view(model)
     names = gri_units(base, settings)
     infos = {u.name: u for u in base.units()}
-    kwargs = {n: u["kwargs"] for n, _, u in _iter(base) if n in names}
+    kwargs = {n: u["kwargs"] for n, _, u in iter_units(base.config.blocks) if n in names}
     size = base.config.sample_size
     for n in names:
         if size:
@@ -186,9 +190,3 @@ def apply_gri(model: nn.Module, settings: GRISettings | None = None) -> nn.Modul
                       f"of sample_size {size})")
     extra = dict(gri_window=settings.window, gri_reduction=settings.reduction)
     return replace_units(base, {n: (UNIT_TYPE, {**kwargs[n], **extra}) for n in names})
-
-
-def _iter(model):
-    from slimdiff.unet.structure import iter_units
-
-    return iter_units(model.config.blocks)

@@ -11,13 +11,15 @@ latency, the glue between units (skip concatenation, Python dispatch).
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from slimdiff.io import write_json
+from slimdiff.io import read_json, write_json
 from slimdiff.unet import num_params, text_width
 
 from .flops import UnitFlopCounter
@@ -262,13 +264,11 @@ def _sum_rows(name: str, members: list[Row]) -> Row:
     )
 
 
-def vae_scale_factor_of(name_or_path) -> int | None:
-    """The VAE's downsampling factor of a pipeline (2**(len(vae.block_out_channels)-1)), or None
-    when `name_or_path` has no VAE (a UNet directory, an architecture-only built-in)."""
-    from slimdiff.io import read_json
-    from slimdiff.unet import resolve_source
-
-    kind, path = resolve_source(name_or_path)
-    if kind != "pipeline" or not (path / "vae" / "config.json").is_file():
+def vae_scale_factor_of(directory: str | os.PathLike | None) -> int | None:
+    """The VAE's downsampling factor of a pipeline directory (2**(len(vae.block_out_channels)-1)),
+    or None when `directory` has no VAE (None, a UNet directory). Names (`toy`, built-ins) are
+    resolved by the caller."""
+    config = Path(directory) / "vae" / "config.json" if directory is not None else None
+    if config is None or not config.is_file():
         return None
-    return 2 ** (len(read_json(path / "vae" / "config.json")["block_out_channels"]) - 1)
+    return 2 ** (len(read_json(config)["block_out_channels"]) - 1)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from slimdiff.unet import get_module
+
 from .units import ProfiledUnit
 
 
@@ -142,8 +144,6 @@ def stem_signature(
     batch: int,
     threads: int,
 ) -> StemSignature:
-    from slimdiff.unet import get_module
-
     temb = getattr(getattr(model, "time_embedding", None), "linear_2", None)
     return StemSignature(
         in_channels=int(model.config.in_channels),

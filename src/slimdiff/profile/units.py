@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from slimdiff.unet import get_module
+from slimdiff.unet import list_units as unet_units
+
 
 @dataclass
 class ProfiledUnit:
@@ -33,9 +36,6 @@ class ProfiledUnit:
 
 def list_units(model: nn.Module) -> list[ProfiledUnit]:
     """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules."""
-    from slimdiff.unet import get_module
-    from slimdiff.unet import list_units as unet_units
-
     return [
         ProfiledUnit(
             name=u.name,

@@ -14,6 +14,7 @@ from .assemble import ASSEMBLIES, assemble
 from .access import (
     block_names,
     get_module,
+    is_slim,
     list_units,
     module_names,
     module_output_tensor,
@@ -22,16 +23,19 @@ from .access import (
     text_widths,
 )
 from .export import is_expressible, to_diffusers
-from .model import SlimUNet2DConditionModel, register_unit_type
+from .model import SlimUNet2DConditionModel
+from .registry import register_unit_type
 from .structure import UNetEditError, UnitInfo
 from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
 from .presets import PRESETS, apply_preset
-from .surgery import check_removal, insert_unit, remove_units, replace_unit, replace_units, to_slim
+from .surgery import check_removal, insert_unit, remove_units, replace_unit, replace_units, slim_view, to_slim
 
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
-    "get_module", "module_names", "module_output_tensor", "block_names", "list_units", "num_params", "text_width", "text_widths",
+    "get_module", "is_slim", "module_names", "module_output_tensor", "block_names", "list_units", "num_params",
+    "text_width", "text_widths",
     "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
+    "slim_view",
     "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
     "PRESETS", "apply_preset", "ASSEMBLIES", "assemble", "replace_units",
 ]

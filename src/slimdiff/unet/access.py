@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .structure import UnitInfo, blocks_from_diffusers_config, block_names_of, iter_units, layer_names_of
-from .structure import name_to_path, validate
+from .structure import name_to_path, single_width, validate
 
 
 def num_params(module: nn.Module) -> int:
@@ -24,10 +24,11 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _is_slim(model: nn.Module) -> bool:
-    from .model import SlimUNet2DConditionModel
-
-    return isinstance(model, SlimUNet2DConditionModel)
+def is_slim(model: nn.Module) -> bool:
+    """True for slimdiff's editable U-Net: the model whose config holds the structure
+    description `blocks` (structure.py); False for a diffusers `UNet2DConditionModel`."""
+    config = getattr(model, "config", None)
+    return config is not None and "blocks" in config
 
 
 def _diffusers_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -67,7 +68,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
     Raises ValueError listing the valid names when `name` is unknown.
     """
-    if _is_slim(model):
+    if is_slim(model):
         valid = _slim_names(model)
         if name in valid:
             return model.get_submodule(name_to_path(name))
@@ -81,7 +82,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 def module_names(model: nn.Module) -> list[str]:
     """All names `get_module` accepts for `model`."""
-    return _slim_names(model) if _is_slim(model) else list(_diffusers_modules(model))
+    return _slim_names(model) if is_slim(model) else list(_diffusers_modules(model))
 
 
 def module_output_tensor(output: Any) -> torch.Tensor:
@@ -102,7 +103,7 @@ def module_output_tensor(output: Any) -> torch.Tensor:
 
 def block_names(model: nn.Module) -> list[str]:
     """Block names present in `model`, in forward order (`down.0`, ..., `mid`, `up.0`, ...)."""
-    if _is_slim(model):
+    if is_slim(model):
         return block_names_of(model.config.blocks)
     names = [f"down.{i}" for i in range(len(model.down_blocks))]
     if model.mid_block is not None:
@@ -112,7 +113,7 @@ def block_names(model: nn.Module) -> list[str]:
 
 def list_units(model: nn.Module) -> list[UnitInfo]:
     """`model.units()` for a slim model; the same listing for a diffusers U-Net (no copy made)."""
-    if _is_slim(model):
+    if is_slim(model):
         return model.units()
     cfg = dict(model.config)
     blocks = blocks_from_diffusers_config(cfg)
@@ -130,7 +131,7 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
     return infos
 
 
-DEFAULT_TEXT_WIDTH = 768  # SD-1.x's CLIP width, used only when no unit reads the text (its width is then moot)
+DEFAULT_TEXT_WIDTH = 768  # SD-1.x's CLIP width: only for a model that reads no text and does not say its width
 
 
 def text_widths(model: nn.Module) -> set[int]:
@@ -143,13 +144,15 @@ def text_widths(model: nn.Module) -> set[int]:
 
 def text_width(model: nn.Module) -> int:
     """The one text-embedding width D a U-Net reads (`text_widths`). Raises ValueError when its
-    units read several; when none reads the text, the config's `cross_attention_dim` if it is a
-    single number, else `DEFAULT_TEXT_WIDTH` (any width then runs)."""
+    units read several. When none reads the text (e.g. every attention pruned), the width the
+    model was made for: its config's `cross_attention_dim` (diffusers and slim models carry
+    it; one number or one per block), else `DEFAULT_TEXT_WIDTH` (any width then runs), so a
+    candidate without attention keeps its teacher's text signature in a latency table."""
     dims = text_widths(model)
     if len(dims) > 1:
         raise ValueError(f"the U-Net's attention units read text of different widths {sorted(dims)}; "
                          "one width is supported")
     if dims:
         return int(dims.pop())
-    dim = getattr(model.config, "cross_attention_dim", None)
-    return int(dim) if isinstance(dim, int) else DEFAULT_TEXT_WIDTH
+    dim = single_width(model.config.get("cross_attention_dim"))
+    return dim if dim is not None else DEFAULT_TEXT_WIDTH

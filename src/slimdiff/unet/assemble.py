@@ -26,11 +26,17 @@ that do not match) is an error naming the unit.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Iterable
 
 from torch import nn
 
+from slimdiff.io import read_json
+
+from .io import load_unet, resolve_source, save_student
+from .model import SlimUNet2DConditionModel
 from .structure import UNetEditError, iter_units, name_to_path, split_tensor_name, validate
+from .surgery import slim_view
 
 STEM = ("conv_in", "time_embedding", "conv_out")
 ASSEMBLIES: dict[str, tuple[str, ...]] = {  # seed Table 2 (student part; the rest is the teacher's)
@@ -43,7 +49,8 @@ _STEM_TENSORS = {"conv_in": ("conv_in.",), "time_embedding": ("time_proj.", "tim
                  "conv_out": ("conv_norm_out.", "conv_out.")}
 _STEM_MODULES = {"conv_in": ["conv_in"], "time_embedding": ["time_embedding"],
                  "conv_out": ["conv_norm_out", "conv_out"]}
-_IGNORED_BASE = ("sample_size",)  # settings two models may differ in and still be assembled
+# settings two models may differ in and still be assembled (text widths: compared unit by unit below)
+_IGNORED_BASE = ("sample_size", "cross_attention_dim", "unit_modules")
 
 
 def positions(teacher, student) -> dict[str, str | None]:
@@ -101,13 +108,10 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
     Tensors are copied; `inheritance` maps each tensor to the original teacher's tensor it
     descends from (through the student's own inheritance for student parts); `assembly`
     records the take, each block's and stem part's source, and `freeze` (the teacher-sourced
-    modules, the default frozen set of the second distillation).
+    modules, the default frozen set of the second distillation). A numbered-step orchestration (1-4).
     """
-    from .model import SlimUNet2DConditionModel
-    from .surgery import _view
-
     # 1. both models as slim views; same topology; positions and what to take
-    s, t = _view(student), _view(teacher)
+    s, t = slim_view(student), slim_view(teacher)
     s_inherit = s.inheritance
     if s is not student and getattr(student, "inheritance", None):  # a diffusers student with a recorded map
         s_inherit = {k: student.inheritance.get(v, v) for k, v in s.inheritance.items()}
@@ -205,17 +209,10 @@ def _position(block: str, source: str, where: dict) -> str:
     return next(p for p, b in where.items() if b == src and p not in STEM)
 
 
-
 def assemble_saved(student: str, teacher: str, take: str | Iterable[str], out: str) -> dict:
     """`assemble` on saved models (the student's recipe.json supplies its inheritance), then
     `save_student` to `out`: the U-Net, recipe.json (`assemble`, `block_map`, inheritance) and,
     for a pipeline teacher, `out/pipeline/`. Returns what was written plus the assembly."""
-    from pathlib import Path
-
-    from slimdiff.io import read_json
-
-    from .io import load_unet, save_student, resolve_source
-
     t_model = load_unet(teacher)
     s_model = load_unet(student)
     kind, path = resolve_source(student)

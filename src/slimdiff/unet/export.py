@@ -49,12 +49,8 @@ def _no_counterpart(key: str) -> str:
     raise UNetEditError(f"mid.{key.replace('_', '.')} has no diffusers counterpart")
 
 
-def slim_to_diffusers_names(blocks: dict, tensor_names: list[str] | None = None) -> dict[str, str]:
-    """Slim tensor name -> diffusers tensor name, for `tensor_names` (default: a fresh model's)."""
-    if tensor_names is None:
-        from .model import SlimUNet2DConditionModel
-
-        tensor_names = list(SlimUNet2DConditionModel.from_structure(blocks).state_dict())
+def slim_to_diffusers_names(blocks: dict, tensor_names: list[str]) -> dict[str, str]:
+    """Slim tensor name -> diffusers tensor name, for `tensor_names` (e.g. a model's `state_dict()` keys)."""
     prefixes = _slim_prefixes(blocks)
     out = {}
     for name in tensor_names:
@@ -101,7 +97,9 @@ def diffusers_config_for(model) -> dict | None:
         per_level.append(kw or {"num_attention_heads": 8, "cross_attention_dim": None, "num_layers": 1,
                                 "only_cross_attention": False})
     any_attn = next((kw for kw in down_attn + up_attn + [_first_attn(mid or [])] if kw), {})
-    cross = [kw["cross_attention_dim"] or any_attn.get("cross_attention_dim", 1280) for kw in per_level]
+    # no attention at all: the width the model was made for (diffusers' default 1280 if unknown)
+    width = any_attn.get("cross_attention_dim", base.get("cross_attention_dim") or 1280)
+    cross = [kw["cross_attention_dim"] or width for kw in per_level]
     lpb = [len(b["layers"]) for b in down]
     samplers = [b.get("downsample") for b in down if b.get("downsample")]
     cfg = dict(
@@ -154,8 +152,9 @@ def is_expressible(model) -> bool:
         return False
     own = model.base_config()
     mid_own = model.config.blocks.get("mid") or None
+    keys = [k for k in base if k != "cross_attention_dim"]  # the units' widths are compared with `blocks`
     return (_plain({**model.config.blocks, "mid": mid_own}) == _plain({**blocks, "mid": blocks["mid"] or None})
-            and _plain({k: own.get(k) for k in base}) == _plain(base))
+            and _plain({k: own.get(k) for k in keys}) == _plain({k: base[k] for k in keys}))
 
 
 def to_diffusers(model):

@@ -21,10 +21,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from slimdiff.io import apply_file_modes, check_disjoint, read_json, remove_stale_temps, temp_prefix, write_json
+from slimdiff import __version__
+from slimdiff.io import apply_file_modes, check_disjoint, read_json, remove_stale_temps, temp_prefix, to_jsonable
+from slimdiff.recipe import read_recipe, write_recipe
 
 from .builtins import BUILTIN_CONFIGS, build_builtin
 from .export import slim_to_diffusers_names, to_diffusers
+from .model import SlimUNet2DConditionModel
 
 DIFFUSERS_UNET = ["diffusers", "UNet2DConditionModel"]
 SLIM_UNET = ["slimdiff", "SlimUNet2DConditionModel"]
@@ -61,8 +64,6 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
 
 def _load_unet_dir(path: Path):
     from diffusers import UNet2DConditionModel
-
-    from .model import SlimUNet2DConditionModel
 
     cls_name = read_json(path / "config.json").get("_class_name")
     classes = {"UNet2DConditionModel": UNet2DConditionModel, "SlimUNet2DConditionModel": SlimUNet2DConditionModel}
@@ -147,15 +148,59 @@ def save_unet(model: nn.Module, path: str | os.PathLike, recipe: dict | None = N
     path = Path(path)
     plain = model if isinstance(model, UNet2DConditionModel) else to_diffusers(model)
     to_save, kind = (plain, DIFFUSERS_UNET) if plain is not None else (model, SLIM_UNET)
-    _write_dir(path, lambda tmp: to_save.save_pretrained(tmp))
+
+    def write(tmp: Path) -> None:
+        to_save.save_pretrained(tmp)
+        if kind == SLIM_UNET:  # the card says how (and how not) to load it
+            (tmp / MODEL_CARD).write_text(model_card(model))
+
+    card = path / MODEL_CARD
+    if kind == DIFFUSERS_UNET and card.is_file() and card.read_text().startswith(_CARD_TITLE):
+        card.unlink()  # a slim model's card left by an earlier save at this path
+    _write_dir(path, write)
     if recipe is not None:
         recipe = dict(recipe)
         if plain is not None and plain is not model and "inheritance" in recipe:
             names = slim_to_diffusers_names(model.config.blocks, list(recipe["inheritance"]))
             recipe["inheritance"] = {names[k]: v for k, v in recipe["inheritance"].items()}
         recipe["unet_class"] = kind
-        write_json(path / "recipe.json", recipe)
+        write_recipe(path, recipe)
     return kind
+
+
+MODEL_CARD = "README.md"
+_CARD_TITLE = "# slimdiff SlimUNet2DConditionModel"
+
+
+def model_card(model: nn.Module) -> str:
+    """The README.md written beside a U-Net saved as slimdiff's own class: what it is and how it loads."""
+    types = sorted({u.type for u in model.units()})
+    plugins = model.config.get("unit_modules") or {}
+    lines = [
+        _CARD_TITLE, "",
+        f"An edited text-to-image U-Net ({len(model.units())} units, {model.num_parameters():,} parameters; "
+        f"unit types: {', '.join(types)}) made with slimdiff {__version__}. Its structure is not "
+        "expressible as a plain diffusers `UNet2DConditionModel` config, so it is saved as slimdiff's own "
+        "diffusers model class (`config.json` `_class_name` = `SlimUNet2DConditionModel`; the structure is "
+        "its `blocks` entry).", "",
+        "## Loading (needs `pip install slimdiff`)", "",
+        "```python",
+        "import slimdiff  # first: diffusers imports no library that a model_index.json names",
+        "unet = slimdiff.SlimUNet2DConditionModel.from_pretrained(this_dir)",
+        "# a pipeline directory whose model_index.json names [\"slimdiff\", \"SlimUNet2DConditionModel\"]:",
+        "from diffusers import DiffusionPipeline",
+        "pipe = DiffusionPipeline.from_pretrained(pipeline_dir)",
+        "```", "",
+        "Without `import slimdiff`, diffusers refuses the pipeline in one line (\"slimdiff is not one of the "
+        "libraries Diffusers can load components from ... import slimdiff before calling `from_pretrained`\").", "",
+        "Plain `diffusers.UNet2DConditionModel.from_pretrained(this_dir)` cannot load it: it would build "
+        "the default SD block layout from this config and fail on the tensor shapes.",
+    ]
+    if plugins:
+        lines += ["", "Unit types from plug-in modules (imported on load): "
+                  + ", ".join(f"`{t}` from `{m}`" for t, m in plugins.items()) + "."]
+    lines += ["", "`recipe.json` beside the weights (when present) says how the model was made."]
+    return "\n".join(lines) + "\n"
 
 
 def _copy(src: str, dst: str) -> str:
@@ -213,8 +258,6 @@ def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str
 def save_student(student: nn.Module, out: str | os.PathLike, source: str | os.PathLike, recipe: dict) -> dict:
     """Write a pruned student: `out/` (save_unet + recipe.json) and, when `source` is a
     pipeline (or `toy`), a complete pipeline in `out/pipeline/`. Returns what was written."""
-    from slimdiff import __version__
-
     out = Path(out)
     recipe = {"teacher": str(source), **recipe, "slimdiff_version": __version__}
     if "inheritance" not in recipe and hasattr(student, "inheritance"):
@@ -242,15 +285,12 @@ def check_same_model(out: str | os.PathLike, recipe: dict) -> None:
     out = Path(out)
     if not out.is_dir():
         return
-    old_path = out / "recipe.json"
-    if old_path.is_file():
+    if (out / "recipe.json").is_file():
         try:
-            old = read_json(old_path)
+            old = read_recipe(out)
         except ValueError:
             old = None
         if isinstance(old, dict):
-            from slimdiff.io import to_jsonable
-
             new = to_jsonable(recipe)
             first = ("teacher", "preset", "edits", "search")  # how the student was made: shown first
             differs = sorted((k for k in {*old, *new} - set(_VOLATILE) if old.get(k) != new.get(k)),

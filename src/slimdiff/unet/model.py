@@ -22,15 +22,14 @@ from diffusers.models.activations import get_activation
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
 from .access import num_params
+from .builtins import SD15_CONFIG
+from .export import slim_to_diffusers_names
+from .registry import build_unit, import_unit_types, unit_modules_of
 from .structure import (
-    ROLES,
-    UNIT_ROLES,
     UnitInfo,
     base_from_diffusers_config,
     blocks_from_diffusers_config,
@@ -42,49 +41,6 @@ from .structure import (
     validate,
 )
 
-# unit type -> module class (its role is in structure.UNIT_ROLES)
-UNIT_CLASSES: dict[str, type[nn.Module]] = {"resnet": ResnetBlock2D, "attn": Transformer2DModel,
-                                            "downsample": Downsample2D, "upsample": Upsample2D}
-
-
-def register_unit_type(type_name: str, cls: type[nn.Module], role: str) -> None:
-    """Make `cls` a unit type: `{"type": type_name, "kwargs": {...}}` builds `cls(**kwargs)`.
-
-    `role` (one of `ROLES`) fixes how forward calls it and its channel rules (structure.py);
-    the unit is named by its role, so e.g. a GRI attention in place of `down.0.layer.0.attn`
-    keeps that name. Register at import of the module that defines `cls`, before loading a
-    saved model that uses it.
-    """
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r} for unit type {type_name!r}; valid: {ROLES}")
-    if UNIT_ROLES.get(type_name, role) != role or UNIT_CLASSES.get(type_name, cls) is not cls:
-        raise ValueError(f"unit type {type_name!r} is already registered as {UNIT_CLASSES[type_name].__name__} "
-                         f"with role {UNIT_ROLES[type_name]!r}")
-    UNIT_ROLES[type_name], UNIT_CLASSES[type_name] = role, cls
-
-
-def _register_slimdiff_types() -> None:
-    """slimdiff's own unit types (slimdiff.modules): CondConv resnets (A-SDM 2.3), GRI attention (A-SDM 1)."""
-    from slimdiff.modules import condconv, gri
-
-    register_unit_type(condconv.UNIT_TYPE, condconv.CondConvResnetBlock2D, "resnet")
-    register_unit_type(gri.UNIT_TYPE, gri.GRITransformer2DModel, "attn")
-
-
-_register_slimdiff_types()
-
-
-def build_unit(unit: dict) -> nn.Module:
-    """Instantiate one unit from its description (`{"type", "kwargs"}`)."""
-    role_of(unit)  # raises for an unregistered type
-    return UNIT_CLASSES[unit["type"]](**unit["kwargs"])
-
-
-def _default_blocks() -> dict:
-    from .builtins import SD15_CONFIG
-
-    return blocks_from_diffusers_config(SD15_CONFIG)
-
 
 class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
     """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted or replaced.
@@ -93,6 +49,9 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
     `time_cond_proj_dim`, ...; `model_channels` = conv_in's output width = diffusers'
     `block_out_channels[0]`; `time_embed_dim` = the time embedding width) plus `blocks`, the
     structure description (`structure.py`). `blocks=None` gives SD-1.5's structure.
+    `cross_attention_dim`: the text width D the model was made for (its attention units say
+    which width each reads; this one stays when none is left). `unit_modules`: written by the
+    model, the module that registers each non-built-in unit type it uses (`registry.py`).
     """
 
     _supports_gradient_checkpointing = True
@@ -118,11 +77,15 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         timestep_post_act: str | None = None,
         time_embedding_act_fn: str | None = None,
         center_input_sample: bool = False,
+        cross_attention_dim: int | None = None,  # text width D of encoder_hidden_states (B, L, D); None: unknown
+        unit_modules: dict[str, str] | None = None,  # registered unit type -> its module (set by the model)
     ):
         super().__init__()
         if blocks is None:
-            blocks = _default_blocks()
+            blocks = blocks_from_diffusers_config(SD15_CONFIG)
             self.register_to_config(blocks=blocks)
+        import_unit_types(blocks, unit_modules)  # a saved model's plug-in types register on import
+        self.register_to_config(unit_modules=unit_modules_of(blocks) or None)
         self._traces = validate(blocks, model_channels)  # raises UNetEditError when ill formed
         self._skips_needed = consumed_skips(blocks)
 
@@ -133,7 +96,24 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
                                                 post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn else None
 
-        # 2. blocks -> layers -> units: down[i]["layer"][j]["attn"], down[i]["downsample"], mid["resnet_0"]
+        # 2. blocks -> layers -> units, and the skip wiring
+        self._build_blocks(blocks)
+
+        # 3. output
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, model_channels, eps=norm_eps)
+        self.conv_act = get_activation(act_fn)
+        self.conv_out = nn.Conv2d(model_channels, out_channels, conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
+
+        self.gradient_checkpointing = False
+        # student tensor name -> teacher tensor name (None: new); a fresh model is its own origin
+        self.inheritance: dict[str, str | None] = {k: k for k in self.state_dict()}
+        # student unit name -> teacher unit name (set by edits; a fresh model: itself)
+        self.unit_sources: dict[str, str] = {name: name for name, _, _ in iter_units(blocks)}
+
+    def _build_blocks(self, blocks: dict) -> None:
+        """Modules down[i]["layer"][j]["attn"], down[i]["downsample"], mid["resnet_0"], up[...];
+        which skip each up-side resnet consumes and which skip points the down path stores."""
+
         def make_block(block: dict, sampler: str) -> nn.ModuleDict:
             layers = nn.ModuleList(
                 nn.ModuleDict({k: build_unit(u) for k, u in zip(layer_keys(layer), layer)}) for layer in block["layers"]
@@ -162,17 +142,6 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
             for i, b in enumerate(blocks["down"])
         ]
 
-        # 3. output
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, model_channels, eps=norm_eps)
-        self.conv_act = get_activation(act_fn)
-        self.conv_out = nn.Conv2d(model_channels, out_channels, conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
-
-        self.gradient_checkpointing = False
-        # student tensor name -> teacher tensor name (None: new); a fresh model is its own origin
-        self.inheritance: dict[str, str | None] = {k: k for k in self.state_dict()}
-        # student unit name -> teacher unit name (set by edits; a fresh model: itself)
-        self.unit_sources: dict[str, str] = {name: name for name, _, _ in iter_units(blocks)}
-
     # ------------------------------------------------------------------ construction
 
     @classmethod
@@ -183,8 +152,6 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
         `clone=False` shares the tensors with `unet` (a view for read-only use, e.g. an edit
         that copies them again).
         """
-        from .export import slim_to_diffusers_names
-
         cfg = dict(unet.config)
         blocks = blocks_from_diffusers_config(cfg)
         model = cls.from_structure(blocks, **base_from_diffusers_config(cfg))
@@ -262,6 +229,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
 
         sample: (B, in_channels, H, W) noisy latents; encoder_hidden_states: (B, T, D) text.
         Not supported (raise): class labels, ControlNet / T2I-adapter residuals.
+        A numbered-step orchestration (1. time embedding ... 5. output), as diffusers' own forward.
         """
         if class_labels is not None:
             raise ValueError("SlimUNet2DConditionModel has no class embedding; class_labels must be None")

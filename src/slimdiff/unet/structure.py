@@ -326,7 +326,15 @@ def base_from_diffusers_config(cfg: dict) -> dict:
         timestep_post_act=cfg.get("timestep_post_act"),
         time_embedding_act_fn=cfg.get("time_embedding_act_fn"),
         center_input_sample=cfg.get("center_input_sample", False),
+        cross_attention_dim=single_width(cfg.get("cross_attention_dim", 1280)),
     )
+
+
+def single_width(value: Any) -> int | None:
+    """A diffusers `cross_attention_dim` (one int, or one per block) -> the one width, or None
+    when the blocks read different widths."""
+    widths = set(value) if isinstance(value, (list, tuple)) else {value}
+    return int(widths.pop()) if len(widths) == 1 and isinstance(next(iter(widths)), int) else None
 
 
 def blocks_from_diffusers_config(cfg: dict) -> dict:
@@ -335,6 +343,7 @@ def blocks_from_diffusers_config(cfg: dict) -> dict:
     Mirrors `UNet2DConditionModel.__init__`, `get_down_block`, `get_mid_block` and
     `get_up_block` (diffusers 0.42) for the SD-1.x/2.x block types, passing exactly the
     kwargs they pass, so import is lossless. Skips follow diffusers' stack pairing.
+    A numbered-step orchestration (1. down blocks, 2. mid block, 3. up blocks).
     """
     check_supported_config(cfg)
     down_types, up_types = list(cfg["down_block_types"]), list(cfg["up_block_types"])

@@ -20,6 +20,8 @@ import copy
 
 from torch import nn
 
+from .model import SlimUNet2DConditionModel
+from .registry import build_unit
 from .structure import (
     UNetEditError,
     block_names_of,
@@ -38,17 +40,19 @@ from .structure import (
 
 def to_slim(model: nn.Module):
     """A `SlimUNet2DConditionModel` for a slim (returned as is) or diffusers U-Net (imported)."""
-    from .model import SlimUNet2DConditionModel
-
     if isinstance(model, SlimUNet2DConditionModel):
         return model
     return SlimUNet2DConditionModel.from_diffusers(model)
 
 
-def _view(model: nn.Module):
-    """A slim view of `model` for an edit that copies tensors anyway (no copy made here)."""
-    from .model import SlimUNet2DConditionModel
+def slim_view(model: nn.Module):
+    """`model` as a `SlimUNet2DConditionModel` without copying a tensor: a slim model is
+    returned as is, a diffusers U-Net is imported sharing its tensors (`from_diffusers(clone=False)`).
 
+    For reading a model's structure, or for an edit that copies the tensors it keeps anyway
+    (every edit here, `assemble`, the unit types of slimdiff.modules). Writing into the view's
+    tensors writes into `model`'s; use `to_slim` for an independent copy.
+    """
     if isinstance(model, SlimUNet2DConditionModel):
         return model
     return SlimUNet2DConditionModel.from_diffusers(model, clone=False)
@@ -83,13 +87,13 @@ def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
     Raises `UNetEditError` naming the unit and the reason when the result is ill formed, and
     listing valid names when a name is unknown. `remove_units(m, [])` is an equivalent copy.
     """
-    return _remove(_view(model), names, build=True)
+    return _remove(slim_view(model), names, build=True)
 
 
 def check_removal(model: nn.Module, names: list[str] | tuple[str, ...] | str) -> None:
     """Raise `UNetEditError` exactly when `remove_units(model, names)` would, without building
     anything (a structural check: milliseconds even for SD-1.5). Used by searches to list candidates."""
-    _remove(_view(model), names, build=False)
+    _remove(slim_view(model), names, build=False)
 
 
 def _remove(model, names, build: bool):
@@ -188,7 +192,7 @@ def insert_unit(model: nn.Module, source: str, after: str):
     Example (SnapFusion, seed 001 Table 3): `insert_unit(m, "up.2.layer.0.attn",
     "up.2.layer.0.attn")` adds `up.2.layer.0.attn.1`. The copy's tensors inherit the source's.
     """
-    model = _view(model)
+    model = slim_view(model)
     old = model.config.blocks
     units = {n: u for n, _, u in iter_units(old)}
     traces = model._traces
@@ -241,14 +245,14 @@ def replace_unit(model: nn.Module, name: str, unit_type: str, kwargs: dict | Non
 
     `kwargs` default to the old unit's. Tensors whose name and shape match the old unit's are
     copied (and keep their inheritance); the others keep the new module's own initialisation
-    and are recorded as new (None). For new unit types: `register_unit_type` (model.py).
+    and are recorded as new (None). For new unit types: `register_unit_type` (registry.py).
     """
     return replace_units(model, {name: (unit_type, kwargs)})
 
 
 def replace_units(model: nn.Module, replacements: dict[str, tuple[str, dict | None]]):
     """`replace_unit` for several units in one rebuild: {unit name: (unit_type, kwargs or None)}."""
-    model = _view(model)
+    model = slim_view(model)
     new = copy.deepcopy(dict(model.config.blocks))
     found = set()
     for unit_name, _, unit in iter_units(new):
@@ -272,8 +276,6 @@ def _rebuild(model, new: dict):
 
     A tensor without a same-shaped source in `model` keeps its fresh initialisation (new: None).
     """
-    from .model import SlimUNet2DConditionModel, build_unit
-
     sources, units = {}, {}
     for name, _, unit in iter_units(new):
         sources[name] = unit.pop("_from")
