@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.names import ASSEMBLIES
+
 
 def add_parser(subparsers) -> None:
-    from slimdiff.unet import ASSEMBLIES
 
     p = subparsers.add_parser(
         "assemble", help="assemble a U-Net from student and teacher blocks (progressive incubation)",

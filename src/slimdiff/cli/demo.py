@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from slimdiff.cli.names import PRESETS
 from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 def add_parser(subparsers) -> None:
-    from slimdiff.unet.presets import PRESETS
 
     p = subparsers.add_parser(
         "demo",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from slimdiff.cli.names import PRESETS
+
 
 def _search_module():
     """`slimdiff.cli.prune_search` (the automatic searches), or None while it is absent."""
@@ -28,7 +30,6 @@ def _search_module():
 
 
 def add_parser(subparsers) -> None:
-    from slimdiff.unet.presets import PRESETS
 
     p = subparsers.add_parser(
         "prune",

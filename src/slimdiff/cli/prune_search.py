@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slimdiff.cli.names import CRITERIA, SEARCHES
+
 
 def add_search_arguments(parser: argparse.ArgumentParser, group=None) -> None:
     """Add the search options; `--search` joins `group` (e.g. prune's --preset/--remove group)."""
-    from slimdiff.prune.criteria import CRITERIA
-    from slimdiff.prune.search import SEARCHES
 
     (group or parser).add_argument("--search", choices=SEARCHES, help="choose the units to remove automatically")
     s = parser.add_argument_group("search (--search)")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.names import VAE_IMPORTANCES as IMPORTANCES
+
 
 def add_parser(subparsers) -> None:
-    from slimdiff.vae.prune import IMPORTANCES
 
     p = subparsers.add_parser(
         "prune-vae",
