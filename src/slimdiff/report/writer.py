@@ -114,7 +114,8 @@ def write_report(
     max_grid_rows: int = 16,
     embed_images: bool = False,
 ) -> tuple[Path, Path]:
-    """Write `report.html` and `report.md` in `out_dir`; returns their paths.
+    """Write `report.html` and `report.md` in `out_dir`; returns their paths. A numbered-step
+    orchestration: 1 the metrics table, 2 the sample grid, 3 plots, 4 extra sections, then both pages.
 
     `metrics_rows`: one dict per model, e.g. {"model": "teacher", "alignment": 0.93, ...}; the
     table's columns are the keys in order of first appearance (or `columns`).
