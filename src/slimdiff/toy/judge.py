@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimdiff.toy import world
+from slimdiff.io import atomic_path
+from slimdiff.toy import judge_path, world
 
 # head name -> class names (the label space of each attribute)
 HEADS: dict[str, tuple[str, ...]] = {"count": world.COUNTS, "layout": world.LAYOUTS}
@@ -180,7 +181,6 @@ def save_judge(judge: Judge, path: str | Path) -> Path:
     """Write `model.safetensors` (fp32) and, when set, the fixed PCA basis `pca.safetensors`."""
     from safetensors.torch import save_file
 
-    from slimdiff.io import atomic_path
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,6 @@ def load_judge(path: str | Path | None = None) -> Judge:
     """
     from safetensors.torch import load_file
 
-    from slimdiff.toy import judge_path
 
     path = Path(path) if path is not None else judge_path()
     file = path / "model.safetensors"

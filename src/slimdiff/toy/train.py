@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from slimdiff.io import atomic_path, read_json, to_jsonable, write_json
 from slimdiff.toy import components, world
+from slimdiff.toy.judge import Judge, augment, save_judge
 from slimdiff.toy.tokenizer import build_tokenizer
 from slimdiff.train.ema import EMA  # the project's one EMA (used plain here: no warm-up of the decay)
 
@@ -330,7 +331,6 @@ def export_pipeline(cfg: ToyTrainConfig, out: Path, dest: Path | None = None) ->
 
 def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     """Train the judge on augmented renders of every split; save `out/judge/`."""
-    from slimdiff.toy.judge import Judge, augment, save_judge
 
     torch.manual_seed(cfg.seed + 4)
     judge = Judge()
