@@ -181,7 +181,6 @@ def save_judge(judge: Judge, path: str | Path) -> Path:
     """Write `model.safetensors` (fp32) and, when set, the fixed PCA basis `pca.safetensors`."""
     from safetensors.torch import save_file
 
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "model.safetensors") as tmp:
@@ -199,7 +198,6 @@ def load_judge(path: str | Path | None = None) -> Judge:
     when absent, and then `slimdiff.eval.toy.pca_basis` fits it on rendered train scenes).
     """
     from safetensors.torch import load_file
-
 
     path = Path(path) if path is not None else judge_path()
     file = path / "model.safetensors"
