@@ -50,7 +50,8 @@ from slimdiff.prune.laptop import Budget, BudgetAccount, laptop_select
 from slimdiff.recipe import read_recipe
 from slimdiff.sample import multi_unet_pipeline
 from slimdiff.stages import Stage, differences, run_or_reuse
-from slimdiff.unet import apply_preset, list_units, load_pipeline, load_unet, remove_units, save_student, to_slim
+from slimdiff.unet import apply_preset, list_units, load_unet, remove_units, save_student, to_slim
+from slimdiff.sample import load_pipeline
 from slimdiff.unet.assemble import assemble_saved
 
 

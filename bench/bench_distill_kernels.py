@@ -25,7 +25,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from slimdiff.unet import apply_preset, load_pipeline
+    from slimdiff.unet import apply_preset
+    from slimdiff.sample import load_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -68,7 +68,8 @@ def proxy_pipeline():
 
 
 def load_world(world: str):
-    from slimdiff.unet import apply_preset, load_pipeline
+    from slimdiff.unet import apply_preset
+    from slimdiff.sample import load_pipeline
 
     pipe = proxy_pipeline() if world == "proxy" else load_pipeline("toy")
     return pipe, apply_preset(pipe.unet, "bk-small")[0]

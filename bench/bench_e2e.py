@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from slimdiff.eval.compare import compare
-from slimdiff.eval.runner import default_sampling, resolve_pipeline, with_vae
+from slimdiff.sample import fill_sampling, resolve_pipeline, with_vae
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import median, num_threads, time_rounds
 from slimdiff.report.tables import markdown_table
@@ -52,8 +52,8 @@ def main() -> None:
     teacher = resolve_pipeline(args.teacher)
     student_dir = Path(args.student) / "pipeline" if (Path(args.student) / "pipeline").is_dir() else Path(args.student)
     student = resolve_pipeline(str(student_dir))
-    s_steps, s_guidance = default_sampling(student)
-    _, r_guidance = default_sampling(teacher)
+    s_steps, s_guidance = fill_sampling(student, None, None)
+    _, r_guidance = fill_sampling(teacher, None, None)
     rows = {  # name -> (pipeline, steps, guidance)
         f"reference ({args.reference_steps} steps)": (teacher, args.reference_steps, r_guidance),
         "reference + pruned VAE": (with_vae(teacher, args.vae), args.reference_steps, r_guidance),

@@ -11,7 +11,7 @@ target = `--target-ratio` x the table's prediction for the teacher; (2) per vari
 (`ToyAlignmentScore`: `alignment_score` when the judge gives it, else `alignment`) on the
 validation split: `robust` interleaves robust training (stochastic depth, SnapFusion
 Algorithm 1) with the rounds, `plain` evolves the teacher as it is; (3) the teacher and every
-result evaluated on the test split (`slimdiff.eval.evaluate`: the judge's metrics with their
+result evaluated on the test split (`slimdiff.eval.evaluation`: the judge's metrics with their
 confidence intervals, whatever the evaluation runner reports) and timed round-robin with the
 table's settings. Results: OUT.md, OUT.json; each run's student and recipe.json in WORK/.
 """

@@ -30,7 +30,8 @@ from slimdiff.eval import stats
 from slimdiff.eval.compare import compare
 from slimdiff.io import atomic_write, read_json, write_json
 from slimdiff.stages import Stage, differences, run_or_reuse
-from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student
+from slimdiff.unet import apply_preset, load_unet, save_student
+from slimdiff.sample import load_pipeline
 
 # name -> (preset, feature loss)
 STUDENTS = {

@@ -38,7 +38,8 @@ from slimdiff.prune.laptop import Budget, laptop_select
 from slimdiff.profile import model_latencies
 from slimdiff.prune.report import plot_unit_scores
 from slimdiff.report.tables import format_ci
-from slimdiff.unet import apply_preset, load_pipeline, load_unet, text_width, to_slim
+from slimdiff.unet import apply_preset, load_unet, text_width, to_slim
+from slimdiff.sample import load_pipeline
 
 
 def parse_args() -> argparse.Namespace:

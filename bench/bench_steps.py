@@ -14,7 +14,7 @@ meant for the 10x target: fewer, cheaper and unpaired U-Net calls); DeepCache (t
 0; slimdiff's own cache where the package is missing) and ToMe (ratio 0.5) on the teacher at 25
 steps; slimdiff's DeepCache-style cache (interval 3) on the best step-distilled student.
 Speed: one pipeline call at batch 1 (text encoder + every U-Net call + VAE decode), all
-configurations timed round-robin on the same threads, medians. Quality: `slimdiff.eval.evaluate`
+configurations timed round-robin on the same threads, medians. Quality: `slimdiff.eval.evaluation`
 on the test split (its metrics and CIs as the evaluation runner reports them), plus PSNR against
 the reference's image for the same prompt and noise (fidelity, 95% bootstrap CI).
 Models are trained into --work and reused when present. Results: OUT.md, OUT.json, OUT.png.
@@ -33,10 +33,11 @@ import torch
 
 from slimdiff.distill import DistillConfig, distill
 from slimdiff.distill.step import StepDistillConfig, step_distill
-from slimdiff.eval import evaluate
-from slimdiff.eval.runner import default_sampling, make_scheduler, resolve_pipeline
+from slimdiff.eval import evaluate, stats
+from slimdiff.sample import fill_sampling, make_scheduler, resolve_pipeline
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
+from slimdiff.report.images import to_tensor
 from slimdiff.report.tables import markdown_table
 from slimdiff.sample.peers import apply_accelerator
 from slimdiff.stages import Stage, run_or_reuse
@@ -157,7 +158,7 @@ def build(row: dict, device):
         pipe.scheduler = make_scheduler(row["scheduler"], pipe)
         if row.get("scheduler_overrides"):
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **row["scheduler_overrides"])
-    steps, guidance = default_sampling(pipe)
+    steps, guidance = fill_sampling(pipe, None, None)
     row["steps"], row["guidance"] = row.get("steps") or steps, row.get("guidance") or guidance
     apply_accelerator(pipe, row.get("accelerate"))
     pipe.set_progress_bar_config(disable=True)
@@ -166,13 +167,8 @@ def build(row: dict, device):
 
 def psnr_ci(images, reference, seed: int) -> tuple[float, float, float]:
     """Mean PSNR (dB) of images vs the reference images of the same prompt and noise, 95% bootstrap CI."""
-    a = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in images])
-    b = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in reference])
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
-    rng = np.random.default_rng(seed)
-    boot = [psnr[rng.integers(0, len(psnr), len(psnr))].mean() for _ in range(1000)]
-    return float(psnr.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    out = stats.mean_ci(stats.psnr_per_image(to_tensor(images), to_tensor(reference)), seed=seed)
+    return float(out["value"]), float(out["ci"][0]), float(out["ci"][1])
 
 
 def with_ci(result: dict, key: str):

@@ -33,7 +33,8 @@ import tempfile
 import numpy as np
 import torch
 
-from slimdiff.eval.runner import evaluate
+from slimdiff.eval import stats
+from slimdiff.eval.evaluation import evaluate
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
 from slimdiff.vae import (VaePruneConfig, build_builtin_vae, decoder_params, decoder_widths, load_vae, prune_decoder,
@@ -105,19 +106,14 @@ def speed(args) -> list[dict]:
 # ---------------------------------------------------------------------------------- toy world
 
 
-def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
+def bootstrap_ci(values: np.ndarray, seed: int = 0) -> list[float]:
     """95% percentile bootstrap interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n, len(values)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    return [float(v) for v in stats.mean_ci(values, seed=seed)["ci"]]  # the project's one bootstrap
 
 
 def image_psnr(images, reference) -> np.ndarray:
     """Per-image PSNR (dB) of PIL images against reference PIL images (8-bit)."""
-    a = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in images])
-    b = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in reference])
-    mse = np.maximum(((a - b) ** 2).reshape(len(a), -1).mean(1), 1e-12)
-    return 10 * np.log10(1 / mse)
+    return stats.psnr_per_image(to_tensor(images), to_tensor(reference))  # the project's one PSNR
 
 
 def toy(args, work: str) -> dict:

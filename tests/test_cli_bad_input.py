@@ -31,7 +31,7 @@ def test_numeric_flags_are_checked_when_parsed(argv, message, tmp_path, capsys, 
 def test_undecodable_prompts_are_refused_and_unknown_words_named(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
 
-    from slimdiff.eval.runner import generate
+    from slimdiff.sample import generate
     from slimdiff.testing import tiny_pipeline
 
     out = tmp_path / "images"

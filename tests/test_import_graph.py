@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "slimdiff"
 
 # rooms, lowest floor first: a room may import rooms of a lower index only (and itself).
-# Sub-rooms listed as "room.file" sit on their own floor (toy's build recipe trains with the core).
-ROOMS = ["io", "report", "toy", "testing", "recipe", "data", "unet", "modules", "profile", "sample",
+# Sub-rooms listed as "room.file" sit on their own floor (toy's build recipe trains with the core; the VAE
+# model class sits beside the U-Net, below `sample/` which loads it).
+ROOMS = ["io", "toy", "testing", "recipe", "data", "report", "unet", "modules", "vae.model", "profile", "sample",
          "eval", "train", "distill", "vae", "prune", "stages", "toy.train", "demo", "cli", "__main__"]
 CORE = ("unet", "profile", "train")
 PLUGINS_AND_WORLDS = ("modules", "toy")

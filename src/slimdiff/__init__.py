@@ -6,6 +6,9 @@ artifact stays a diffusers model.
 
 __version__ = "0.1.0"
 
+# the worlds shipped with the package register their named pipelines ("toy"); light (pathlib only)
+from slimdiff import toy as _toy  # noqa: E402,F401
+
 
 def __getattr__(name):
     # Lazy top-level API so `import slimdiff` stays cheap (the CLI imports it on every call).

@@ -39,7 +39,7 @@ from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.eval.compare import compare
 from slimdiff.eval.compare import write as write_compare
 from slimdiff.eval.latency import pipeline_latency
-from slimdiff.eval.runner import default_sampling
+from slimdiff.sample import fill_sampling
 from slimdiff.io import read_json, write_json
 from slimdiff.profile import ProfileSettings, model_latencies, profile_unet
 from slimdiff.recipe import read_recipe
@@ -47,7 +47,8 @@ from slimdiff.report import plot_bars, plot_loss_curves, write_report
 from slimdiff.report.tables import format_ci
 from slimdiff.stages import Stage, differences, run_or_reuse
 from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from slimdiff.unet import apply_preset, load_pipeline, load_unet, save_student, text_width
+from slimdiff.unet import apply_preset, load_unet, save_student, text_width
+from slimdiff.sample import load_pipeline
 from slimdiff.unet.presets import PRESETS
 
 MODELS = ("teacher", "pruned", "distilled")
@@ -264,7 +265,7 @@ def load_step_distilled(run: DemoRun) -> None:
     run.step_pipe = load_pipeline(str(run.out / "step-distill" / "pipeline"))
     run.step_pipe.set_progress_bar_config(disable=True)
     run.unets[STEP_MODEL] = run.step_pipe.unet.eval()
-    run.step_sampling = default_sampling(run.step_pipe)
+    run.step_sampling = fill_sampling(run.step_pipe, None, None)
 
 
 def evaluate_stage(run: DemoRun) -> Stage:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -148,3 +148,25 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a damaged or truncated file
         raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged") from None
+
+
+# ----------------------------------------------------------------------------- named pipelines
+# Worlds register the pipelines they ship under a name (`slimdiff.toy` registers "toy" when the
+# package is imported), so the core resolves names without knowing any world.
+NAMED_PIPELINES: dict[str, Callable[[], Path]] = {}
+
+
+def register_named_pipeline(name: str, path: Callable[[], Path]) -> None:
+    """Make `name` resolve to the pipeline directory `path()` (called when the name is used)."""
+    NAMED_PIPELINES[name] = path
+
+
+def named_pipeline(name: str) -> Path | None:
+    """The directory a registered name stands for, or None for an unregistered name."""
+    path = NAMED_PIPELINES.get(name)
+    return Path(path()) if path is not None else None
+
+
+def is_pipeline_source(value: str) -> bool:
+    """Whether a model argument names a pipeline: a registered name or a directory with model_index.json."""
+    return named_pipeline(str(value)) is not None or (Path(value) / "model_index.json").is_file()

@@ -24,7 +24,7 @@ def _state(model):
 
 @pytest.fixture
 def models(tiny_pipe):
-    from slimdiff.unet import load_pipeline
+    from slimdiff.sample import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipe))
     teacher = pipe.unet.train()

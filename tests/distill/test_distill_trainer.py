@@ -120,7 +120,8 @@ def test_in_memory_api_with_a_preset_student(tiny_pipe, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from slimdiff.distill import DistillConfig
-    from slimdiff.unet import apply_preset, load_pipeline
+    from slimdiff.unet import apply_preset
+    from slimdiff.sample import load_pipeline
 
     pipe = load_pipeline(tiny_pipe)
     student, _ = apply_preset(pipe.unet, "bk-small")

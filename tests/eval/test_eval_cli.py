@@ -6,16 +6,19 @@ import pytest
 
 from slimdiff.cli import main
 from slimdiff.cli.generate import SCHEDULER_NAMES
-from slimdiff.eval import runner
+from slimdiff import sample
+from slimdiff.eval import evaluation
+from slimdiff.eval import toy as eval_toy
+from slimdiff.sample import load as sample_load
 
 
 @pytest.fixture
 def fake_judge_loaded(monkeypatch, fake_judge):
-    monkeypatch.setattr(runner, "_load_judge", lambda: fake_judge)
+    monkeypatch.setattr(evaluation, "shared_judge", lambda: fake_judge)
 
 
 def test_cli_scheduler_choices_match_the_library():
-    assert SCHEDULER_NAMES == tuple(runner.SCHEDULERS)
+    assert SCHEDULER_NAMES == tuple(sample.SCHEDULERS)
 
 
 def test_generate_cli_writes_pngs_and_a_grid(tiny_pipe_dir, tmp_path, capsys):
@@ -41,9 +44,9 @@ def test_a_unet_directory_runs_in_its_recipes_teacher(tiny_pipe, tiny_pipe_dir, 
     unet_dir = tmp_path / "student"
     tiny_pipe.unet.save_pretrained(unet_dir)
     with pytest.raises(ValueError, match="--base"):
-        runner.resolve_pipeline(unet_dir)
+        sample.resolve_pipeline(unet_dir)
     (unet_dir / "recipe.json").write_text(json.dumps({"teacher": str(tiny_pipe_dir)}))
-    pipe = runner.resolve_pipeline(unet_dir)
+    pipe = sample.resolve_pipeline(unet_dir)
     assert pipe.unet.config.block_out_channels == tiny_pipe.unet.config.block_out_channels
 
 
@@ -88,7 +91,7 @@ def test_evaluate_with_the_shipped_judge(tiny_pipe, tmp_path):
 
     judge = load_judge()  # shipped with the package
     kwargs = dict(num_images=3, steps=2, seed=0, batch_size=3, toy=True, judge=judge, progress=False)
-    a, b = runner.evaluate(tiny_pipe, **kwargs), runner.evaluate(tiny_pipe, **kwargs)
+    a, b = evaluation.evaluate(tiny_pipe, **kwargs), evaluation.evaluate(tiny_pipe, **kwargs)
     assert 0 <= a["alignment"] <= 1 and 0 <= a["all_correct"] <= 1 and 0 <= a["alignment_score"] <= 1
     assert [a[k] for k in ("alignment", "all_correct", "kid", "ci")] == [b[k] for k in ("alignment", "all_correct", "kid", "ci")]
 

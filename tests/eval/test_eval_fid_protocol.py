@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from slimdiff.eval import metrics
-from slimdiff.eval.images import image_batches, resize_center_crop
+from slimdiff.report.images import image_batches, resize_center_crop
 from slimdiff.eval.inception import FIDInceptionV3, load_inception
 
 HERE = Path(__file__).parent
@@ -93,7 +93,10 @@ def test_unreadable_images_and_weights_are_named(tmp_path):
 
 
 def test_inception_score_splits_are_not_lowered_silently(tmp_path, inception_file):
-    from slimdiff.eval import runner
+    from slimdiff import sample
+    from slimdiff.eval import evaluation
+    from slimdiff.eval import toy as eval_toy
+    from slimdiff.sample import load as sample_load
 
     with pytest.raises(ValueError, match=r"num_images >= 10 .*got 3"):
-        runner.evaluate("toy", toy=False, prompts=["a"] * 3, num_images=3, inception_weights=inception_file)
+        evaluation.evaluate("toy", toy=False, prompts=["a"] * 3, num_images=3, inception_weights=inception_file)

@@ -8,7 +8,7 @@ from torch import nn
 
 from slimdiff.eval import metrics
 from slimdiff.eval.inception import FID_WEIGHTS_NAME, FIDInceptionV3, load_inception
-from slimdiff.eval.images import to_pil, to_tensor
+from slimdiff.report.images import to_pil, to_tensor
 
 
 def _images(n, seed, size=16):

@@ -8,7 +8,8 @@ import torch
 from slimdiff.sample.cache import FeatureCache
 from slimdiff.sample.peers import apply_accelerator, parse_accelerator
 from slimdiff.testing import tiny_pipeline, tiny_unet
-from slimdiff.unet import apply_preset, load_pipeline
+from slimdiff.unet import apply_preset
+from slimdiff.sample import load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_cached_call_with_the_full_calls_inputs_gives_its_output_exactly():
 
 @pytest.mark.parametrize("scheduler", ["dpm", "euler", "pndm", "ddim"])
 def test_every_scheduler_and_a_no_mid_block_student_run_cached(pipe, scheduler):
-    from slimdiff.eval.runner import scheduler_swapped
+    from slimdiff.sample import scheduler_swapped
 
     student = apply_preset(pipe.unet, "bk-small")[0]  # SlimUNet2DConditionModel, no mid block
     own = pipe.unet

@@ -8,15 +8,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from slimdiff.cli import main
 from slimdiff.testing import tiny_pipeline
-from slimdiff.unet import (
-    SlimUNet2DConditionModel,
-    insert_unit,
-    load_pipeline,
-    load_unet,
-    remove_units,
-    save_student,
-    save_unet,
-)
+from slimdiff.unet import SlimUNet2DConditionModel, insert_unit, load_unet, remove_units, save_student, save_unet
+from slimdiff.sample import load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from diffusers import UNet2DConditionModel
 from slimdiff.cli import main
 from slimdiff.io import write_json
 from slimdiff.testing import tiny_pipeline, tiny_unet_config
-from slimdiff.unet import UNetEditError, load_pipeline, load_unet, remove_units, save_student
+from slimdiff.unet import UNetEditError, load_unet, remove_units, save_student
+from slimdiff.sample import load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ def test_bad_input_is_a_one_line_error(tiny_vae, tiny_pipe, tmp_path, capsys):
 
 
 def test_generate_with_vae_decodes_with_it(tiny_pipe, tmp_path, capsys):
-    from slimdiff.eval.runner import generate
+    from slimdiff.sample import generate
 
     student, info = prune_decoder(load_vae(tiny_pipe), VaePruneConfig(ratio=0.5))
     save_vae(student, tmp_path / "v", recipe=info)
@@ -167,7 +167,7 @@ def test_generate_with_vae_decodes_with_it(tiny_pipe, tmp_path, capsys):
 
 
 def test_evaluate_with_vae_records_it(tiny_pipe, tmp_path):
-    from slimdiff.eval.runner import evaluate
+    from slimdiff.eval.evaluation import evaluate
 
     student, info = prune_decoder(load_vae(tiny_pipe), VaePruneConfig(ratio=0.5))
     save_vae(student, tmp_path / "v", recipe=info)

@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from slimdiff.eval.runner import evaluate, read_prompts, resolve_pipeline, summary_rows
+    from slimdiff.sample import read_prompts, resolve_pipeline
+    from slimdiff.eval.evaluation import evaluate, summary_rows
     from slimdiff.sample.peers import apply_accelerator, parse_accelerator
     from slimdiff.io import write_json
     from slimdiff.report.tables import text_table

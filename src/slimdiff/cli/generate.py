@@ -6,7 +6,7 @@ import argparse
 
 from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_int
 
-SCHEDULER_NAMES = ("ddim", "dpm", "pndm", "euler", "ddpm")  # = slimdiff.eval.runner.SCHEDULERS
+SCHEDULER_NAMES = ("ddim", "dpm", "pndm", "euler", "ddpm")  # = slimdiff.sample.SCHEDULERS
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from slimdiff.eval.runner import generate, read_prompts, resolve_pipeline, save_images
+    from slimdiff.sample import generate, read_prompts, resolve_pipeline, save_images
     from slimdiff.sample.peers import apply_accelerator, parse_accelerator
 
     # 1. prompts from the command line and the file

@@ -62,7 +62,7 @@ from torch import nn
 from slimdiff.data.toy import WORLD
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.kd import DistillResult, KdTrainer
-from slimdiff.eval.runner import default_sampling
+from slimdiff.sample import fill_sampling
 from slimdiff.io import atomic_path, read_json
 from slimdiff.recipe import read_recipe, recipe_path, write_recipe
 from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
@@ -358,7 +358,7 @@ class StepTrainer(KdTrainer):
 
     def _default_guidance(self) -> float:
         """The world's sampling guidance (toy 5, else 7.5): the one call to port to `slimdiff.sample`."""
-        return default_sampling(self.parts.pipeline, self.parts.toy_world)[1]
+        return fill_sampling(self.parts.pipeline, None, None, self.parts.toy_world)[1]
 
     def _sampling(self) -> dict:
         guidance = self.cfg.guidance if self.cfg.guidance is not None else self._default_guidance()

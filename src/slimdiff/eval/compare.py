@@ -22,8 +22,13 @@ import numpy as np
 import torch
 
 from slimdiff.eval import stats
-from slimdiff.eval.images import to_tensor
-from slimdiff.eval.toy import _features, judge_results, pca_basis, summarize
+from slimdiff.report.images import to_tensor
+from slimdiff.eval.toy import features, judge_results, pca_basis, reference_scores, shared_judge, summarize
+from slimdiff.io import atomic_path, write_json
+from slimdiff.report.tables import format_ci, format_value, markdown_table
+from slimdiff.sample.generate import iter_generate
+from slimdiff.sample.load import fill_sampling, resolve_pipeline, scheduler_swapped, with_vae
+from slimdiff.toy import world as toy_world
 
 # table columns: metric key -> header; higher is better except kid / judge_fid
 COLUMNS = {
@@ -80,9 +85,6 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     Returns {"rows": [...], "markdown": str, "settings": {...}}; each row holds the metrics,
     `ci` (intervals), `diff_ci` (interval of the difference from the baseline) and `marks`.
     """
-    from slimdiff.eval.runner import (_load_judge, default_sampling, iter_generate, resolve_pipeline,
-                                      scheduler_swapped, with_vae)
-
     # 1. check the inputs before any generation
     models = list(models)
     if not models:
@@ -103,12 +105,11 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     for label, index in (("baseline", baseline), ("teacher", teacher)):
         if index is not None and not 0 <= index < len(models):
             raise ValueError(f"{label} index {index} is not a model index in [0, {len(models) - 1}]")
-    if world is None:
-        from slimdiff.toy import world
+    world = world if world is not None else toy_world
     if split not in world.SPLITS:
         raise ValueError(f"split {split!r} is not one of {list(world.SPLITS)}")
     pipes = [with_vae(resolve_pipeline(m), v) for m, v in zip(models, vaes)]
-    judge = judge if judge is not None else _load_judge()
+    judge = judge if judge is not None else shared_judge()
     scenes = world.sample_scenes(split, num_images, seed)
     prompts = [world.caption(s) for s in scenes]
     rendered = to_tensor([world.render(s) for s in scenes])
@@ -116,8 +117,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     # 2. generate: every model, the same prompts and per-image seeds
     per_model, settings, kept = [], [], {}
     for name, pipe, n_steps, scale, vae_of in zip(names, pipes, steps, guidance, vaes):
-        s, g = default_sampling(pipe)
-        s, g = (n_steps if n_steps is not None else s), (scale if scale is not None else g)
+        s, g = fill_sampling(pipe, n_steps, scale)
         images = []
         with scheduler_swapped(pipe, scheduler):
             for _, _, batch in iter_generate(pipe, prompts, s, g, seed, batch_size, progress=progress):
@@ -138,7 +138,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     # 3. metrics with shared draws; differences from the baseline
     idx = stats.draws(num_images, seed=seed)
     novel = np.array([world.is_novel(s) for s in scenes])
-    ref_features = _features(judge, rendered)
+    ref_features = features(judge, rendered)
     basis = pca_basis(judge, world) if num_images >= 10 * stats.PCA_DIMS else None
     teach = per_model[teacher] if teacher is not None else None
     results = [summarize(per, novel, idx, ref_features, basis, teach if i != teacher else None, keep_draws=True)
@@ -153,8 +153,6 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
         rows.append({"model": name, **st, **res, **(extra or {}).get(name, {})})
     results[baseline].pop("_draws", None)
     if reference:
-        from slimdiff.eval.toy import reference_scores
-
         ref = reference_scores(scenes, judge=judge, world=world, seed=seed)
         rows.append({"model": "rendered (ceiling)", **ref, "diff_ci": {}, "marks": {}})
     out = {"rows": rows, "contrasts": [_contrast(a, b, all_draws, results[names.index(a)], results[names.index(b)])
@@ -192,8 +190,6 @@ def _contrast(a: str, b: str, draws: dict, res_a: dict, res_b: dict) -> dict:
 
 def contrasts_markdown(result: dict) -> str:
     """The contrasts as a table: metric differences a - b [95% paired CI], `*` where it excludes 0."""
-    from slimdiff.report.tables import format_ci, markdown_table
-
     rows = []
     for c in result.get("contrasts", []):
         row = {"a - b": f"{c['a']} - {c['b']}"}
@@ -206,8 +202,6 @@ def contrasts_markdown(result: dict) -> str:
 
 def markdown(result: dict, extra_columns: Sequence[str] = ()) -> str:
     """The comparison as a markdown table: value [95% CI], `*` where it differs from the baseline."""
-    from slimdiff.report.tables import format_ci, format_value, markdown_table
-
     keys = [k for k in COLUMNS if any(_get(r, k) is not None for r in result["rows"])]
     table = []
     for r in result["rows"]:
@@ -227,8 +221,6 @@ def markdown(result: dict, extra_columns: Sequence[str] = ()) -> str:
 
 def write(result: dict, json_path: str | os.PathLike | None = None, md_path: str | os.PathLike | None = None) -> None:
     """Write the comparison's JSON and / or markdown table (atomically)."""
-    from slimdiff.io import atomic_path, write_json
-
     if json_path is not None:
         write_json(json_path, {k: v for k, v in result.items() if k != "images"})
     if md_path is not None:

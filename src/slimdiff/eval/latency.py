@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from slimdiff.profile.latency import make_unet_inputs, median, time_call
+from slimdiff.unet import text_width
 
 
 @torch.no_grad()
@@ -33,7 +34,6 @@ def unet_latency(
     (`slimdiff.unet.text_width`). `batch_size=2` times a classifier-free guidance pair. Runs on the
     U-Net's own device and dtype (move or cast it beforehand), in eval mode.
     """
-    from slimdiff.unet import text_width
 
     was_training = unet.training
     unet.eval()

@@ -1,6 +1,6 @@
 """Image-generation metrics: FID, Inception Score, CLIP score, and the toy world's judge-FID.
 
-Images are anything `slimdiff.eval.images.to_tensor` accepts (PIL images, uint8 arrays, float
+Images are anything `slimdiff.report.images.to_tensor` accepts (PIL images, uint8 arrays, float
 tensors (N, 3, H, W) in [0, 1]) or, for FID and IS, a folder (streamed from disk). Weights are
 never downloaded: each real-model metric takes a local path and raises FileNotFoundError
 naming it and the file it expects.
@@ -10,8 +10,16 @@ naming it and the file it expects.
     inception_score(gen, inception_weights=...)      # -> (mean, std) over splits
     clip_score(gen, prompts, clip_dir="clip-vit-large-patch14/")   # mean raw cosine
 
-For generation runs too large to hold in memory, the scorers accumulate batch by batch:
+For generation runs too large to hold in memory, the scorers accumulate batch by batch (the
+evaluation engine's scorer interface: `update(images, prompts)`, `result()`):
     scorer = FIDScorer(weights, ref_images="coco_val_256/"); scorer.update(batch); scorer.result()
+    # {"fid": 12.3, "ci": {"fid": [lo, hi]}}
+
+Every scorer's `result()` carries a 95% bootstrap interval over the generated images (draws
+`stats.draws(N, seed)`, shared with the toy metrics of the same run): FID resamples the generated
+set's features against the fixed reference statistics (`stats.frechet_draws`, bias-shifted as
+judge-FID), IS recomputes the score on resampled logits, CLIP score resamples per-image cosines.
+The point estimates are those of the whole set, as before.
 
 FID protocol (METHODS.md section 7): generated and reference images are both resized (shorter
 side, bicubic) and centre-cropped to `FID_SIZE` = 256 before the Inception, which resizes them
@@ -28,13 +36,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-from slimdiff.eval.images import ImagesLike, image_batches, resize_center_crop, to_tensor
+from slimdiff.eval import stats
 from slimdiff.eval.inception import FIDInceptionV3, InceptionFeatures, InceptionLogits, load_inception
+from slimdiff.report.images import ImagesLike, image_batches, resize_center_crop, to_tensor
 
 DEFAULT_BATCH = 32  # images per feature-extractor forward
 IS_SPLITS = 10  # the field's Inception Score splits (Salimans et al. 2016)
@@ -81,20 +91,27 @@ class FrechetScorer:
 
     key = "frechet_distance"
 
-    def __init__(self, feature_module: nn.Module, size: int | None = None):
+    def __init__(self, feature_module: nn.Module, size: int | None = None, seed: int = 0):
         if size is not None and size < 1:
             raise ValueError(f"size must be >= 1 pixel (or None: the images' own size), got {size}")
         self.size = size  # every image is resized and centre-cropped to size x size first (None: as is)
+        self.seed = seed  # of the bootstrap draws
         self.device = _module_device(feature_module)
         self.metric = FrechetInceptionDistance(feature=feature_module, normalize=True).to(self.device)
+        self._last: list[torch.Tensor] = []  # the feature module's output of the current update
+        self.generated: list[torch.Tensor] = []  # generated features (N, D) float32, kept for the interval
+        self.metric.inception.register_forward_hook(lambda module, args, out: self._last.append(out))
 
     @torch.no_grad()
     def add_reference(self, images: torch.Tensor) -> None:
         self.metric.update(self._prepare(images), real=True)
+        self._last.clear()
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
         self.metric.update(self._prepare(images), real=False)
+        self.generated.extend(f.detach().float().cpu().reshape(-1, f.shape[-1]) for f in self._last)
+        self._last.clear()
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device)
@@ -108,8 +125,19 @@ class FrechetScorer:
                 raise ValueError(f"a Fréchet distance needs at least 2 images per set; the {name} set has {n}")
         return float(self.metric.compute().item())
 
-    def result(self) -> dict[str, float]:
-        return {self.key: self.value()}
+    def interval(self, value: float) -> list[float]:
+        """95% bootstrap interval: the generated features resampled, the reference statistics fixed."""
+        m = self.metric
+        n_ref = m.real_features_num_samples
+        ref_mean = (m.real_features_sum / n_ref).double()
+        ref_cov = ((m.real_features_cov_sum - n_ref * torch.outer(ref_mean, ref_mean)) / (n_ref - 1)).cpu().numpy()
+        gen = torch.cat(self.generated).double().numpy()
+        idx = stats.draws(len(gen), seed=self.seed)[: stats.RECOMPUTE_DRAWS]
+        return stats.shifted_interval(stats.frechet_draws(gen, ref_mean.cpu().numpy(), ref_cov, idx), value)
+
+    def result(self) -> dict:
+        value = self.value()
+        return {self.key: value, "ci": {self.key: self.interval(value)}}
 
 
 @torch.no_grad()
@@ -174,9 +202,10 @@ class FIDScorer(FrechetScorer):
         dims: int = 2048,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH,
+        seed: int = 0,
     ):
         net = inception if isinstance(inception, FIDInceptionV3) else load_inception(inception, device=device)
-        super().__init__(InceptionFeatures(net, dims), size=size)
+        super().__init__(InceptionFeatures(net, dims), size=size, seed=seed)
         for batch in image_batches(ref_images, batch_size, size=size):
             self.add_reference(batch)
 
@@ -221,9 +250,16 @@ class ISScorer:
             mean, std = self.metric.compute()
         return float(mean.item()), float(std.item())
 
-    def result(self) -> dict[str, float]:
+    def interval(self) -> list[float]:
+        """95% bootstrap interval of the score: the images' logits resampled, the score recomputed."""
+        logits = torch.cat([f.detach().cpu() for f in self.metric.features])
+        idx = stats.draws(len(logits), seed=self.seed)[: stats.RECOMPUTE_DRAWS]
+        return stats.interval(np.array([stats.inception_score_of(logits[torch.from_numpy(i)], self.splits)
+                                        for i in idx]))
+
+    def result(self) -> dict:
         mean, std = self.value()
-        return {"is": mean, "is_std": std}
+        return {"is": mean, "is_std": std, "ci": {"is": self.interval()}}
 
 
 def fid(
@@ -306,11 +342,13 @@ class CLIPScorer:
     accepts only hub names, and transformers >= 5 changed the return type it relies on.)
     """
 
-    def __init__(self, clip_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    def __init__(self, clip_dir: str | os.PathLike, device: str | torch.device = "cpu", seed: int = 0):
         self.model, self.processor = load_clip(clip_dir, device=device)
         self.device = torch.device(device)
         self.max_len = self.model.config.text_config.max_position_embeddings
         self.total, self.count = 0.0, 0
+        self.seed = seed  # of the bootstrap draws
+        self.per_image: list[float] = []  # cosine of each image with its prompt, for the interval
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, prompts: Sequence[str]) -> None:
@@ -326,16 +364,20 @@ class CLIPScorer:
         txt = _embedding(self.model.get_text_features(
             input_ids=txt_in["input_ids"].to(self.device), attention_mask=txt_in["attention_mask"].to(self.device)
         ))  # (B, E)
-        self.total += torch.nn.functional.cosine_similarity(img, txt, dim=-1).sum().item()
+        cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)  # (B,)
+        self.total += cos.sum().item()
         self.count += len(prompts)
+        self.per_image.extend(cos.double().cpu().tolist())
 
     def value(self) -> float:
         if self.count == 0:
             raise ValueError("clip_score has seen no images")
         return self.total / self.count
 
-    def result(self) -> dict[str, float]:
-        return {"clip_score": self.value()}
+    def result(self) -> dict:
+        value = self.value()
+        ci = stats.mean_ci(np.array(self.per_image), seed=self.seed)["ci"] if self.count >= 2 else [value, value]
+        return {"clip_score": value, "ci": {"clip_score": ci}}
 
 
 def clip_score(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 BOOTSTRAP_DRAWS = 1000  # percentile intervals settle to ~0.005 of their width by 1000 draws
+RECOMPUTE_DRAWS = 200  # draws of a statistic recomputed per draw (Fréchet: an eigen-decomposition each)
 CONFIDENCE = 0.95
 PCA_DIMS = 16  # judge-FID dimensions: N >= 10 x dims holds from N = 160 (issue: bias at small N)
 
@@ -164,20 +165,62 @@ def pca_fid(gen_features: torch.Tensor, ref_features: torch.Tensor, basis: dict[
     idx = draws(n, seed=seed) if idx is None else idx
     value = _frechet(a, b)
     boot = np.array([_frechet(a[i], b[i]) for i in idx[:200]])  # sqrtm per draw: 200 suffice
+    return {"value": value, "ci": shifted_interval(boot, value), "n": n}
+
+
+def shifted_interval(boot: np.ndarray, value: float) -> list[float]:
+    """The percentile interval of a distance's bootstrap draws shifted by their bias (median of the
+    draws - estimate), clipped at 0: resampled sets repeat images, which inflates a distance."""
     bias = float(np.median(boot)) - value
     lo, hi = interval(boot)
-    return {"value": value, "ci": [max(0.0, lo - bias), max(0.0, hi - bias)], "n": n}
+    return [max(0.0, lo - bias), max(0.0, hi - bias)]
+
+
+def frechet_draws(gen: np.ndarray, ref_mean: np.ndarray, ref_cov: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Fréchet distance of each bootstrap draw of the generated features `gen` (N, D) against fixed
+    reference statistics (mean (D,), covariance (D, D)); `idx` (draws, N).
+
+    Tr (S_g S_r)^(1/2) = Tr (R S_g R)^(1/2) with R = S_r^(1/2) symmetric, so each draw needs one
+    symmetric eigen-decomposition (Heusel et al. 2017, eq. 6).
+    """
+    w, v = np.linalg.eigh(ref_cov)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # R = S_r^(1/2)
+    out = []
+    for draw in idx:
+        x = gen[draw]
+        mu, cov = x.mean(axis=0), np.cov(x, rowvar=False)
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cov @ root), 0, None)).sum()
+        out.append(((mu - ref_mean) ** 2).sum() + np.trace(cov) + np.trace(ref_cov) - 2 * trace_sqrt)
+    return np.array(out)
+
+
+def inception_score_of(logits: torch.Tensor, splits: int) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) per split of the rows, averaged (Salimans et al. 2016; as torchmetrics,
+    without its shuffle): logits (N, classes)."""
+    prob, log_prob = logits.double().softmax(dim=1), logits.double().log_softmax(dim=1)
+    scores = [(p * (lp - p.mean(dim=0, keepdim=True).log())).sum(dim=1).mean().exp()
+              for p, lp in zip(prob.chunk(splits, dim=0), log_prob.chunk(splits, dim=0))]
+    return float(torch.stack(scores).mean())
 
 
 # ---------------------------------------------------------------------------------------------
 # fidelity to a teacher (same prompt, same initial noise)
 
 
-def psnr_per_image(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
-    """PSNR in dB of each image against its reference, float (N, 3, H, W) in [0, 1]; capped at 100."""
+def psnr_per_image(images: torch.Tensor, reference: torch.Tensor,
+                   value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """PSNR in dB of each image against its reference, float (N, C, H, W); capped at 100.
+
+    The one PSNR of slimdiff. `value_range`: the images' (lo, hi), e.g. (-1, 1) for decoder outputs;
+    both are clamped to it (as a pipeline shows them) and scaled to [0, 1], so the peak is 1.
+    """
     if images.shape != reference.shape:
         raise ValueError(f"PSNR needs images of one shape, got {tuple(images.shape)} and {tuple(reference.shape)}")
-    mse = ((images.double() - reference.double()) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
+    lo, hi = value_range
+    if not hi > lo:
+        raise ValueError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
+    a, b = ((x.double().clamp(lo, hi) - lo) / (hi - lo) for x in (images, reference))
+    mse = ((a - b) ** 2).mean(dim=tuple(range(1, a.ndim))).clamp(min=1e-10)
     return (10 * torch.log10(1.0 / mse)).clamp(max=100.0).numpy()
 
 

@@ -20,23 +20,29 @@ Keys (values; their intervals under the same name in `out["ci"]`):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from slimdiff.eval import stats
-from slimdiff.eval.images import to_tensor
+from slimdiff.report.images import to_tensor
+from slimdiff.toy import world as toy_world
+from slimdiff.toy.judge import load_judge
+from slimdiff.toy.judge import summarize as judge_summary
 
 FAMILY_KEYS = ("count", "layout", "colour", "shape", "size")
 
 
-def _judge(judge):
-    if judge is not None:
-        return judge
-    from slimdiff.eval.runner import _load_judge
+@functools.lru_cache(maxsize=1)
+def shared_judge():
+    """The shipped judge, loaded once per process (searches evaluate many times)."""
+    return load_judge()
 
-    return _load_judge()
+
+def _judge(judge):
+    return judge if judge is not None else shared_judge()
 
 
 def pca_basis(judge, world=None, n: int = 4096, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -45,8 +51,7 @@ def pca_basis(judge, world=None, n: int = 4096, seed: int = 0) -> dict[str, torc
     beside the judge's weights (`pca.safetensors`)."""
     if getattr(judge, "pca", None) is not None:
         return judge.pca
-    if world is None:
-        from slimdiff.toy import world
+    world = world if world is not None else toy_world
     with torch.no_grad():
         rendered = world.to_tensor(world.render_batch(world.sample_scenes("train", n, seed=seed + 31337)))
         feats = torch.cat([judge.features(rendered[i : i + 512]) for i in range(0, n, 512)])
@@ -58,7 +63,7 @@ def pca_basis(judge, world=None, n: int = 4096, seed: int = 0) -> dict[str, torc
     return basis
 
 
-def _features(judge, images: torch.Tensor) -> torch.Tensor:
+def features(judge, images: torch.Tensor) -> torch.Tensor:
     """The judge's features (N, D) of images, standardised with its fixed basis (`pca_basis`)."""
     with torch.no_grad():
         raw = torch.cat([judge.features(images[i : i + 256]) for i in range(0, len(images), 256)])
@@ -68,7 +73,7 @@ def _features(judge, images: torch.Tensor) -> torch.Tensor:
 def judge_results(judge, images: torch.Tensor, scenes: Sequence) -> dict[str, np.ndarray]:
     """The judge's per-image arrays (`Judge.per_image`) plus its standardised features (`features`)."""
     per = dict(judge.per_image(images, scenes))
-    per["features"] = _features(judge, images)
+    per["features"] = features(judge, images)
     return per
 
 
@@ -81,7 +86,6 @@ def summarize(per: dict[str, np.ndarray], novel: np.ndarray, idx: np.ndarray,
     `teacher`: the teacher's per-image arrays on the same prompts and seeds (for fidelity).
     `keep_draws`: also return the per-draw values (`_draws`), for paired differences.
     """
-    from slimdiff.toy.judge import summarize as judge_summary
 
     n = len(per["hits"])
     out: dict[str, Any] = {}
@@ -156,8 +160,7 @@ def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool 
     `fid`: also the distribution metrics (`kid`, `judge_fid`). `teacher_images`: the teacher's
     images for the same prompts and seeds, for the fidelity metrics.
     """
-    if world is None:
-        from slimdiff.toy import world
+    world = world if world is not None else toy_world
     judge = _judge(judge)
     gen = to_tensor(images)
     if gen.shape[0] != len(scenes):
@@ -174,9 +177,9 @@ def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool 
     teacher = None
     if teacher_images is not None:
         t = to_tensor(teacher_images)
-        teacher = {"images": t, "features": _features(judge, t)}
+        teacher = {"images": t, "features": features(judge, t)}
     novel = np.array([bool(getattr(world, "is_novel", lambda s: False)(s)) for s in scenes])
-    ref_features = _features(judge, rendered) if fid else None
+    ref_features = features(judge, rendered) if fid else None
     basis = pca_basis(judge, world)
     basis = basis if fid and len(scenes) >= 10 * basis["components"].shape[1] else None
     return summarize(per, novel, stats.draws(len(scenes), seed=seed), ref_features, basis, teacher)
@@ -185,7 +188,6 @@ def toy_scores(images, scenes, judge=None, world=None, rendered=None, fid: bool 
 def reference_scores(scenes, judge=None, world=None, seed: int = 0) -> dict[str, Any]:
     """The ceiling: rendered images of the same captions with the objects placed anew
     (`world.same_caption`) scored against the rendered scenes, as `toy_scores` scores a model."""
-    if world is None:
-        from slimdiff.toy import world
+    world = world if world is not None else toy_world
     other = [world.same_caption(s, seed + 1 + i) for i, s in enumerate(scenes)]
     return toy_scores([world.render(s) for s in other], scenes, judge=judge, world=world, seed=seed)

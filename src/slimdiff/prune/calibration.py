@@ -22,9 +22,10 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from slimdiff.eval.runner import is_toy_pipeline  # the lead ports it to slimdiff.sample
+from slimdiff.sample import is_toy_pipeline
 from slimdiff.toy import world
-from slimdiff.unet import load_pipeline, resolve_source, text_width
+from slimdiff.unet import resolve_source, text_width
+from slimdiff.sample import load_pipeline
 
 
 @dataclasses.dataclass

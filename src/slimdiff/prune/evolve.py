@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from slimdiff.distill import DistillConfig, distill
-from slimdiff.eval.runner import evaluate, resolve_pipeline  # the lead ports them to slimdiff.sample / eval
+from slimdiff.sample import resolve_pipeline
+from slimdiff.eval.evaluation import evaluate
 from slimdiff.unet import insert_unit, remove_units
 
 from .criteria import CANDIDATE_KINDS, as_slim

@@ -32,7 +32,8 @@ import dataclasses
 from typing import Callable, Mapping, Sequence
 
 from slimdiff.profile import LatencyLUT, ProfileSettings, model_latencies, profile_unet
-from slimdiff.unet import check_removal, load_pipeline, remove_units, resolve_source, text_width
+from slimdiff.unet import check_removal, remove_units, resolve_source, text_width
+from slimdiff.sample import load_pipeline
 
 from . import knapsack
 from .criteria import Criterion, as_slim, removable_units

@@ -27,7 +27,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from slimdiff.eval.runner import is_toy_pipeline, resolve_pipeline  # the lead ports it to slimdiff.sample
+from slimdiff.sample import is_toy_pipeline, resolve_pipeline
 from slimdiff.unet import load_unet, save_student, to_slim
 
 from .calibration import CalibrationConfig, calibration_for

@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from slimdiff.report.images import to_pil
+
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 MAX_LABEL_LINES = 3  # a longer caption is cut with an ellipsis
@@ -67,8 +69,6 @@ def make_grid(
     `col_labels`: one text per column, above it. `cell_size`: the longer side of each cell in
     pixels (default: the first image's size). Returns an RGB image.
     """
-    from slimdiff.eval.images import to_pil
-
     images = to_pil(images)
     n = len(images)
     if n == 0:

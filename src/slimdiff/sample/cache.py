@@ -32,12 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimdiff.unet import get_module, list_units
+
 
 class FeatureCache:
     """Run `unet` in full every `interval`-th call of a trajectory and only its shallow branch between."""
 
     def __init__(self, unet: nn.Module, interval: int = 3, shallow_layers: int = 1):
-        from slimdiff.unet import get_module, list_units
 
         if not isinstance(interval, int) or interval < 1:
             raise ValueError(f"cache interval {interval!r} is invalid: an integer >= 1 (DeepCache: 3)")

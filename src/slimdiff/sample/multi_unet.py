@@ -23,6 +23,8 @@ from typing import Any
 
 from diffusers import StableDiffusionPipeline
 
+from slimdiff.sample.load import resolve_pipeline
+
 
 class _Switch:
     """Stands in for `pipe.unet` during one call: the first k calls go to A, the rest to B;
@@ -109,10 +111,9 @@ def parse_schedule(spec: str) -> list[tuple[str, int]]:
 def multi_unet_pipeline(schedule: str | list[tuple[str, int]], base: str | os.PathLike | None = None,
                         steps: int | None = None) -> MultiUNetStableDiffusionPipeline:
     """A pipeline from a schedule (`parse_schedule`): the last entry's U-Net is `unet` (B), the first
-    one's `unet_first` (A). Each MODEL is anything `slimdiff.eval.runner.resolve_pipeline` takes
+    one's `unet_first` (A). Each MODEL is anything `slimdiff.sample.resolve_pipeline` takes
     (a bare U-Net directory is hosted in `base`). Tokenizer, text encoder, VAE and scheduler come
     from `base`, else from B's pipeline. `steps`: the sampler's steps, checked against the sum."""
-    from slimdiff.eval.runner import resolve_pipeline
 
     entries = parse_schedule(schedule) if isinstance(schedule, str) else list(schedule)
     total = sum(s for _, s in entries)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from slimdiff.sample.cache import FeatureCache
+
 # name -> (value type, what the value is, valid check, package it needs or None)
 ACCELERATORS: dict[str, tuple[type, str, Callable[[Any], bool], str | None]] = {
     "deepcache": (int, "cache interval N >= 1 (DeepCache's documented 3)", lambda v: v >= 1, None),
@@ -55,7 +57,6 @@ def apply_accelerator(pipe: Any, spec: str | None) -> Callable[[], None]:
     name, value = parse_accelerator(spec)
     package = ACCELERATORS[name][3]
     if name == "deepcache":
-        from slimdiff.sample.cache import FeatureCache
 
         return FeatureCache(pipe.unet, interval=value).enable().disable
     module = _require(package, spec)

@@ -8,12 +8,14 @@
 
 Modules: `world` (renderer, captions, splits), `judge` (the attribute reader and its scores),
 `evaluate` (sampling defaults), `train` (the recipe that made the shipped assets).
-Evaluation: `slimdiff.eval.runner.evaluate("toy")` or `slimdiff evaluate toy`.
+Evaluation: `slimdiff.eval.evaluate("toy")` or `slimdiff evaluate toy`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from slimdiff.io import register_named_pipeline
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -24,6 +26,9 @@ def pipeline_path() -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"the toy pipeline is missing from the package: {path} has no model_index.json")
     return path
+
+
+register_named_pipeline("toy", pipeline_path)  # `load_unet("toy")`, `slimdiff evaluate toy`, ...
 
 
 def judge_path() -> Path:

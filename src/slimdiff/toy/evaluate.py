@@ -1,7 +1,7 @@
 """The toy pipeline's sampling defaults, its loader, and a plain image grid for renders.
 
 Evaluation (judge alignment, all-correct, judge-FID, the rendered ceiling) is
-`slimdiff.eval.runner.evaluate` / `slimdiff evaluate toy`, which uses these defaults.
+`slimdiff.eval.evaluate` / `slimdiff evaluate toy`, which uses these defaults.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from slimdiff.io import atomic_path
+from slimdiff.toy import pipeline_path
 
 
 DEFAULT_STEPS = 20  # DPM-Solver++ steps of the shipped sampler
@@ -19,8 +22,6 @@ def load_toy_pipeline(path: str | Path | None = None):
     """`StableDiffusionPipeline.from_pretrained(path or the shipped toy)`, progress bar off."""
     from diffusers import StableDiffusionPipeline
 
-    from slimdiff.toy import pipeline_path
-
     pipe = StableDiffusionPipeline.from_pretrained(Path(path) if path is not None else pipeline_path())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -30,8 +31,6 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, scale: int 
     """Write images (N, 3, H, W) in [0, 1] as one PNG grid, each upscaled `scale`x (nearest)."""
     import numpy as np
     from PIL import Image
-
-    from slimdiff.io import atomic_path
 
     n, _, h, w = images.shape
     nrow = (n + ncol - 1) // ncol

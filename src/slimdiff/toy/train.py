@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from slimdiff.eval.toy import pca_basis
 from slimdiff.io import atomic_path, read_json, to_jsonable, write_json
 from slimdiff.toy import components, world
 from slimdiff.toy.judge import Judge, augment, save_judge
@@ -375,7 +376,6 @@ def train_judge(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
                               "gen": gen.get_state(), "step": step})
     bar.close()
     judge.eval()
-    from slimdiff.eval.toy import pca_basis
 
     pca_basis(judge, n=cfg.judge_pca_scenes)  # judge-FID's fixed 16-dim PCA of rendered train scenes, saved beside the weights
     dest = save_judge(judge, out / "judge")

@@ -23,10 +23,11 @@ from torch import nn
 from slimdiff.data import build_dataset
 from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
 from slimdiff.data.toy import WORLD, is_toy_source
-from slimdiff.io import apply_file_modes
+from slimdiff.io import apply_file_modes, is_pipeline_source
 from slimdiff.recipe import read_recipe
 from slimdiff.train.speed import DTYPES
-from slimdiff.unet import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, text_widths, to_diffusers
+from slimdiff.unet import load_unet, resolve_source, save_pipeline_with_unet, text_widths, to_diffusers
+from slimdiff.sample import load_pipeline
 from slimdiff.unet.builtins import BUILTIN_CONFIGS
 
 
@@ -42,10 +43,6 @@ class Parts:
     pipeline_source: str | None  # its path or name when loaded from disk, else None (in memory)
     input_recipe: dict  # the student's recipe.json ({} when none)
     toy_world: bool  # the pipeline is the embedded toy world (judge features available)
-
-
-def is_pipeline_source(value: str) -> bool:
-    return is_toy_source(value) or (Path(value) / "model_index.json").is_file()
 
 
 def check_path(flag: str, value: str | None) -> None:

@@ -26,7 +26,7 @@ from .export import is_expressible, to_diffusers
 from .model import SlimUNet2DConditionModel
 from .registry import register_unit_type
 from .structure import UNetEditError, UnitInfo
-from .io import load_pipeline, load_unet, resolve_source, save_pipeline_with_unet, save_student, save_unet
+from .io import load_unet, resolve_source, save_pipeline_with, save_pipeline_with_unet, save_student, save_unet
 from .presets import PRESETS, apply_preset
 from .surgery import check_removal, insert_unit, remove_units, replace_unit, replace_units, slim_view, to_slim
 
@@ -36,6 +36,6 @@ __all__ = [
     "text_width", "text_widths",
     "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
     "slim_view",
-    "load_unet", "load_pipeline", "save_unet", "save_student", "save_pipeline_with_unet", "resolve_source",
+    "load_unet", "save_unet", "save_pipeline_with", "save_student", "save_pipeline_with_unet", "resolve_source",
     "PRESETS", "apply_preset", "ASSEMBLIES", "assemble", "replace_units",
 ]

@@ -1,8 +1,8 @@
 """Load and save U-Nets and pipelines: built-ins, `toy`, local diffusers directories.
 
-    unet = load_unet("sd15-arch")           # or "sd21-arch", "toy", a pipeline dir, a UNet dir
+    unet = load_unet("sd15-arch")           # or "sd21-arch", a registered name, a pipeline dir, a UNet dir
     save_unet(student, "out/student")       # plain diffusers when expressible, else slim class
-    pipe = load_pipeline("toy", unet=student)
+    save_pipeline_with_unet(teacher_dir, student, "out/pipe")
 
 Nothing is downloaded: a Hugging Face Hub id gives an error saying to download it first.
 A student saved as plain diffusers loads with `UNet2DConditionModel.from_pretrained`, no
@@ -22,7 +22,7 @@ from typing import Any, Callable
 from torch import nn
 
 from slimdiff import __version__
-from slimdiff.io import apply_file_modes, check_disjoint, read_json, remove_stale_temps, temp_prefix, to_jsonable
+from slimdiff.io import NAMED_PIPELINES, apply_file_modes, check_disjoint, named_pipeline, read_json, remove_stale_temps, temp_prefix, to_jsonable
 from slimdiff.recipe import read_recipe, write_recipe
 
 from .builtins import BUILTIN_CONFIGS, build_builtin
@@ -31,7 +31,7 @@ from .model import SlimUNet2DConditionModel
 
 DIFFUSERS_UNET = ["diffusers", "UNet2DConditionModel"]
 SLIM_UNET = ["slimdiff", "SlimUNet2DConditionModel"]
-BUILTIN_NAMES = (*BUILTIN_CONFIGS, "toy")
+BUILTIN_NAMES = tuple(BUILTIN_CONFIGS)  # and the registered named pipelines (slimdiff.io.NAMED_PIPELINES)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -43,10 +43,9 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
     name = str(name_or_path)
     if name in BUILTIN_CONFIGS:
         return "builtin", None
-    if name == "toy":
-        from slimdiff.toy import pipeline_path  # lazy: the toy assets are optional at import time
-
-        return "pipeline", Path(pipeline_path())
+    named = named_pipeline(name)  # a world's shipped pipeline, registered by its package
+    if named is not None:
+        return "pipeline", named
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "model_index.json").is_file():
@@ -59,7 +58,7 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
         raise ValueError(f"{name!r} looks like a Hugging Face Hub id; slimdiff never downloads models. "
                          f"Download it first (e.g. `huggingface-cli download {name} --local-dir DIR`) "
                          "and pass the local directory")
-    raise ValueError(f"unknown model {name!r}: not a directory and not a built-in; built-ins: {list(BUILTIN_NAMES)}")
+    raise ValueError(f"unknown model {name!r}: not a directory and not a built-in; built-ins: {[*BUILTIN_NAMES, *NAMED_PIPELINES]}")
 
 
 def _load_unet_dir(path: Path):
@@ -86,19 +85,6 @@ def load_unet(name_or_path: str | os.PathLike):
     return _load_unet_dir(path).eval()
 
 
-def load_pipeline(name_or_path: str | os.PathLike, unet: nn.Module | None = None):
-    """A `StableDiffusionPipeline` from `toy` or a local pipeline directory (unet replaced if given)."""
-    from diffusers import StableDiffusionPipeline
-
-    kind, path = resolve_source(name_or_path)
-    if kind != "pipeline":
-        raise ValueError(f"{name_or_path!r} is not a pipeline: pass `toy` or a directory with model_index.json")
-    if unet is not None:
-        check_text_width(unet, path, name_or_path)
-        return StableDiffusionPipeline.from_pretrained(path, unet=unet)
-    return StableDiffusionPipeline.from_pretrained(path)
-
-
 def check_text_width(unet: nn.Module, pipeline_dir: Path, name: Any) -> None:
     """ValueError when the U-Net's cross-attention reads text of another width than the
     pipeline's text encoder gives (it would fail later, deep inside a matmul)."""
@@ -115,7 +101,7 @@ def check_text_width(unet: nn.Module, pipeline_dir: Path, name: Any) -> None:
 # ----------------------------------------------------------------------------- saving
 
 
-def _write_dir(path: Path, write: Callable[[Path], Any]) -> None:
+def write_dir(path: Path, write: Callable[[Path], Any]) -> None:
     """Call `write(tmp_dir)`, then move each file into `path` with `os.replace` (atomic per file).
 
     What a killed earlier write left (`.<name>.tmp-*` beside `path`, temporaries inside it) is removed first.
@@ -157,7 +143,7 @@ def save_unet(model: nn.Module, path: str | os.PathLike, recipe: dict | None = N
     card = path / MODEL_CARD
     if kind == DIFFUSERS_UNET and card.is_file() and card.read_text().startswith(_CARD_TITLE):
         card.unlink()  # a slim model's card left by an earlier save at this path
-    _write_dir(path, write)
+    write_dir(path, write)
     if recipe is not None:
         recipe = dict(recipe)
         if plain is not None and plain is not model and "inheritance" in recipe:
@@ -210,49 +196,62 @@ def _copy(src: str, dst: str) -> str:
     return dst
 
 
-def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str | os.PathLike,
-                            saved_unet: str | os.PathLike | None = None, scheduler: Any = None) -> Path:
-    """Write a complete pipeline directory at `out`: `source`'s components with `unet` replaced.
+def save_pipeline_with(source: str | os.PathLike, out: str | os.PathLike,
+                       replace: dict[str, Callable[[Path], list[str]]], scheduler: Any = None) -> Path:
+    """Write a complete pipeline directory at `out`: `source`'s components, with those in `replace`
+    written by their writers instead. The one "save a pipeline with parts swapped" helper.
 
-    The other components are copied (not hard-linked); model_index.json names the unet
-    class that was saved (`["diffusers", "UNet2DConditionModel"]` or slimdiff's). `saved_unet`:
-    a directory where `save_unet(unet, ...)` already wrote it, copied instead of saving again.
-    `scheduler`: a diffusers scheduler written instead of `source`'s (e.g. a step-distilled student's).
+    Every other entry of the source directory is copied (not hard-linked), whatever pipeline class
+    it is (an SDXL pipeline keeps `text_encoder_2` / `tokenizer_2`). `replace`: component name ->
+    `write(dir) -> [library, class]` that saves the new component into `dir`; model_index.json then
+    names that class. `scheduler`: a diffusers scheduler written instead of `source`'s.
     """
     kind, src = resolve_source(source)
     if kind != "pipeline":
         raise ValueError(f"{source!r} is not a pipeline directory")
     out = Path(out)
+    index = json.loads((src / "model_index.json").read_text())
+    unknown = sorted(set(replace) - set(index))
+    if unknown:
+        raise ValueError(f"{src} has no component {unknown}; its components: {sorted(k for k in index if not k.startswith('_'))}")
 
     def write(tmp: Path) -> None:
         for entry in src.iterdir():
-            if entry.name in ("unet", "model_index.json") or entry.name.startswith("."):
+            if entry.name in replace or entry.name == "model_index.json" or entry.name.startswith("."):
                 continue
             if entry.name == "scheduler" and scheduler is not None:
                 scheduler.save_pretrained(tmp / "scheduler")
-                continue
-            if entry.is_dir():
+            elif entry.is_dir():
                 shutil.copytree(entry, tmp / entry.name, copy_function=_copy)
             else:
                 _copy(str(entry), str(tmp / entry.name))
-        if saved_unet is not None:
-            shutil.copytree(saved_unet, tmp / "unet", copy_function=_copy,
-                            ignore=lambda d, names: [n for n in names if n in ("recipe.json", "pipeline")
-                                                     or n.startswith(".")])
-            cls_name = read_json(tmp / "unet" / "config.json")["_class_name"]
-            unet_kind = SLIM_UNET if cls_name == SLIM_UNET[1] else DIFFUSERS_UNET
-        else:
-            unet_kind = save_unet(unet, tmp / "unet")
-        index = json.loads((src / "model_index.json").read_text())
-        index["unet"] = unet_kind
+        for name, writer in replace.items():
+            index[name] = writer(tmp / name)
         if scheduler is not None:
             index["scheduler"] = ["diffusers", type(scheduler).__name__]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
-    if out.exists():
-        shutil.rmtree(out / "unet", ignore_errors=True)  # a stale unet of the other class
-    _write_dir(out, write)
+    for name in replace:
+        if out.exists():
+            shutil.rmtree(out / name, ignore_errors=True)  # a stale component of another class
+    write_dir(out, write)
     return out
+
+
+def save_pipeline_with_unet(source: str | os.PathLike, unet: nn.Module, out: str | os.PathLike,
+                            saved_unet: str | os.PathLike | None = None, scheduler: Any = None) -> Path:
+    """`save_pipeline_with` the U-Net `unet` (`saved_unet`: a directory where `save_unet(unet, ...)`
+    already wrote it, copied instead of saving again)."""
+
+    def write_unet(dest: Path) -> list[str]:
+        if saved_unet is None:
+            return save_unet(unet, dest)
+        shutil.copytree(saved_unet, dest, copy_function=_copy,
+                        ignore=lambda d, names: [n for n in names if n in ("recipe.json", "pipeline")
+                                                 or n.startswith(".")])
+        return SLIM_UNET if read_json(dest / "config.json")["_class_name"] == SLIM_UNET[1] else DIFFUSERS_UNET
+
+    return save_pipeline_with(source, out, {"unet": write_unet}, scheduler=scheduler)
 
 
 def save_student(student: nn.Module, out: str | os.PathLike, source: str | os.PathLike, recipe: dict) -> dict:

@@ -39,10 +39,12 @@ from slimdiff.distill.losses import mse, perceptual_loss
 from slimdiff.distill.perceptual import load_perceptual_net
 from slimdiff.train.config import TrainConfig
 from slimdiff.train.loop import Trainer, plot_losses
-from slimdiff.train.parts import check_path, is_pipeline_source, load_checked
+from slimdiff.io import is_pipeline_source
+from slimdiff.train.parts import check_path, load_checked
 from slimdiff.vae.latents import LATENT_SOURCES, ensure_pool
 from slimdiff.recipe import read_recipe, validate_recipe
 from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
+from slimdiff.eval.stats import psnr_per_image
 
 
 @dataclasses.dataclass
@@ -113,8 +115,7 @@ class Decoding(nn.Module):
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean PSNR in dB of images in [-1, 1] (clamped, as a pipeline shows them) against a reference."""
     a, b = ((images.float().clamp(-1, 1) + 1) / 2), ((reference.float().clamp(-1, 1) + 1) / 2)
-    err = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)  # (B,) per-image MSE
-    return float((10 * torch.log10(1.0 / err)).mean())
+    return float(psnr_per_image(a, b).mean())  # the project's one PSNR (slimdiff.eval.stats)
 
 
 @torch.no_grad()

@@ -17,12 +17,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from slimdiff.data import build_dataset
-from slimdiff.eval.runner import default_sampling, image_generators, is_toy_pipeline, read_prompts
+from slimdiff.sample import fill_sampling, image_generators, is_toy_pipeline, read_prompts
 from slimdiff.io import atomic_path
 from slimdiff.toy import world
 from slimdiff.train.loop import random_generator
 from slimdiff.train.parts import load_checked
-from slimdiff.unet import load_pipeline
+from slimdiff.sample import load_pipeline
 
 LATENT_SOURCES = ("unet", "data", "both")
 POOL_SEED_STREAM = 7  # random_generator stream of the data latents' posterior samples
@@ -66,7 +66,7 @@ def unet_latents(cfg, n: int, device, progress: bool) -> torch.Tensor:
         raise ValueError(f"the teacher {cfg.teacher!r} is not the toy world: give --prompts FILE for the U-Net latents")
     if not prompts:
         raise ValueError(f"--prompts {cfg.prompts!r} holds no prompt")
-    steps, guidance = default_sampling(pipe, toy)
+    steps, guidance = fill_sampling(pipe, None, None, toy)
     steps, guidance = cfg.gen_steps or steps, guidance if cfg.guidance is None else cfg.guidance
     out, batch = [], 8
     for start in tqdm(range(0, n, batch), desc="U-Net latents", disable=not progress):

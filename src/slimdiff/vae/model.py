@@ -24,6 +24,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import Decoder
 
 from slimdiff.io import read_json, write_json
+from slimdiff.unet.io import resolve_source, save_pipeline_with, write_dir  # atomic per file
 
 # SD-1.5's VAE (runwayml/stable-diffusion-v1-5 vae/config.json; SD-2.1 uses the same one):
 # 512x512x3 <-> 64x64x4, decoder 49.5M parameters.
@@ -144,7 +145,6 @@ def vae_dir(name_or_path: str | os.PathLike) -> Path | None:
     name = str(name_or_path)
     if name in BUILTIN_VAE_CONFIGS:
         return None
-    from slimdiff.unet import resolve_source  # toy, pipelines, hub-id and unknown-name errors
 
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file():
@@ -177,7 +177,6 @@ def save_vae(vae: AutoencoderKL, path: str | os.PathLike, recipe: dict | None = 
 
     A `SlimAutoencoderKL` whose decoder has the encoder's widths is saved as a plain
     `AutoencoderKL` (loadable without slimdiff)."""
-    from slimdiff.unet.io import _write_dir  # atomic per file, as every saved model
 
     path = Path(path)
     if isinstance(vae, SlimAutoencoderKL) and decoder_widths(vae) == tuple(vae.config.block_out_channels):
@@ -186,7 +185,7 @@ def save_vae(vae: AutoencoderKL, path: str | os.PathLike, recipe: dict | None = 
         plain.load_state_dict(vae.state_dict())
         vae = plain
     kind = SLIM_VAE if isinstance(vae, SlimAutoencoderKL) else DIFFUSERS_VAE
-    _write_dir(path, lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
+    write_dir(path, lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
     if recipe is not None:
         write_json(path / "recipe.json", {**recipe, "vae_class": kind})
     return kind
@@ -213,26 +212,12 @@ def pipeline_with_vae(pipe: Any, vae: AutoencoderKL | str | os.PathLike):
 
 def save_pipeline_with_vae(source: str | os.PathLike, vae: AutoencoderKL, out: str | os.PathLike) -> Path:
     """Write the pipeline `source` (toy or a directory) with `vae` in place of its own to `out`
-    (`save_pretrained` into a temporary directory, then renamed)."""
-    import shutil
-    import tempfile
-
-    from slimdiff.unet import load_pipeline
-
-    out = Path(out)
-    pipe = pipeline_with_vae(load_pipeline(source), vae)
-    vae = pipe.vae
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        # diffusers writes the defining module ("slimdiff.vae.model"); name the package's export
-        index = read_json(tmp / "model_index.json")
-        index["vae"] = SLIM_VAE if isinstance(vae, SlimAutoencoderKL) else DIFFUSERS_VAE
-        write_json(tmp / "model_index.json", index)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    (every other component copied: `slimdiff.unet.io.save_pipeline_with`)."""
+    _, src = resolve_source(source)
+    own = src / "vae" / "config.json" if src is not None else None
+    if own is not None and own.is_file():
+        channels = read_json(own).get("latent_channels")
+        if channels is not None and vae.config.latent_channels != channels:
+            raise ValueError(f"the VAE has latent_channels={vae.config.latent_channels}, the pipeline's "
+                             f"{channels}: it cannot decode this pipeline's latents")
+    return save_pipeline_with(source, out, {"vae": lambda dest: save_vae(vae, dest)})

@@ -40,7 +40,9 @@ import math
 import torch
 from torch import nn
 
-from slimdiff.vae.model import SlimAutoencoderKL, moved_like, decoder_params, decoder_widths
+from slimdiff.io import is_pipeline_source
+from slimdiff.vae.model import (SlimAutoencoderKL, decoder_params, decoder_widths, load_vae, moved_like,
+                                save_pipeline_with_vae, save_vae)
 
 IMPORTANCES = ("l1", "group-l1")
 
@@ -206,8 +208,6 @@ def prune_vae(source: str, out: str, config: VaePruneConfig | None = None) -> di
     Returns what was written and the parameter counts.
     """
     from slimdiff import __version__
-    from slimdiff.train.parts import is_pipeline_source
-    from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
 
     config = config or VaePruneConfig()
     teacher = load_vae(source)

@@ -6,7 +6,8 @@
 
 A word-level tokenizer (the toy world's) maps every word outside its vocabulary to one unknown
 token, so a prompt can silently lose its meaning; byte-level BPE tokenizers (CLIP's) know every
-string and are never warned about.
+string and are never warned about (their end-of-text token, which shares the unknown token's id,
+is a special token, not a word of the prompt).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def unknown_words(tokenizer, prompts: Sequence[str]) -> dict[str, list[str]]:
         return {}
     found: dict[str, list[str]] = {}
     for prompt in dict.fromkeys(prompts):
-        enc = backend.encode(prompt)
-        words = [prompt[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk_id]
+        # without the special tokens: CLIP's end-of-text token has the unknown token's id
+        enc = backend.encode(prompt, add_special_tokens=False)
+        words = [prompt[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk_id and b > a]
         if words:
             found[prompt] = words
     return found
