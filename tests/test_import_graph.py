@@ -24,6 +24,14 @@ PKG = SRC / "slimdiff"
 ROOMS = ["io", "toy", "testing", "recipe", "data", "report", "unet", "modules", "vae.model", "profile", "sample",
          "eval", "train", "distill", "vae", "prune", "stages", "toy.train", "demo", "cli", "__main__"]
 CORE = ("unet", "profile", "train")
+# modules that may import slimdiff inside a function, each to keep a heavy import out of import time
+# (docs/internal-api.md lists them); a trailing "." covers a package's every module
+ALLOWED_LAZY = {
+    "slimdiff": "the package face: `import slimdiff` (CLI start, diffusers' model_index loader) stays cheap",
+    "slimdiff.cli.": "each command imports the library (torch, diffusers) in run(), not for --help",
+    "slimdiff.distill": "the package imports its KD trainer (accelerate) lazily; DistillConfig stays light",
+    "slimdiff.profile.report": "slimdiff.report.plots imports matplotlib, needed only to draw",
+}
 PLUGINS_AND_WORLDS = ("modules", "toy")
 
 
@@ -131,6 +139,13 @@ def test_rooms_import_only_downward():
     assert not upward, "imports that run up a floor:\n" + "\n".join(upward)
 
 
+def test_function_level_imports_are_the_listed_ones():
+    lazy = sorted({f"{a} -> {b}" for a, b, _, inside in IMPORTS if inside
+                   and not any(a == k or (k.endswith(".") and a.startswith(k)) for k in ALLOWED_LAZY)})
+    assert not lazy, "in-package imports inside functions (hoist them, or list them in ALLOWED_LAZY with why):\n" \
+        + "\n".join(lazy)
+
+
 def test_core_names_no_plugin_and_no_world():
     named = sorted({f"{a} -> {b}" for a, b, _, _ in IMPORTS
                     if _room(a).split(".")[0] in CORE and _room(b).split(".")[0] in PLUGINS_AND_WORLDS})
@@ -142,7 +157,7 @@ def test_core_names_no_plugin_and_no_world():
 
 if __name__ == "__main__":  # python tests/test_import_graph.py: the findings, one per line
     for test in (test_no_cycle_between_files, test_no_private_name_across_files, test_rooms_import_only_downward,
-                 test_core_names_no_plugin_and_no_world):
+                 test_function_level_imports_are_the_listed_ones, test_core_names_no_plugin_and_no_world):
         try:
             test()
         except AssertionError as e:

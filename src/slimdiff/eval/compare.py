@@ -71,7 +71,8 @@ def compare(
     contrasts: Sequence[tuple[str, str]] = (),
     vae=None,
 ) -> dict[str, Any]:
-    """Generate with every model on the same scenes and seeds; score, with paired intervals.
+    """Generate with every model on the same scenes and seeds; score, with paired intervals. A
+    numbered-step orchestration (1 check the inputs, 2 generate, 3 score, then the table).
 
     `models`: anything `resolve_pipeline` takes (names default to their strings). `baseline`:
     the row differences are taken against; `teacher`: the row whose images define fidelity

@@ -55,7 +55,8 @@ def evaluate(
     teacher_images=None,
     vae=None,
 ) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
-    """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict.
+    """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict. A
+    numbered-step orchestration: 1 check every input, 2 the scorers, 3 generate, 4 toy figures, 5 settings.
 
     `steps`/`guidance` None: `slimdiff.sample.fill_sampling` (the toy sampler's 20 steps and 5.0 on the toy
     world, the field's 25 and 7.5 otherwise).
