@@ -152,9 +152,10 @@ def test_run_writes_a_plain_pipeline_with_the_trained_schedule(make_step, tmp_pa
     assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.unet.config.time_cond_proj_dim == 16
     pipe.scheduler.set_timesteps(sampling["steps"])
     assert pipe.scheduler.timesteps.tolist() == sampling["timesteps"] == [999, 749, 499, 249]
-    from slimdiff.sample import fill_sampling
+    from slimdiff.sample import fill_sampling, load_pipeline
 
-    assert fill_sampling(pipe, None, None) == (4, 3.0)
+    # the recipe's defaults are read when slimdiff loads the directory (a plain diffusers load has none)
+    assert fill_sampling(load_pipeline(result.pipeline_dir), None, None) == (4, 3.0)
     calls = []
     pipe.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     pipe.set_progress_bar_config(disable=True)
