@@ -45,3 +45,14 @@ def test_fid_is_and_clip_score_carry_intervals(tiny_pipe, tmp_path, inception_fi
         assert np.isfinite(lo) and lo <= hi, key
     lo, hi = out["ci"]["clip_score"]
     assert lo - 1e-9 <= out["clip_score"] <= hi + 1e-9
+
+
+def test_eval_config_checks_on_construction(tmp_path):
+    from slimdiff.eval import EvalConfig
+
+    with pytest.raises(ValueError, match="num_images must be >= 2"):
+        EvalConfig(num_images=1)
+    with pytest.raises(ValueError, match="unknown scheduler 'heun'"):
+        EvalConfig(scheduler="heun")
+    with pytest.raises(ValueError, match="FID needs both"):
+        EvalConfig(ref_images=tmp_path)

@@ -19,10 +19,12 @@ from slimdiff.eval.metrics import (
     inception_score,
     judge_fid,
 )
+from slimdiff.eval.config import EvalConfig
 from slimdiff.eval.evaluation import evaluate, summary_rows
 from slimdiff.eval.toy import toy_scores
 
 __all__ = [
+    "EvalConfig",
     "CLIPScorer",
     "FIDScorer",
     "FrechetScorer",

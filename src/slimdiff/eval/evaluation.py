@@ -10,6 +10,7 @@ rendered images as the reference set of judge-FID.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Sequence
@@ -19,44 +20,32 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from slimdiff.eval import metrics
-from slimdiff.eval.inception import load_inception, resolve_weights
+from slimdiff.eval.config import EvalConfig
+from slimdiff.eval.inception import load_inception
 from slimdiff.eval.toy import reference_scores, shared_judge, toy_scores
 from slimdiff.report.grid import make_grid
-from slimdiff.report.images import image_files, to_pil, to_tensor
+from slimdiff.report.images import to_pil, to_tensor
 from slimdiff.sample.generate import iter_generate, save_images, save_png
 from slimdiff.sample.load import fill_sampling, is_toy_pipeline, resolve_pipeline, scheduler_swapped, with_vae
 from slimdiff.toy import world as toy_world
 
 def evaluate(
     model,
-    split: str = "test",
-    num_images: int = 256,
-    steps: int | None = None,
-    guidance: float | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    scheduler: str | None = None,
-    toy: bool | None = None,
-    prompts: Sequence[str] | None = None,
-    ref_images: str | os.PathLike | None = None,
-    inception_weights: str | os.PathLike | None = None,
-    clip_dir: str | os.PathLike | None = None,
-    grid: str | os.PathLike | None = None,
-    grid_rows: int = 16,
-    images_dir: str | os.PathLike | None = None,
-    fid_dims: int = 2048,
-    reference: bool = False,
-    progress: bool = True,
+    config: EvalConfig | None = None,
+    *,
     base: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
     world=None,
     judge=None,
     return_images: bool = False,
     teacher_images=None,
     vae=None,
+    **settings,
 ) -> dict[str, Any] | tuple[dict[str, Any], list[Image.Image]]:
     """Generate `num_images` images with fixed seeds and score them; returns a JSON-ready dict. A
     numbered-step orchestration: 1 check every input, 2 the scorers, 3 generate, 4 toy figures, 5 settings.
+
+    `config`: the validated `EvalConfig` (`slimdiff.eval.config`), or its fields as keyword arguments
+    (`evaluate(model, num_images=128, seed=0)`); both at once: the keywords replace the config's fields.
 
     `steps`/`guidance` None: `slimdiff.sample.fill_sampling` (the toy sampler's 20 steps and 5.0 on the toy
     world, the field's 25 and 7.5 otherwise).
@@ -80,20 +69,13 @@ def evaluate(
     `vae`: decode with this VAE instead of the pipeline's (a module or a `load_vae` argument).
     Everything but `timing` is a function of the arguments: the same seed gives the same numbers.
     """
-    # 1. check every input before the long generation: weights, pipeline, judge, prompts
-    if num_images < 2:
-        raise ValueError(f"num_images must be >= 2 (metrics carry bootstrap intervals), got {num_images}")
-    if ref_images is not None and inception_weights is None:
-        raise ValueError("ref_images was given but not inception_weights: FID needs both")
-    if inception_weights is not None:
-        resolve_weights(inception_weights)
-        if num_images < metrics.IS_SPLITS:  # no silent change of the IS protocol's 10 splits
-            raise ValueError(f"the Inception Score needs num_images >= {metrics.IS_SPLITS} (its splits), "
-                             f"got {num_images}")
-    if ref_images is not None:
-        image_files(ref_images)
-    if clip_dir is not None:
-        metrics.resolve_clip_dir(clip_dir)
+    # 1. check every input before the long generation: settings (EvalConfig), pipeline, judge, prompts
+    config = dataclasses.replace(config, **settings) if config is not None else EvalConfig(**settings)
+    c = config
+    split, num_images, steps, guidance, seed, batch_size = c.split, c.num_images, c.steps, c.guidance, c.seed, c.batch_size
+    scheduler, toy, prompts, reference, progress, device = c.scheduler, c.toy, c.prompts, c.reference, c.progress, c.device
+    ref_images, inception_weights, clip_dir, fid_dims = c.ref_images, c.inception_weights, c.clip_dir, c.fid_dims
+    grid, grid_rows, images_dir = c.grid, c.grid_rows, c.images_dir
     pipe = with_vae(resolve_pipeline(model, base=base), vae)
     if device is not None:
         pipe.to(device)
