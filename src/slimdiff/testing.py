@@ -9,6 +9,8 @@ Everything is random-weighted and builds in well under a second on a CPU.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from diffusers import UNet2DConditionModel
@@ -49,3 +51,27 @@ def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     vae = components.build_vae(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, sample_size=64, seed=seed)
     pipe = components.assemble_pipeline(unet, vae, text_encoder)
     return components.save_pipeline(pipe, path)
+
+
+def clip_alphabet():
+    """GPT-2 / CLIP byte-level alphabet: 256 printable characters."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def tiny_clip_tokenizer(d):
+    """A byte-level CLIP tokenizer (no merges: one token per character) written to `d`."""
+    from transformers import CLIPTokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    chars = clip_alphabet()
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from torch import nn
+from slimdiff.testing import clip_alphabet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -94,25 +95,13 @@ def inception_file(tmp_path_factory):
     return path
 
 
-def _bytes_to_unicode():
-    """GPT-2 / CLIP byte-level alphabet: 256 printable characters."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A random-weighted CLIP (hidden 16, 32x32 images) with a byte-level tokenizer, saved locally."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     d = tmp_path_factory.mktemp("clip")
-    chars = _bytes_to_unicode()
+    chars = clip_alphabet()
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (d / "vocab.json").write_text(json.dumps(vocab))
     (d / "merges.txt").write_text("#version: 0.2\n")

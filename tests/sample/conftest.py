@@ -1,31 +1,7 @@
-import json
-
 import pytest
 import torch
 
-
-def _bytes_to_unicode():
-    """GPT-2 / CLIP byte-level alphabet: 256 printable characters."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def tiny_clip_tokenizer(d):
-    """A byte-level CLIP tokenizer (no merges: one token per character) written to `d`."""
-    from transformers import CLIPTokenizer
-
-    d.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77)
+from slimdiff.testing import tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="session")
