@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from slimdiff.distill import DistillConfig, distill
+from slimdiff.distill.lcm import ConsistencyConfig, consistency_distill
 from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.eval import evaluate, stats
 from slimdiff.sample import fill_sampling, make_scheduler, resolve_pipeline
@@ -55,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, cosine with 5%% warm-up")
     p.add_argument("--teacher-steps", type=int, default=32, help="teacher DDIM schedule (SnapFusion: 32)")
+    p.add_argument("--lora-rank", type=int, default=16, help="rank of the LCM-LoRA rows")
     p.add_argument("--wemb-cfg-prob", type=float, default=0.5, help="p of the guidance-embedded students")
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--latency-repeats", type=int, default=5)
@@ -107,6 +109,39 @@ def step_student(args, name: str, student: str, steps: int, **settings) -> str:
     return str(out)
 
 
+def consistency_student(args, name: str, student: str, **settings) -> str:
+    """`student` consistency-distilled (LCM / PCM, full or LoRA) into work/NAME (reused with the same settings).
+    A LoRA trains at 10x the learning rate of a full student (few parameters; LCM-LoRA's practice)."""
+    out = Path(args.work) / name
+    lr = args.lr * (10 if settings.get("lora_rank") else 1)
+    cfg = dict(teacher=args.teacher, student=student, max_steps=args.train_steps, batch_size=args.batch_size,
+               learning_rate=lr, lr_scheduler="cosine", lr_warmup_steps=args.train_steps // 20, seed=args.seed,
+               **settings)
+    run_or_reuse(Stage(name, cfg, output=out, run=lambda: consistency_distill(ConsistencyConfig(
+        out=str(out), checkpoint_every=100, cache_dir=str(Path(args.work) / "cache"), resume="latest", **cfg))),
+        Path(args.work), print)
+    return str(out)
+
+
+def consistency_rows(args, wanted) -> list[dict]:
+    """LCM (full, LoRA) and PCM students: one LCM model samples at 8, 4, 2 and 1 steps; PCM at its phases."""
+    rows = []
+    specs = [("LCM", "toy", dict(method="lcm")), ("LCM-LoRA", "toy", dict(method="lcm", lora_rank=args.lora_rank)),
+             ("PCM", "toy", dict(method="pcm", phases=4, steps=4)),
+             ("bk-small + LCM", "bk", dict(method="lcm"))]
+    for label, student, settings in specs:
+        counts = [settings["phases"]] if settings["method"] == "pcm" else [8, 4, 2, 1]
+        names = [f"{label} {n}" for n in counts]
+        if not any(wanted(n) for n in names):
+            continue
+        student = distilled_bk_small(args) if student == "bk" else args.teacher
+        slug = label.replace(" + ", "-").replace(" ", "-").lower()
+        model = consistency_student(args, slug, student, **settings)
+        rows += [dict(name=name, model=model, steps=n, kind="slimdiff")
+                 for name, n in zip(names, counts) if wanted(name)]
+    return rows
+
+
 def configurations(args) -> list[dict]:
     """name, model, steps, guidance (None: the model's default), scheduler, accelerate spec, kind."""
     ref_steps = 25
@@ -134,6 +169,7 @@ def configurations(args) -> list[dict]:
             student = distilled_bk_small(args) if student == BK else student
             rows.append(dict(name=f"{label} {n}", model=step_student(args, f"{slug}-{n}", student, n, **extra),
                              kind="slimdiff"))
+    rows += consistency_rows(args, wanted)
     try:
         import DeepCache  # noqa: F401
 

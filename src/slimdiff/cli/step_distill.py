@@ -1,6 +1,9 @@
-"""`slimdiff step-distill`: fewer sampling steps (SnapFusion's CFG-aware step distillation).
+"""`slimdiff step-distill`: fewer sampling steps (SnapFusion's step distillation, LCM, PCM).
 
-    slimdiff step-distill --teacher toy --student toy --steps 8 --out runs/s8            # 32 -> 8, p = 0.1
+    slimdiff step-distill --teacher toy --student toy --method lcm --out runs/lcm        # samples at 1, 2, 4, 8
+    slimdiff step-distill --teacher toy --student toy --method lcm --lora-rank 16 --out runs/lcm-lora
+    slimdiff step-distill --teacher toy --student toy --method pcm --phases 4 --out runs/pcm4
+    slimdiff step-distill --teacher toy --student toy --steps 8 --out runs/s8            # SnapFusion 32 -> 8
     slimdiff step-distill --teacher toy --student runs/bk-small-kd --steps 4 --schedule progressive --out runs/s4
     slimdiff step-distill --teacher toy --student toy --steps 8 --guidance-embed --cfg-prob 1 --out runs/s8w
     slimdiff generate runs/s8 "a small red circle"      # the recipe's 8 steps and guidance
@@ -17,24 +20,41 @@ from slimdiff.cli.distill import add_options, is_main_process, option_values
 
 _LOSS_FIELDS = {"lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc", "feat_loss", "feat_map",
                 "perceptual_net", "perceptual_weights"}
-# (flag, StepDistillConfig field, argparse kwargs); defaults and meanings: slimdiff.distill.step
-_OPTIONS = [
-    ("--steps", "steps", dict(type=int, help="student sampling steps (default 8)")),
+# (flag, config field, argparse kwargs); defaults and meanings: slimdiff.distill.step and slimdiff.distill.lcm
+_SHARED = [
+    ("--steps", "steps", dict(type=int, help="student sampling steps (snapfusion 8; lcm: the recipe's, 4; pcm: "
+                                             "the phases)")),
+    ("--guidance-range", "guidance_range", dict(type=float, nargs=2, metavar=("MIN", "MAX"),
+                                                help="w ~ U[MIN, MAX] (snapfusion 2 14; lcm/pcm 2 8, a LoRA: the "
+                                                     "world's guidance)")),
+    ("--guidance-embed", "guidance_embed", dict(action="store_true", default=None,
+                                                help="student reads w (time_cond_proj_dim): one U-Net call per step")),
+    ("--guidance-embed-dim", "guidance_embed_dim", dict(type=int, help="w embedding width (default 256)")),
+    ("--guidance", "guidance", dict(type=float, help="sampling guidance for the recipe (default: toy 5, else 7.5)")),
+]
+_SNAPFUSION = [
     ("--teacher-steps", "teacher_steps", dict(type=int, help="DDIM steps of the teacher schedule (default 32)")),
     ("--schedule", "schedule", dict(choices=["direct", "progressive"], help="direct (default): teacher_steps/steps "
                                     "teacher steps per student step; progressive: halve, 2 per step")),
     ("--cfg-prob", "cfg_prob", dict(type=float, metavar="P", help="share of CFG-aware examples (default 0.1; "
                                     "0: vanilla)")),
-    ("--guidance-range", "guidance_range", dict(type=float, nargs=2, metavar=("MIN", "MAX"),
-                                                help="w_g ~ U[MIN, MAX] (default 2 14)")),
-    ("--guidance-embed", "guidance_embed", dict(action="store_true", default=None,
-                                                help="student reads w (time_cond_proj_dim): one U-Net call per step")),
-    ("--guidance-embed-dim", "guidance_embed_dim", dict(type=int, help="w embedding width (default 256)")),
     ("--gamma", "lambda_task", dict(type=float, help="weight of the task loss (default 0.2)")),
     ("--teacher-prediction-type", "teacher_prediction_type",
      dict(choices=["epsilon", "v_prediction", "sample"], help="default: the pipeline scheduler's")),
-    ("--guidance", "guidance", dict(type=float, help="sampling guidance for the recipe (default: toy 5, else 7.5)")),
-] + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
+    ("--student-prediction", "student_prediction",
+     dict(choices=["epsilon", "v_prediction", "sample"], help="what the student predicts")),
+]
+_CONSISTENCY = [
+    ("--phases", "phases", dict(type=int, help="pcm: number of phases = sampling steps (default 1)")),
+    ("--solver-steps", "solver_steps", dict(type=int, help="lcm/pcm: the teacher's DDIM grid (default 50)")),
+    ("--lora-rank", "lora_rank", dict(type=int, metavar="R", help="lcm/pcm: train a rank-R LoRA (peft) instead of "
+                                      "the whole U-Net")),
+    ("--lora-alpha", "lora_alpha", dict(type=float, help="LoRA alpha (default: the rank)")),
+    ("--loss", "loss", dict(choices=["huber", "l2"], help="lcm/pcm distance (default huber)")),
+    ("--target-decay", "target_decay", dict(type=float, help="lcm/pcm target network EMA (default 0.95)")),
+]
+_OPTIONS = _SHARED + _SNAPFUSION + _CONSISTENCY + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
+METHODS = ("snapfusion", "lcm", "pcm")
 
 
 def add_parser(subparsers) -> None:
@@ -48,24 +68,42 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="toy (the teacher itself), a prune/distill output or a UNet dir")
     p.add_argument("--data", default="toy", help="toy (default) | image folder | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--method", choices=METHODS, default="snapfusion",
+                   help="snapfusion (default): k teacher DDIM steps -> 1; lcm: latent consistency distillation "
+                        "(LCMScheduler, any step count); pcm: phased consistency (--phases M, M steps)")
     add_options(p, _OPTIONS)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):
-    from slimdiff.distill.step import StepDistillConfig
-
+    """The method's validated config; a flag of another method is refused in one line."""
     values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out,
               **option_values(args, _OPTIONS)}
+    other = _CONSISTENCY if args.method == "snapfusion" else _SNAPFUSION
+    foreign = sorted(flag for flag, f, _ in other if f in values)
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} do not apply to --method {args.method}")
     if "guidance_range" in values:
         values["guidance_min"], values["guidance_max"] = values.pop("guidance_range")
-    return StepDistillConfig(**values)
+    if args.method == "snapfusion":
+        from slimdiff.distill.step import StepDistillConfig
+
+        return StepDistillConfig(**values)
+    from slimdiff.distill.lcm import ConsistencyConfig
+
+    if args.method == "pcm" and "steps" not in values:
+        values["steps"] = values.get("phases", 1)
+    return ConsistencyConfig(method=args.method, **values)
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimdiff.distill.step import step_distill
+    config = config_from_args(args)
+    if args.method == "snapfusion":
+        from slimdiff.distill.step import step_distill as train
+    else:
+        from slimdiff.distill.lcm import consistency_distill as train
 
-    result = step_distill(config_from_args(args), progress=not args.quiet)
+    result = train(config, progress=not args.quiet)
     if result.num_processes == 1 or is_main_process():
         terms = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         print(f"step-distilled {result.steps} steps at {result.steps_per_sec:.2f} steps/s ({terms})")

@@ -66,7 +66,8 @@ from slimdiff.sample import fill_sampling
 from slimdiff.io import atomic_path, read_json
 from slimdiff.recipe import read_recipe, recipe_path, write_recipe
 from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
-                                  embed_dim, guidance_embedding, sampler_for, step_paths, to_x0_eps, v_from)
+                                  embed_dim, guidance_embedding, prediction_of, sampler_for, step_paths,
+                                  to_x0_eps)
 
 SCHEDULES = ("direct", "progressive")
 Tensor = torch.Tensor
@@ -89,6 +90,9 @@ class StepDistillConfig(DistillConfig):
     guidance_embed: bool = False  # student reads w (time_cond_proj_dim): one U-Net call per step
     guidance_embed_dim: int = 256  # width of the w embedding (LCM's w_embedding_dim)
     teacher_prediction_type: str | None = None  # None: the pipeline scheduler's prediction_type
+    # what the student predicts: "v_prediction" (SnapFusion; an epsilon source starts read as v) |
+    # "epsilon" | "sample" | None: the teacher's (the student starts as its source, sampled as it was)
+    student_prediction: str | None = "v_prediction"
     guidance: float | None = None  # sampling guidance written to the recipe; None: the world's (toy 5, else 7.5)
 
     def __post_init__(self):
@@ -119,6 +123,8 @@ class StepDistillConfig(DistillConfig):
                              f"invalid: need 1 <= guidance_min <= guidance_max (SnapFusion: [2, 14])")
         if self.teacher_prediction_type not in (None, *PREDICTION_TYPES):
             bad("teacher_prediction_type", f"None (the pipeline's) or one of {list(PREDICTION_TYPES)}")
+        if self.student_prediction not in (None, *PREDICTION_TYPES):
+            bad("student_prediction", f"None (the teacher's) or one of {list(PREDICTION_TYPES)}")
         if self.guidance is not None and self.guidance < 1.0:
             bad("guidance", "None or >= 1 (1: no guidance)")
 
@@ -222,8 +228,9 @@ def _declared_prediction(source: str | None) -> tuple[str, str] | None:
     if source is None or source == WORLD or not Path(source).is_dir():
         return None
     for directory in (Path(source), Path(source) / "pipeline"):
-        if "step_distill" in read_recipe(directory):
-            return STUDENT_PREDICTION, str(recipe_path(directory))
+        recipe = read_recipe(directory)
+        if "step_distill" in recipe:
+            return recipe.get("sampling", {}).get("prediction_type", STUDENT_PREDICTION), str(recipe_path(directory))
     sched = Path(source) / "scheduler" / "scheduler_config.json"
     if sched.is_file() and "prediction_type" in read_json(sched):
         return read_json(sched)["prediction_type"], str(sched)
@@ -252,7 +259,8 @@ class StepTrainer(KdTrainer):
                              f"({declared[1]}), but {self.teacher_pred!r} was "
                              f"{'given' if cfg.teacher_prediction_type else 'read from the pipeline scheduler'}; "
                              f"set teacher_prediction_type={declared[0]!r} or pass the matching --pipeline")
-        self.prediction_type = STUDENT_PREDICTION  # what the student learns (recipe, L_task)
+        self.student_pred = cfg.student_prediction or self.teacher_pred
+        self.prediction_type = self.student_pred  # what the student learns (recipe, L_task)
         self.null_text = self.empty_text
         # 2. the schedule of every stage (checks: the sampler reproduces the trained timesteps)
         stages = cfg.stage_steps()
@@ -309,7 +317,7 @@ class StepTrainer(KdTrainer):
         # (a fresh module: none of the student's hooks, e.g. stochastic depth)
         teacher.load_state_dict(state)
         self.teacher = teacher.requires_grad_(False).eval().to(self.device, self.dtype)
-        self.stage_teacher_pred = STUDENT_PREDICTION
+        self.stage_teacher_pred = self.student_pred
         self.stage = j
         self._set_paths(j)
 
@@ -340,16 +348,17 @@ class StepTrainer(KdTrainer):
                 x0, eps = to_x0_eps(self.stage_teacher_pred, z, out.float(), a, s)
                 z = ddim_step(x0, eps, *alpha_sigma(ab[:, j + 1]))
             x_target = step_target(z_t, z, a_t, s_t, a_end, s_end)
-        # 3. the student's one step: v under the same guidance -> x0 estimate
-        v_s, v_cond = guided_output(self.model, z_t, t, text, self.null_text, w,
-                                    cfg.guidance_embed_dim if cfg.guidance_embed else None)
-        x_s = a_t * z_t - s_t * v_s.float()
+        # 3. the student's one step: its output (v, eps or x0) under the same guidance -> x0 estimate
+        out_s, out_cond = guided_output(self.model, z_t, t, text, self.null_text, w,
+                                        cfg.guidance_embed_dim if cfg.guidance_embed else None)
+        x_s = to_x0_eps(self.student_pred, z_t, out_s.float(), a_t, s_t)[0]
         per_row = (x_s - x_target).pow(2).flatten(1).mean(1)  # (b,)
         terms = {"loss_step": (snr_weight(a_t, s_t) * per_row).mean()}
         # 4. gamma L_task on the unguided outputs (embedded students: rows at w = 1), mean over all b rows
         if cfg.lambda_task > 0:
             keep = (w == 1).float() if cfg.guidance_embed else torch.ones_like(w)
-            task = (v_cond.float() - v_from(latents, noise, a_t, s_t)).pow(2).flatten(1).mean(1)
+            target = prediction_of(self.student_pred, latents, noise, a_t, s_t)
+            task = (out_cond.float() - target).pow(2).flatten(1).mean(1)
             terms["loss_task"] = (keep * task).mean()
         terms["loss"] = terms["loss_step"] + cfg.lambda_task * terms.get("loss_task", 0.0)
         return terms
@@ -364,7 +373,7 @@ class StepTrainer(KdTrainer):
         guidance = self.cfg.guidance if self.cfg.guidance is not None else self._default_guidance()
         embedded = self.cfg.guidance_embed
         return {"steps": self.cfg.steps, "guidance": guidance, "scheduler": "DDIMScheduler",
-                "timestep_spacing": "trailing", "prediction_type": STUDENT_PREDICTION,
+                "timestep_spacing": "trailing", "prediction_type": self.student_pred,
                 "timesteps": self.paths[-1][0], "guidance_embedded": embedded,
                 "unet_calls_per_step": 1 if embedded or guidance == 1 else 2}
 
@@ -383,7 +392,7 @@ class StepTrainer(KdTrainer):
 
     def _save_pipeline(self, student: nn.Module, scheduler: Any = None) -> Path | None:
         """out/pipeline with the student's DDIM sampler, and the recipe beside it (sampling defaults)."""
-        sampler = sampler_for(self.parts.scheduler_config, self.cfg.steps)
+        sampler = sampler_for(self.parts.scheduler_config, self.cfg.steps, self.student_pred)
         out = super()._save_pipeline(student, scheduler or sampler)
         if out is not None:
             write_recipe(out, read_recipe(self.out))

@@ -16,12 +16,25 @@ import torch
 
 
 class EMA:
-    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float, warmup: bool = True):
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float, warmup: bool = True,
+                 into: Iterable[torch.Tensor] | None = None):
+        """`into`: float32 tensors to hold the shadow in place (e.g. a target network's parameters, which
+        then follow the average without a second copy); they start as copies of `parameters`."""
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay {decay} is not in (0, 1)")
         self.decay = decay
         self.warmup = warmup  # d = min(decay, (1 + n) / (10 + n)) (diffusers' default); False: d = decay
-        self.shadow = [p.detach().clone().float() for p in parameters]
+        parameters = list(parameters)
+        if into is None:
+            self.shadow = [p.detach().clone().float() for p in parameters]
+        else:
+            self.shadow = [s.requires_grad_(False) for s in into]
+            if len(self.shadow) != len(parameters) or any(s.dtype != torch.float32 or s.shape != p.shape
+                                                          for s, p in zip(self.shadow, parameters)):
+                raise ValueError("EMA `into` must hold one float32 tensor of each parameter's shape")
+            with torch.no_grad():
+                for s, p in zip(self.shadow, parameters):
+                    s.copy_(p.detach())
         self.num_updates = 0
 
     def current_decay(self) -> float:
@@ -50,4 +63,6 @@ class EMA:
                              f"trainable tensors (was --freeze changed?)")
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
-        self.shadow = [s.to(t.device) for s, t in zip(state["shadow"], self.shadow)]
+        with torch.no_grad():  # in place: a shadow held by a target network stays its parameters
+            for s, saved in zip(self.shadow, state["shadow"]):
+                s.copy_(saved.to(s.device))

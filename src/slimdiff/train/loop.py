@@ -14,7 +14,7 @@ What the loop owns: the batches (a seeded permutation per epoch, `GlobalBatchSam
 steps with accumulation and clipping (`optimizer_step`), the LR schedule, the EMA, the JSONL log
 and progress bar (`finish_step`), atomic checkpoints without pickles and exact resume
 (`slimdiff.train.checkpoint`), the non-finite stop, the per-phase profile (`--profile-steps`),
-the loss plot. Hooks a method may override: `batches` (what a micro-batch is), `_on_step_start`,
+the loss plot. Hooks a method may override: `batches` (what a micro-batch is), `_on_step_start`, `_on_step_end`,
 `_start_message`, `_make_optimizer`, `_finalize`, `close`.
 
 Determinism. Everything random in micro-step p (= step * grad_accum + micro) is drawn from
@@ -165,6 +165,10 @@ class Trainer:
     def _on_step_start(self, step: int) -> None:
         """Hook: called before optimiser step `step` (0-based), also the first step of a resumed run."""
 
+    def _on_step_end(self, step: int) -> None:
+        """Hook: called after optimiser step `step` (0-based) and the EMA update, before its checkpoint
+        (e.g. a consistency model's target network follows the weights here)."""
+
     def _micro_step(self, batch, position: int) -> dict[str, torch.Tensor]:
         """Loss terms of one micro-batch (global micro-batch `position`); `terms["loss"]` is backpropagated."""
         raise NotImplementedError
@@ -217,6 +221,7 @@ class Trainer:
                 self.lr_scheduler.step()
                 if self.ema is not None:
                     self.ema.update(self.trainable)
+                self._on_step_end(step)
             with self.timer("logging+syncs"):
                 pending.append((sums, step + 1, sampler.epoch_of((step + 1) * cfg.grad_accum - 1),
                                 self.lr_scheduler.get_last_lr()[0], grad_norm, time.perf_counter()))

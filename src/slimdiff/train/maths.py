@@ -59,19 +59,24 @@ def ddim_step(x0: Tensor, eps: Tensor, a_next: Tensor, s_next: Tensor) -> Tensor
     return a_next * x0 + s_next * eps
 
 
+def prediction_of(prediction_type: str, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    """What a U-Net of `prediction_type` should output at z_t = a x0 + s eps: eps, v or x0."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return v_from(x0, eps, a, s)
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+
+
 def task_target(prediction_type: str, latents: Tensor, noise: Tensor, timesteps: Tensor,
                 alphas_cumprod: Tensor) -> Tensor:
     """What the U-Net is trained to predict: epsilon -> eps; v_prediction -> v; sample -> x0.
 
     latents x0, noise eps: (B, C, h, w); timesteps: (B,) long; alphas_cumprod: (T,).
     """
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return v_from(latents, noise, *alpha_sigma_at(alphas_cumprod, timesteps, latents))
-    if prediction_type == "sample":
-        return latents
-    raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+    return prediction_of(prediction_type, latents, noise, *alpha_sigma_at(alphas_cumprod, timesteps, latents))
 
 
 def x0_estimate(prediction_type: str, x_t: Tensor, pred: Tensor, timesteps: Tensor,
@@ -110,10 +115,10 @@ def timestep_cond(unet: nn.Module, w: Tensor | float, batch: int, like: Tensor) 
 # ---------------------------------------------------------------------------------- DDIM schedules
 
 
-def sampler_for(scheduler_config: dict, steps: int):
-    """The DDIMScheduler a student of `steps` steps samples with (trailing spacing, v-prediction)."""
+def sampler_for(scheduler_config: dict, steps: int, prediction_type: str = STUDENT_PREDICTION):
+    """The DDIMScheduler a student of `steps` steps samples with (trailing spacing, the student's prediction)."""
     keep = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    keep.update(timestep_spacing="trailing", prediction_type=STUDENT_PREDICTION, clip_sample=False,
+    keep.update(timestep_spacing="trailing", prediction_type=prediction_type, clip_sample=False,
                 thresholding=False)
     sched = DDIMScheduler.from_config(keep)
     sched.set_timesteps(steps)
