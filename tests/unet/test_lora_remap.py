@@ -182,3 +182,34 @@ def test_modules_the_teacher_never_had_and_pickles_are_refused(world, tmp_path):
     (tmp_path / "l.bin").write_bytes(b"not read")
     with pytest.raises(ValueError, match=r"l.bin: slimdiff reads .safetensors only \(no pickles\)"):
         remap_lora_files(tmp_path / "l.bin", d / "bk-small", tmp_path / "o")
+
+
+def test_a_slim_class_student_loads_the_lora_and_inserted_copies_receive_it(world, tmp_path):
+    """snapfusion inserts a copy of each up.2 attention: both the unit and its copy get the teacher's LoRA;
+    the student is saved as `SlimUNet2DConditionModel` (not expressible), which `load_lora_weights` reads too."""
+    from diffusers import DiffusionPipeline
+
+    from slimdiff.testing import tiny_unet
+    from slimdiff.unet import apply_preset, remap_lora_files, save_student
+
+    student, _ = apply_preset(tiny_unet(0), "snapfusion")
+    assert save_student(student, tmp_path / "snap", world["pipe"], {"preset": "snapfusion"})["unet_class"][1] == \
+        "SlimUNet2DConditionModel"
+    report = remap_lora_files(world["dir"] / "lora", tmp_path / "snap", tmp_path / "snap-lora")
+    t = "up_blocks.2.attentions.1.proj_in"
+    assert report.kept[t] == ["up.2.layer.1.attn.proj_in", "up.2.layer.1.attn_1.proj_in"]
+    assert report.dropped["down_blocks.0.attentions.0.proj_in"] == "removed (no student module inherits it)"
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "snap" / "pipeline")
+    pipe.load_lora_weights(tmp_path / "snap-lora")
+    modules, teacher = dict(pipe.unet.named_modules()), dict(world["teacher"].named_modules())
+    for s in report.kept[t]:
+        assert torch.equal(modules[s].lora_B["default_0"].weight, teacher[t].lora_B["default"].weight)
+    assert sum(hasattr(m, "lora_A") for m in modules.values()) == sum(len(s) for s in report.kept.values())
+
+
+def test_an_inheritance_of_another_student_is_refused():
+    from slimdiff.unet import remap_lora
+
+    lora = {"unet.a.lora_A.weight": torch.ones(2, 8), "unet.a.lora_B.weight": torch.ones(8, 2)}
+    with pytest.raises(ValueError, match=r"^the inheritance names 1 tensors the student does not have \(first: 'b.weight'\)"):
+        remap_lora(lora, {"b.weight": "a.weight"}, {"a.weight": (8, 8)})

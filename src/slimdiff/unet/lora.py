@@ -108,9 +108,13 @@ def remap_lora(lora: Mapping[str, Any], inheritance: Mapping[str, str | None],
     5. the renamed keys (kohya names re-flattened), the metadata's module names rewritten.
     """
     # 1. LoRA modules (a kohya name `down_blocks_0_...` resolved against the teacher's dotted names)
+    missing = [k for k in inheritance if k not in student_shapes]
+    if missing:
+        raise ValueError(f"the inheritance names {len(missing)} tensors the student does not have (first: "
+                         f"{missing[0]!r}): it is not this student's")
     t_weights = {k[: -len(".weight")]: v for k, v in (teacher_shapes or {}).items() if k.endswith(".weight")}
     t_to_s: dict[str, list[str]] = collections.defaultdict(list)
-    for s_name, t_name in inheritance.items():  # 2.
+    for s_name, t_name in inheritance.items():  # 2. (inserted copies: several student modules)
         if s_name.endswith(".weight") and t_name not in _NEW and t_name.endswith(".weight"):
             t_to_s[t_name[: -len(".weight")]].append(s_name[: -len(".weight")])
     known = set(t_weights) if teacher_shapes is not None else set(t_to_s)
@@ -191,7 +195,7 @@ def _rename_metadata(metadata: Mapping[str, str] | None, kept: Mapping[str, list
             continue
         if key.endswith(".target_modules") and value:
             config[key] = students
-        elif key.endswith(("_pattern",)) and isinstance(value, dict):
+        elif key.endswith("_pattern") and isinstance(value, dict):  # rank_pattern, alpha_pattern
             config[key] = {s: v for k, v in value.items() for s in kept.get(k.removeprefix("unet."), [k])}
     out[METADATA_KEY] = json.dumps(config, indent=2, sort_keys=True)
     return out
@@ -264,16 +268,12 @@ def remap_lora_files(lora: str | os.PathLike, student: str | os.PathLike, out: s
     recipe = read_recipe(student) or read_recipe(unet_dir)
     s_shapes = weight_shapes(unet_dir)
     inheritance = recipe.get("inheritance") or {k: k for k in s_shapes}
-    missing = [k for k in inheritance if k not in s_shapes]
-    if missing:
-        raise ValueError(f"{student}: recipe.json inheritance names {len(missing)} tensors its U-Net does not have "
-                         f"(first: {missing[0]!r}); the recipe is not this model's")
     t_shapes = _teacher_shapes(teacher or teacher_of(recipe), student)
     if teacher is not None and t_shapes is None:
         raise ValueError(f"--teacher {teacher!r} is not a U-Net or pipeline directory with safetensors weights")
     mapped, report, metadata = remap_lora(tensors, inheritance, s_shapes, t_shapes, metadata, name=str(lora_file))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / LORA_FILE) as tmp:
-        save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+        save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata={"format": "pt", **(metadata or {})})
     write_recipe(out, {"remap_lora": {"lora": str(lora_file), "student": str(student), **report.to_dict()}})
     return report
