@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "toy": "toy",
     "assemble": "assemble",
+    "remap-lora": "remap_lora",
 }
 
 

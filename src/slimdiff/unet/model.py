@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.activations import get_activation
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -42,7 +43,7 @@ from .structure import (
 )
 
 
-class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
+class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
     """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted or replaced.
 
     Config: the diffusers-like top-level settings (`in_channels`, `out_channels`, `sample_size`,
