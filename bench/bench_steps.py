@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
@@ -102,7 +103,7 @@ def step_student(args, name: str, student: str, steps: int, **settings) -> str:
     out = Path(args.work) / name
     cfg = dict(teacher=args.teacher, student=student, steps=steps, teacher_steps=args.teacher_steps,
                max_steps=args.train_steps, batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler="cosine",
-               lr_warmup_steps=args.train_steps // 20, seed=args.seed, **settings)
+               lr_warmup_steps=args.train_steps // 20, seed=args.seed, student_prediction=None, **settings)
     run_or_reuse(Stage(name, cfg, output=out, run=lambda: step_distill(StepDistillConfig(
         out=str(out), checkpoint_every=100, cache_dir=str(Path(args.work) / "cache"), resume="latest", **cfg))),
         Path(args.work), print)
@@ -145,7 +146,9 @@ def consistency_rows(args, wanted) -> list[dict]:
 def configurations(args) -> list[dict]:
     """name, model, steps, guidance (None: the model's default), scheduler, accelerate spec, kind."""
     ref_steps = 25
-    wanted = lambda name: not args.only or any(text in name for text in args.only)  # noqa: E731
+    # --only TEXT: names containing TEXT; =NAME: that name exactly
+    wanted = lambda name: not args.only or any(name == t[1:] if t.startswith("=") else t in name  # noqa: E731
+                                               for t in args.only)
     rows = [dict(name="reference (teacher, 25 steps)", model=args.teacher, steps=ref_steps, kind="reference")]
     # the path the students learn: the teacher's own DDIM (trailing) steps of --teacher-steps
     rows.append(dict(name=f"teacher DDIM {args.teacher_steps} (the students' target)", model=args.teacher,
@@ -154,16 +157,22 @@ def configurations(args) -> list[dict]:
     for n in (8, 4):
         rows.append(dict(name=f"teacher DPM-Solver++ {n}", model=args.teacher, steps=n, scheduler="dpm",
                          kind="solver"))
+        rows.append(dict(name=f"teacher DDIM {n}", model=args.teacher, steps=n, scheduler="ddim",
+                         scheduler_overrides={"timestep_spacing": "trailing"}, kind="solver"))
     BK = "distilled bk-small"  # built (or taken from --bk-small) only when a row needs it
     for n in (8, 4):
-        for label, student, extra in (("vanilla", args.teacher, dict(cfg_prob=0.0)),
-                                      ("CFG-aware", args.teacher, dict(cfg_prob=0.1)),
-                                      ("guidance-embedded", args.teacher,
+        # "SnapFusion": the fixed recipe (StepDistillConfig's defaults: epsilon kept, every row guided at the
+        # sampling w); "SnapFusion's p=0.1": the paper's share of guided rows over w ~ U[2, 14]
+        for label, student, extra in (("SnapFusion", args.teacher, {}),
+                                      ("SnapFusion vanilla", args.teacher, dict(cfg_prob=0.0)),
+                                      ("SnapFusion's p=0.1", args.teacher,
+                                       dict(cfg_prob=0.1, guidance_min=2.0, guidance_max=14.0)),
+                                      ("SnapFusion guidance-embedded", args.teacher,
                                        dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True)),
-                                      ("bk-small + CFG-aware", BK, dict(cfg_prob=0.1)),
-                                      ("bk-small + guidance-embedded", BK,
+                                      ("bk-small + SnapFusion", BK, {}),
+                                      ("bk-small + SnapFusion guidance-embedded", BK,
                                        dict(cfg_prob=args.wemb_cfg_prob, guidance_embed=True))):
-            slug = label.replace(" + ", "-").replace(" ", "-").lower()
+            slug = label.replace(" + ", "-").replace("'s", "").replace("=", "").replace(" ", "-").lower()
             if not wanted(f"{label} {n}"):
                 continue
             student = distilled_bk_small(args) if student == BK else student
@@ -331,6 +340,19 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def training_cost(row: dict) -> str:
+    """'N steps, M min' of the row's few-step training (its recipe: steps / steps per second), '' when none."""
+    model = row.get("model")
+    recipe_file = Path(model) / "recipe.json" if isinstance(model, str) else None
+    if recipe_file is None or not recipe_file.is_file():
+        return ""
+    recipe = json.loads(recipe_file.read_text())
+    run = recipe.get("consistency_distill") or recipe.get("step_distill")
+    if not run or not run.get("steps_per_sec"):
+        return ""
+    return f"{run['steps']} steps, {run['steps'] / run['steps_per_sec'] / 60:.1f} min"
+
+
 def report(args, rows: list[dict], threads: int) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -341,6 +363,7 @@ def report(args, rows: list[dict], threads: int) -> None:
         for key in QUALITY_KEYS:
             if key in r["result"]:
                 row[key] = with_ci(r["result"], key)
+        row["training"] = training_cost(r)
         p, lo, hi = r["psnr_vs_reference"]
         row["PSNR vs reference (dB)"] = f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if r is not rows[0] else "(itself)"
         table.append(row)

@@ -41,7 +41,6 @@ from slimdiff.sample import make_scheduler, resolve_pipeline
 from slimdiff.toy import world
 
 GUIDANCE = 5.0
-LENGTHS = (400,)  # optimiser steps of the training rows (each longer one resumes the shorter run)
 RESULTS = Path("docs/bench/steps_diagnosis.json")
 
 
@@ -92,27 +91,37 @@ def start_rows() -> list[dict]:
 def train_rows() -> list[dict]:
     """Students at 8 steps after 400 / 1600 optimiser steps: today's recipe and one change at a time.
 
-    CFG rows sample with guidance 5 (two U-Net calls a step); "guided at w = 5" students are trained on
-    the teacher's guided path only (cfg_prob 1, w fixed) and sample without CFG (guidance 1, one call);
+    Every row samples with CFG at guidance 5 (two U-Net calls a step): a CFG-aware student's guided rows
+    train its own CFG combination w out(c) - (w - 1) out(null), so it is sampled with that combination
+    ("guided at w = 5": every row guided, cfg_prob 1, w fixed; its recipe's guidance 1 is not used here);
     the control fine-tunes the teacher on its own task loss (no distillation) and samples it with the
     teacher's DDIM trailing 8: does training on this data at this learning rate alone cost quality?"""
     fixed5 = dict(cfg_prob=1.0, guidance_min=5.0, guidance_max=5.0, guidance=1.0)
-    runs = [("epsilon kept, guided at w=5", dict(student_prediction="epsilon", **fixed5), None),
-            ("v, p=0.1, CFG (today)", dict(student_prediction="v_prediction", cfg_prob=0.1), 5.0),
-            ("epsilon kept, p=0.1, CFG", dict(student_prediction="epsilon", cfg_prob=0.1), 5.0),
-            ("v, guided at w=5", dict(student_prediction="v_prediction", **fixed5), None)]
+    runs = [("epsilon kept, guided at w=5", dict(student_prediction="epsilon", **fixed5), 5.0, (400,)),
+            ("v, p=0.1, CFG (today)", dict(student_prediction="v_prediction", cfg_prob=0.1), 5.0, (400,)),
+            ("epsilon kept, p=0.1, CFG", dict(student_prediction="epsilon", cfg_prob=0.1), 5.0, (400, 1600))]
     rows = [dict(name=f"control: teacher fine-tuned on its task loss, {length} steps, DDIM trailing 8",
                  steps=8, finetune=dict(lambda_task=1.0, lambda_out=0.0, lambda_feat=0.0), max_steps=length,
                  run="control-finetune", scheduler="ddim", overrides=dict(timestep_spacing="trailing"),
-                 guidance=GUIDANCE) for length in LENGTHS]
-    for label, settings, guidance in runs:
-        for length in LENGTHS:
+                 guidance=GUIDANCE) for length in (400,)]
+    for label, settings, guidance, lengths in runs:
+        for length in lengths:
             rows.append(dict(name=f"step-distilled 8, {label}, {length} steps", steps=8, train=settings,
                              max_steps=length, run=label, guidance=guidance))
     return rows
 
 
-ALL = {"solvers": solver_rows, "start": start_rows, "train": train_rows}
+def model_rows() -> list[dict]:
+    """Trained consistency students (bench/bench_steps.py's, in its --work) at each step count they serve."""
+    rows = []
+    for label, path, counts in (("LCM", "runs/bench_steps/lcm", (8, 4, 2, 1)),
+                                ("LCM-LoRA", "runs/bench_steps/lcm-lora", (8, 4, 2, 1)),
+                                ("PCM 4 phases", "runs/bench_steps/pcm", (4,))):
+        rows += [dict(name=f"{label} {n} (400 steps)", steps=n, model=path, guidance=None) for n in counts]
+    return rows
+
+
+ALL = {"solvers": solver_rows, "start": start_rows, "train": train_rows, "models": model_rows}
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -125,6 +134,10 @@ def slug(text: str) -> str:
 def trained_model(row: dict, work: Path) -> str:
     """The row's student: one run per label, extended to the row's length by resuming it."""
     out = work / slug(row["run"])
+    recipe = out / "recipe.json"
+    done = json.loads(recipe.read_text()) if recipe.is_file() else {}
+    if (done.get("distill") or done.get("step_distill") or {}).get("steps") == row["max_steps"]:
+        return str(out)  # finished at this length (its last checkpoint is earlier: resuming would redo steps)
     common = dict(teacher="toy", student="toy", max_steps=row["max_steps"], batch_size=32, learning_rate=1e-4,
                   seed=0, checkpoint_every=200, resume="latest" if out.exists() else None, out=str(out))
     if "finetune" in row:
@@ -138,7 +151,7 @@ def trained_model(row: dict, work: Path) -> str:
 
 def pipeline_of(row: dict, work: Path):
     trained = "train" in row or "finetune" in row
-    pipe = resolve_pipeline(trained_model(row, work) if trained else "toy")
+    pipe = resolve_pipeline(trained_model(row, work) if trained else row.get("model", "toy"))
     if row.get("scheduler"):
         pipe.scheduler = make_scheduler(row["scheduler"], pipe)
         if row.get("overrides"):
@@ -177,7 +190,8 @@ def load_results(part: str | None = None) -> dict:
 
 
 def settings_of(row: dict) -> dict:
-    return {k: row.get(k) for k in ("steps", "scheduler", "overrides", "train", "finetune", "max_steps", "guidance")}
+    return {k: row.get(k) for k in ("steps", "scheduler", "overrides", "train", "finetune", "max_steps", "guidance",
+                                    "model")}
 
 
 # ---------------------------------------------------------------------------------- report

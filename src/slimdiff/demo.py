@@ -13,10 +13,11 @@ settings, so a killed demo resumes where it stopped (the distillation from its l
      (`slimdiff.eval.compare`: alignment score, all-correct, KID, fidelity to the teacher, each with
      a 95% CI), params, GFLOPs, U-Net and end-to-end latency                -> eval/compare.json
   5. write the report (HTML + markdown) and `report.json` (always: latency is measured anew)
-Optional (`step_distill=N`, `slimdiff demo --step-distill 8`), between 3 and 4: CFG-aware step
-distillation (`slimdiff.distill.step`) of the distilled student to N sampling steps  -> step-distill/;
-it joins the evaluation as `step-distilled`, sampled as its recipe says (N DDIM steps), and the
-report adds its end-to-end speed-up. About 5 minutes more on 2 CPU cores at the defaults.
+Optional (`step_distill=N`, `slimdiff demo --step-distill 8`), between 3 and 4: fewer sampling steps
+for the distilled student -> step-distill/, by the method the bench found best (`step_method`:
+"lcm", latent consistency distillation, `slimdiff.distill.lcm`; or "snapfusion", `slimdiff.distill.step`);
+it joins the evaluation as `step-distilled`, sampled as its recipe says (N steps, one U-Net call each
+for LCM), and the report adds its end-to-end speed-up.
 
 The demo's distillation settings are defined once here (`DEMO_DISTILL`, `demo_distill_settings`);
 the benches import them so that their figures compare with the demo's.
@@ -35,6 +36,7 @@ import torch
 from PIL import Image
 
 from slimdiff.distill import DistillConfig, distill
+from slimdiff.distill.lcm import ConsistencyConfig, consistency_distill
 from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.eval.compare import compare
 from slimdiff.eval.compare import write as write_compare
@@ -53,12 +55,13 @@ from slimdiff.unet.presets import PRESETS
 
 MODELS = ("teacher", "pruned", "distilled")
 STEP_MODEL = "step-distilled"  # the optional fourth row (DemoConfig.step_distill)
+STEP_METHODS = ("lcm", "snapfusion")  # the first: the default (docs/bench/steps.md ranks them)
 # the report's quality columns (slimdiff.eval.toy): continuous first, then the saturating ones
 QUALITY_KEYS = ("alignment_score", "all_correct", "alignment", "kid", "judge_fid", "psnr_to_teacher",
                 "feature_cos_to_teacher")
 # the settings the evaluation stage depends on (a rerun with others redoes it)
 EVAL_KEYS = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "num_images", "steps",
-             "guidance", "seed", "step_distill", "step_distill_train_steps")
+             "guidance", "seed", "step_distill", "step_distill_train_steps", "step_method")
 
 # The demo's distillation settings (slimdiff.distill.DistillConfig fields), defined once: the
 # benches (bench_kd, bench_laptop, bench_asdm, bench_distill_throughput) import them.
@@ -101,6 +104,7 @@ class DemoConfig:
     grid_rows: int = 8  # prompts shown in the report's side-by-side grid
     step_distill: int | None = None  # student sampling steps of the optional step-distillation stage (e.g. 8)
     step_distill_train_steps: int | None = None  # its optimiser steps; None: 400 (quick: 20)
+    step_method: str = STEP_METHODS[0]  # "lcm" (one U-Net call a step) | "snapfusion" (CFG-aware, DDIM)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -116,6 +120,8 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.learning_rate={self.learning_rate!r} is invalid: a positive number")
         if self.feat_loss not in ("plain", "normalized"):
             raise ValueError(f"DemoConfig.feat_loss={self.feat_loss!r} is invalid: 'plain' or 'normalized'")
+        if self.step_method not in STEP_METHODS:
+            raise ValueError(f"DemoConfig.step_method={self.step_method!r} is invalid: one of {list(STEP_METHODS)}")
 
     def resolved(self) -> dict[str, Any]:
         """The settings with every None replaced by the value used."""
@@ -140,18 +146,20 @@ class DemoConfig:
             **demo_distill_settings(steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
                                     feat_loss=self.feat_loss, seed=self.seed))
 
-    def step_config(self, teacher_dir: str, out: Path) -> StepDistillConfig:
-        """The step-distillation stage's settings: the distilled student to `step_distill` DDIM steps,
-        CFG-aware (p = 0.1), from a teacher DDIM schedule of 16 steps (2N when N > 8), batch 32, AdamW
-        1e-4 cosine (bench/bench_steps.py's committed settings). Invalid N: StepDistillConfig's error."""
+    def step_config(self, teacher_dir: str, out: Path) -> StepDistillConfig | ConsistencyConfig:
+        """The step stage's settings: the distilled student to `step_distill` sampling steps, batch 32,
+        AdamW 1e-4 cosine (bench/bench_steps.py's committed settings); "lcm": LCM's defaults (50-step
+        solver grid, w ~ U[2, 8], guidance embedded); "snapfusion": CFG-aware (p = 0.1) from a teacher DDIM
+        schedule of 16 steps (2N when N > 8). An invalid N fails here, before any work (the config's error)."""
         n, s = self.step_distill, self.resolved()
-        return StepDistillConfig(
-            teacher=self.model, student=teacher_dir, data="toy", out=str(out / "step-distill"), steps=n,
-            teacher_steps=16 if n <= 8 else 2 * n, max_steps=s["step_distill_train_steps"], batch_size=32,
-            learning_rate=1e-4, lr_scheduler="cosine", lr_warmup_steps=s["step_distill_train_steps"] // 20,
-            cfg_prob=0.1, seed=self.seed, cpu=True, cache_dir=str(out / "cache"),
-            checkpoint_every=max(20, s["step_distill_train_steps"] // 4),
-            resume="latest" if (out / "step-distill" / "checkpoints").is_dir() else None)
+        common = dict(teacher=self.model, student=teacher_dir, data="toy", out=str(out / "step-distill"), steps=n,
+                      max_steps=s["step_distill_train_steps"], batch_size=32, learning_rate=1e-4,
+                      lr_scheduler="cosine", lr_warmup_steps=s["step_distill_train_steps"] // 20, seed=self.seed,
+                      cpu=True, cache_dir=str(out / "cache"), checkpoint_every=max(20, s["step_distill_train_steps"] // 4),
+                      resume="latest" if (out / "step-distill" / "checkpoints").is_dir() else None)
+        if self.step_method == "lcm":
+            return ConsistencyConfig(method="lcm", **common)
+        return StepDistillConfig(teacher_steps=16 if n <= 8 else 2 * n, cfg_prob=0.1, **common)
 
 
 @dataclasses.dataclass
@@ -243,25 +251,26 @@ def distill_stage(run: DemoRun) -> Stage:
     return Stage("distill", {k: s[k] for k in keys}, make, output=run.out / "distill")
 
 
-def step_distill_stage(run: DemoRun, step_cfg: StepDistillConfig) -> Stage:
-    """3b. optional: the distilled student step-distilled to N sampling steps (CFG-aware, SnapFusion)
+def step_distill_stage(run: DemoRun, step_cfg: StepDistillConfig | ConsistencyConfig) -> Stage:
+    """3b. optional: the distilled student distilled to N sampling steps (LCM or SnapFusion)
     -> step-distill/ (its pipeline samples as its recipe says)."""
     s = run.settings
 
     def make():
-        run.say(f"[3b/5] step-distilling the student to {run.config.step_distill} sampling steps "
+        run.say(f"[3b/5] {s['step_method']}: distilling the student to {run.config.step_distill} sampling steps "
                 f"({s['step_distill_train_steps']} training steps)")
-        step_distill(step_cfg, progress=run.progress)
+        train = consistency_distill if isinstance(step_cfg, ConsistencyConfig) else step_distill
+        train(step_cfg, progress=run.progress)
 
     keys = ("model", "preset", "distill_steps", "batch_size", "learning_rate", "feat_loss", "seed", "step_distill",
-            "step_distill_train_steps")
+            "step_distill_train_steps", "step_method")
     return Stage("step-distill", {k: s[k] for k in keys}, make,
                  output=run.out / "step-distill")
 
 
 def load_step_distilled(run: DemoRun) -> None:
-    """The step-distilled pipeline joins the rows with the DDIM (trailing, v) sampler it was trained
-    for, and the (steps, guidance) its recipe records."""
+    """The step-distilled pipeline joins the rows with the sampler it was trained for (LCMScheduler, or
+    DDIM trailing), and the (steps, guidance) its recipe records."""
     run.step_pipe = load_pipeline(str(run.out / "step-distill" / "pipeline"))
     run.step_pipe.set_progress_bar_config(disable=True)
     run.unets[STEP_MODEL] = run.step_pipe.unet.eval()

@@ -35,7 +35,8 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     assert step["params"] == report["distilled"]["params"] and step["pipeline_speedup"] > 0
     rows = {r["model"]: r for r in json.loads((out / "eval" / "compare.json").read_text())["rows"]}
     assert rows["step-distilled"]["steps"] == 4 and rows["teacher"]["steps"] == report["settings"]["steps"]
-    assert json.loads((out / "step-distill" / "recipe.json").read_text())["sampling"]["steps"] == 4
+    sampling = json.loads((out / "step-distill" / "recipe.json").read_text())["sampling"]
+    assert sampling["steps"] == 4 and sampling["scheduler"] == "LCMScheduler"  # the default method: LCM
 
     # a rerun finds every stage finished: same scores, no retraining
     log_lines = (out / "distill" / "train_log.jsonl").read_text()
@@ -54,4 +55,8 @@ def test_demo_config_rejects_bad_values():
     with pytest.raises(ValueError, match="step_distill=0"):
         DemoConfig(step_distill=0)
     with pytest.raises(ValueError, match="StepDistillConfig.steps=3"):  # 16 teacher steps cannot give 3
-        DemoConfig(step_distill=3).step_config("runs/x", Path("runs/x"))
+        DemoConfig(step_distill=3, step_method="snapfusion").step_config("runs/x", Path("runs/x"))
+    with pytest.raises(ValueError, match="ConsistencyConfig.steps=64 is invalid: at most solver_steps=50"):
+        DemoConfig(step_distill=64).step_config("runs/x", Path("runs/x"))
+    with pytest.raises(ValueError, match="step_method='dmd'"):
+        DemoConfig(step_method="dmd")

@@ -9,8 +9,8 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from slimdiff.data import collate_items
-from slimdiff.distill.step import (StepDistillConfig, StepTrainer, add_guidance_embedding, cfg_combine, snr_weight,
-                                   step_distill, step_target)
+from slimdiff.distill.guidance import add_guidance_embedding, cfg_combine
+from slimdiff.distill.step import StepDistillConfig, StepTrainer, snr_weight, step_distill, step_target
 from slimdiff.train import loop as trainer_mod
 from slimdiff.train.maths import alpha_sigma, ddim_step, guidance_embedding, step_paths, to_x0_eps, v_from
 from slimdiff.testing import tiny_unet
@@ -111,7 +111,8 @@ def test_guidance_embedding_matches_the_pipeline_and_starts_at_zero():
 
 
 def test_a_student_equal_to_the_teachers_two_step_map_has_zero_loss(make_step, tmp_path):
-    trainer = StepTrainer(make_step(tmp_path / "o", cfg_prob=0.0, lambda_task=0.0), progress=False)
+    trainer = StepTrainer(make_step(tmp_path / "o", cfg_prob=0.0, lambda_task=0.0, student_prediction="v_prediction"),
+                          progress=False)
     sched = DDIMScheduler.from_config(trainer.parts.scheduler_config, timestep_spacing="trailing",
                                       prediction_type="epsilon", clip_sample=False)
     sched.set_timesteps(8)  # the teacher's schedule, stepped by diffusers itself

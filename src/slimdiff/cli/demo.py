@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=nonnegative_float, default=None, help="CFG scale (default: the toy pipeline's)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data, noise and evaluation (default 0)")
     p.add_argument("--step-distill", type=positive_int, default=None, metavar="N",
-                   help="also step-distill the student to N sampling steps (CFG-aware; ~5 min more), e.g. 8")
+                   help="also distill the student to N sampling steps (--step-method; ~8 min more), e.g. 8")
+    p.add_argument("--step-method", choices=["lcm", "snapfusion"], default=None,
+                   help="how: lcm (default: latent consistency distillation, one U-Net call a step) or snapfusion")
     p.add_argument("--step-distill-train-steps", type=positive_int, default=None,
                    help="optimiser steps of that stage (default 400; quick 20)")
     p.set_defaults(func=run)
@@ -45,7 +47,8 @@ def run(args) -> int:
     config = DemoConfig(
         out=args.out, model=args.model, preset=args.preset, quick=args.quick, distill_steps=args.distill_steps,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        step_distill=args.step_distill, step_distill_train_steps=args.step_distill_train_steps, **distill,
+        step_distill=args.step_distill, step_distill_train_steps=args.step_distill_train_steps,
+        **({"step_method": args.step_method} if args.step_method else {}), **distill,
     )
     summary = run_demo(config)
     from slimdiff.report.tables import format_ci

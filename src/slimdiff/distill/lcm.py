@@ -55,7 +55,7 @@ from torch import nn
 
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.kd import DistillResult, KdTrainer
-from slimdiff.distill.step import add_guidance_embedding, guided_output
+from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.recipe import read_recipe, write_recipe
 from slimdiff.sample import fill_sampling
 from slimdiff.train import checkpoint as ckpt
@@ -110,6 +110,8 @@ class ConsistencyConfig(DistillConfig):
         if self.phases > self.solver_steps:
             bad("phases", f"at most solver_steps={self.solver_steps}: the {self.solver_steps}-step grid cannot be "
                           f"split into more phases")
+        if self.steps > self.solver_steps:
+            bad("steps", f"at most solver_steps={self.solver_steps}: the sampler's steps are taken from that grid")
         if self.method == "pcm" and self.steps != self.phases:
             bad("steps", f"a PCM student samples in its {self.phases} phases: steps = phases")
         if self.loss not in LOSSES:

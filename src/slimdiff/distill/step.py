@@ -16,16 +16,18 @@ and the loss is  w(t) ||x_hat_S - x_target||^2 + gamma L_task  with w(t) = max(a
 (the SNR clipped at 1), gamma = `lambda_task` (0.2, the paper's best) and L_task the student's own
 denoising loss on v. ||.||^2 is the mean over latent elements, then over the batch.
 
-CFG-aware. With probability `cfg_prob` (p = 0.1), drawn per example, every U-Net output of the
-teacher and of the student is replaced by the guided one w_g v(c) - (w_g - 1) v(null),
-w_g ~ U[guidance_min, guidance_max] = U[2, 14]; else the plain conditional output (w = 1). p = 0
-is vanilla step distillation. The combination is the same in eps, v or x0 terms: at fixed (z_t, t)
+CFG-aware. With probability `cfg_prob` (default 1; SnapFusion: 0.1), drawn per example, every U-Net
+output of the teacher and of the student is replaced by the guided one w_g v(c) - (w_g - 1) v(null),
+w_g ~ U[guidance_min, guidance_max] (default: the sampling guidance, fixed; a guidance-embedded student
+U[2, 14], SnapFusion's); else the plain conditional output (w = 1). p = 0 is vanilla step distillation.
+The defaults are the diagnosis's (docs/bench/steps_diagnosis.md): SnapFusion's p = 0.1 over U[2, 14]
+trains the guided combination the student samples with on few rows, rarely near the w it samples at. The combination is the same in eps, v or x0 terms: at fixed (z_t, t)
 each is an affine function of the others and the weights w_g, -(w_g - 1) sum to 1.
 
-v-prediction. The student always predicts v = a_t eps - s_t x0 (x0 = a_t z_t - s_t v,
-eps = s_t z_t + a_t v). An epsilon teacher needs no v fine-tune first (SnapFusion fine-tunes its
-teacher to v): its output converts exactly, x0 = (z_t - s_t eps) / a_t and v = a_t eps - s_t x0,
-which is all a DDIM step needs. slimdiff takes that exact conversion (`to_x0_eps`).
+Prediction. The student predicts `student_prediction`: None (default) keeps the teacher's, so it starts
+as its source; "v_prediction" is SnapFusion's v = a_t eps - s_t x0 (an epsilon source then starts read
+as v, its x0 and eps wrong at every step). The teacher's output converts exactly (`to_x0_eps`), which is
+all a DDIM step needs. docs/bench/steps_diagnosis.md measures both.
 
 Schedules. Timesteps are DDIM "trailing" ones (t_i = round(T - i T/N) - 1: the first step at
 t = T - 1; an N-step schedule is every k-th timestep of a kN-step one). `direct`: the teacher's
@@ -61,6 +63,7 @@ from torch import nn
 
 from slimdiff.data.toy import WORLD
 from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.sample import fill_sampling
 from slimdiff.io import atomic_path, read_json
@@ -84,15 +87,15 @@ class StepDistillConfig(DistillConfig):
     steps: int = 8  # student sampling steps N (SnapFusion: 8)
     teacher_steps: int = 32  # DDIM steps of the teacher schedule the student's are cut from (SnapFusion: 32)
     schedule: str = "direct"  # "direct": k = teacher_steps/steps per step | "progressive": halve, k = 2
-    cfg_prob: float = 0.1  # p: share of examples trained on guided outputs (SnapFusion 0.1; 0: vanilla)
-    guidance_min: float = GUIDANCE_RANGE[0]  # w_g ~ U[guidance_min, guidance_max] (SnapFusion: [2, 14])
-    guidance_max: float = GUIDANCE_RANGE[1]
+    cfg_prob: float = 1.0  # p: share of examples trained on guided outputs (SnapFusion 0.1; 0: vanilla)
+    guidance_min: float | None = None  # w_g ~ U[min, max]; None: the sampling guidance (embedded: [2, 14])
+    guidance_max: float | None = None
     guidance_embed: bool = False  # student reads w (time_cond_proj_dim): one U-Net call per step
     guidance_embed_dim: int = 256  # width of the w embedding (LCM's w_embedding_dim)
     teacher_prediction_type: str | None = None  # None: the pipeline scheduler's prediction_type
-    # what the student predicts: "v_prediction" (SnapFusion; an epsilon source starts read as v) |
-    # "epsilon" | "sample" | None: the teacher's (the student starts as its source, sampled as it was)
-    student_prediction: str | None = "v_prediction"
+    # what the student predicts: None: the teacher's (it starts as its source; docs/bench/steps_diagnosis.md:
+    # +13 points over v at 400 steps on the toy) | "v_prediction" (SnapFusion's) | "epsilon" | "sample"
+    student_prediction: str | None = None
     guidance: float | None = None  # sampling guidance written to the recipe; None: the world's (toy 5, else 7.5)
 
     def __post_init__(self):
@@ -118,9 +121,10 @@ class StepDistillConfig(DistillConfig):
             bad("max_steps", f"at least one optimiser step per stage ({len(self.stage_steps())} stages)")
         if not 0.0 <= self.cfg_prob <= 1.0:
             bad("cfg_prob", "a probability in [0, 1]")
-        if not 1.0 <= self.guidance_min <= self.guidance_max:
-            raise ValueError(f"StepDistillConfig guidance range [{self.guidance_min}, {self.guidance_max}] is "
-                             f"invalid: need 1 <= guidance_min <= guidance_max (SnapFusion: [2, 14])")
+        lo, hi = self.guidance_min, self.guidance_max
+        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
+            raise ValueError(f"StepDistillConfig guidance range [{lo}, {hi}] is invalid: give both or neither, "
+                             f"1 <= guidance_min <= guidance_max (SnapFusion: [2, 14])")
         if self.teacher_prediction_type not in (None, *PREDICTION_TYPES):
             bad("teacher_prediction_type", f"None (the pipeline's) or one of {list(PREDICTION_TYPES)}")
         if self.student_prediction not in (None, *PREDICTION_TYPES):
@@ -175,54 +179,6 @@ def snr_weight(a: Tensor, s: Tensor) -> Tensor:
     return (a.flatten() ** 2 / s.flatten() ** 2).clamp(min=1.0)
 
 
-def cfg_combine(cond: Tensor, uncond: Tensor, w: Tensor) -> Tensor:
-    """w v(c) - (w - 1) v(null) per example; w (B,). w = 1 returns `cond` exactly."""
-    w = w.view(-1, *([1] * (cond.ndim - 1))).to(cond)
-    return w * cond - (w - 1) * uncond
-
-
-def guided_output(model: nn.Module, z: Tensor, t: Tensor, text: Tensor, null_text: Tensor, w: Tensor,
-                  dim: int | None) -> tuple[Tensor, Tensor]:
-    """(guided, conditional) U-Net outputs at guidance w (B,), in one model call.
-
-    Guidance-embedded (`dim`: the embedding width): one pass reading emb(w - 1); it is guided and conditional at once.
-    Otherwise the rows with w != 1 run again on `null_text` (1, L, D) in the same batch and are
-    combined by `cfg_combine`; rows with w = 1 return the conditional output unchanged.
-    """
-    if dim is not None:
-        out = model(z, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, dim).to(z)).sample
-        return out, out
-    g = (w != 1).nonzero().flatten()  # (m,) guided rows
-    b = z.shape[0]
-    out = model(torch.cat([z, z[g]]), torch.cat([t, t[g]]),
-                encoder_hidden_states=torch.cat([text, null_text.expand(len(g), -1, -1).to(text)])).sample
-    cond = out[:b]
-    uncond = torch.zeros_like(cond)
-    uncond[g] = out[b:]
-    return cfg_combine(cond, uncond, w), cond
-
-
-def add_guidance_embedding(unet: nn.Module, dim: int) -> nn.Module:
-    """A copy of `unet` that also reads a w embedding (time_cond_proj_dim=dim), projection zeroed,
-    so it computes what `unet` computes until trained. Works for diffusers and slim U-Nets."""
-    have = unet.config.get("time_cond_proj_dim")
-    if have is not None:
-        if have != dim:
-            raise ValueError(f"the student is already guidance-embedded with time_cond_proj_dim={have}, "
-                             f"not guidance_embed_dim={dim}")
-        return unet
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # _use_default_values would win
-    new = type(unet).from_config({**config, "time_cond_proj_dim": dim})
-    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or missing != ["time_embedding.cond_proj.weight"]:
-        raise ValueError(f"adding the guidance embedding changed more than time_embedding.cond_proj: "
-                         f"missing {missing}, unexpected {unexpected}")
-    nn.init.zeros_(new.time_embedding.cond_proj.weight)
-    if hasattr(unet, "inheritance"):
-        new.inheritance = {**unet.inheritance, "time_embedding.cond_proj.weight": "new"}
-    return new.to(next(unet.parameters()).device)
-
-
 def _declared_prediction(source: str | None) -> tuple[str, str] | None:
     """(prediction_type, where) a teacher directory declares: a step-distill recipe or its pipeline's scheduler."""
     if source is None or source == WORLD or not Path(source).is_dir():
@@ -272,6 +228,9 @@ class StepTrainer(KdTrainer):
         self.stage = 0
         self.stage_teacher_pred = self.teacher_pred
         self._set_paths(0)
+        g = cfg.guidance if cfg.guidance is not None else self._default_guidance()
+        self.w_range = (cfg.guidance_min, cfg.guidance_max) if cfg.guidance_min is not None else \
+            GUIDANCE_RANGE if cfg.guidance_embed else (g, g)
 
     def _guidance_dim(self) -> None:
         """None: the KD pass feeds no guidance embedding; `guided_output` feeds the student's own."""
@@ -331,7 +290,8 @@ class StepTrainer(KdTrainer):
             items, position, draw_t=lambda G, gen: torch.randint(0, n, (G,), generator=gen))
         G = latents.shape[0] * self.world
         use_cfg = (torch.rand(G, generator=g) < cfg.cfg_prob)[rows]
-        w_g = (cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(G, generator=g))[rows]
+        lo, hi = self.w_range
+        w_g = (lo + (hi - lo) * torch.rand(G, generator=g))[rows]
         w = torch.where(use_cfg, w_g, torch.ones_like(w_g)).to(self.device)  # (b,) 1: no guidance
         ab = self.path_ab[idx]  # (b, k + 1): ab along t -> ... -> t''
         a_t, s_t = alpha_sigma(ab[:, 0])
