@@ -116,6 +116,7 @@ def model_rows() -> list[dict]:
     rows = []
     for label, path, counts in (("LCM", "runs/bench_steps/lcm", (8, 4, 2, 1)),
                                 ("LCM-LoRA", "runs/bench_steps/lcm-lora", (8, 4, 2, 1)),
+                                ("bk-small + LCM", "runs/bench_steps/bk-small-lcm", (8, 4, 2, 1)),
                                 ("PCM 4 phases", "runs/bench_steps/pcm", (4,))):
         rows += [dict(name=f"{label} {n} (400 steps)", steps=n, model=path, guidance=None) for n in counts]
     return rows

@@ -158,7 +158,8 @@ def test_resume_after_kill_equals_an_uninterrupted_run(make_lcm, tmp_path, monke
 
 
 def test_lora_save_then_load_lora_weights_gives_the_same_outputs(make_lcm, tmp_path, tiny_pipe):
-    result = consistency_distill(make_lcm(tmp_path / "o", lora_rank=2, learning_rate=1e-2), progress=False)
+    result = consistency_distill(make_lcm(tmp_path / "o", lora_rank=2, learning_rate=1e-2, target_decay=None),
+                                 progress=False)  # (the online target: LCM-LoRA's; the EMA one: the default)
     assert (tmp_path / "o" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     base = StableDiffusionPipeline.from_pretrained(tiny_pipe)
     untouched = base.unet.state_dict()
@@ -189,6 +190,7 @@ def test_lora_save_then_load_lora_weights_gives_the_same_outputs(make_lcm, tmp_p
     (dict(method="cm"), r"method='cm' is invalid"),
     (dict(guidance_embed=True, lora_rank=4), r"guidance_embed=True is invalid: a LoRA keeps the base U-Net"),
     (dict(lambda_task=1.0), r"must all be 0"),
+    (dict(target_decay=1.5), r"target_decay=1.5 is invalid"),
 ])
 def test_bad_settings_are_one_line_errors(make_lcm, tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match) as e:
