@@ -1,24 +1,26 @@
-"""Fewer steps end to end (issue 9): step-distilled students against few-step solvers, DeepCache and ToMe.
+"""Fewer steps end to end (issues 9, 20): few-step students against few-step solvers, DeepCache and ToMe.
 
     python bench/bench_steps.py --bk-small runs/demo/distill --teacher-steps 16 --train-steps 400 \\
-        --batch-size 32 --threads 1                               # the committed run (trains 10 students, ~1 h)
-    python bench/bench_steps.py                                   # toy world, everything (trains 11 models)
+        --batch-size 32 --threads 1 --vae runs/vae-kd --only ...   # the committed run (its command line in OUT.md)
+    python bench/bench_steps.py                                   # toy world, everything (trains every model)
     python bench/bench_steps.py --dry-run --out /tmp/steps        # tiny settings: proves the script runs
 
 Configurations: the reference (teacher, 25 steps of its own sampler, CFG); the teacher's own DDIM
-(trailing) path of --teacher-steps steps, the one the students learn to shortcut; the teacher with
-DPM-Solver++ at 8 and 4 steps; step-distilled students (student = the teacher's weights) at 8 and 4
-steps: vanilla (p = 0), CFG-aware (p = 0.1), guidance-embedded (one U-Net call per step); a
-distilled bk-small step-distilled CFG-aware and guidance-embedded at 8 and 4 (the combination
-meant for the 10x target: fewer, cheaper and unpaired U-Net calls); DeepCache (the package, interval 3, branch
-0; slimdiff's own cache where the package is missing) and ToMe (ratio 0.5) on the teacher at 25
-steps; slimdiff's DeepCache-style cache (interval 3) on the best step-distilled student.
+(trailing) path of --teacher-steps steps, the one SnapFusion students learn to shortcut; the teacher
+with DDIM (trailing) and DPM-Solver++ at 8 and 4 steps (training-free); SnapFusion students at 8 and 4
+steps (`slimdiff.distill.step`; "SnapFusion": its fixed recipe, the defaults; "SnapFusion's p=0.1":
+the paper's share of guided rows, vanilla, guidance-embedded, bk-small variants); consistency
+students (`slimdiff.distill.lcm`; one LCM model samples at 8, 4, 2 and 1 steps, one U-Net call
+each): LCM and LCM-LoRA on the teacher, LCM on the distilled bk-small, PCM with 4 phases; with
+--vae, --vae-rows again decoding with a distilled decoder; DeepCache (the package, interval 3,
+branch 0; slimdiff's own cache where the package is missing) and ToMe (ratio 0.5) on the teacher at
+25 steps; slimdiff's DeepCache-style cache (interval 3) on the best few-step student.
 Speed: one pipeline call at batch 1 (text encoder + every U-Net call + VAE decode), all
 configurations timed round-robin on the same threads, medians. Quality: `slimdiff.eval.evaluation`
-on the test split (its metrics and CIs as the evaluation runner reports them), plus PSNR against
-the reference's image for the same prompt and noise (fidelity, 95% bootstrap CI).
-Models are trained into --work and reused when present. Results: OUT.md, OUT.json, OUT.png.
-"""
+on the test split (its metrics and CIs), plus PSNR against the reference's image for the same
+prompt and noise (fidelity, 95% bootstrap CI). Training cost per row: its recipe's steps and wall
+time (steps / steps per second of its run, on the machine as it was loaded then).
+Models are trained into --work and reused when present. Results: OUT.md, OUT.json, OUT.png."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from slimdiff.distill import DistillConfig, distill
 from slimdiff.distill.lcm import ConsistencyConfig, consistency_distill
 from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.eval import evaluate, stats
-from slimdiff.sample import fill_sampling, make_scheduler, resolve_pipeline
+from slimdiff.sample import fill_sampling, make_scheduler, resolve_pipeline, with_vae
 from slimdiff.io import atomic_write, write_json
 from slimdiff.profile.latency import num_threads, time_rounds
 from slimdiff.report.images import to_tensor
@@ -58,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, cosine with 5%% warm-up")
     p.add_argument("--teacher-steps", type=int, default=32, help="teacher DDIM schedule (SnapFusion: 32)")
     p.add_argument("--lora-rank", type=int, default=16, help="rank of the LCM-LoRA rows")
+    p.add_argument("--vae", help="a distilled decoder (slimdiff distill-vae output): --vae-rows again with it")
+    p.add_argument("--vae-rows", nargs="+", default=["LCM 4", "bk-small + LCM 4", "bk-small + LCM 2"],
+                   help="the configurations repeated with --vae")
     p.add_argument("--wemb-cfg-prob", type=float, default=0.5, help="p of the guidance-embedded students")
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--latency-repeats", type=int, default=5)
@@ -179,6 +184,9 @@ def configurations(args) -> list[dict]:
             rows.append(dict(name=f"{label} {n}", model=step_student(args, f"{slug}-{n}", student, n, **extra),
                              kind="slimdiff"))
     rows += consistency_rows(args, wanted)
+    if args.vae:  # the best few-step pipelines again, decoding with the distilled 50%-channel decoder
+        for r in [r for r in rows if r["kind"] == "slimdiff" and r["name"] in args.vae_rows]:
+            rows.append(dict(r, name=f"{r['name']} + distilled decoder", vae=args.vae))
     try:
         import DeepCache  # noqa: F401
 
@@ -196,7 +204,7 @@ def configurations(args) -> list[dict]:
 
 
 def build(row: dict, device):
-    pipe = resolve_pipeline(row["model"])
+    pipe = with_vae(resolve_pipeline(row["model"]), row.get("vae"))
     if device is not None:
         pipe.to(device)
     if row.get("scheduler"):
@@ -277,12 +285,42 @@ def main() -> None:
 # ---------------------------------------------------------------------------------- report
 
 
+def ci_of(r: dict, key: str = "all_correct") -> list[float]:
+    return r["result"].get(f"{key}_ci") or (r["result"].get("ci") or {}).get(key)
+
+
+def step_targets(rows: list[dict], ours: list[dict], ac) -> list[str]:
+    """Issue 20's few-step targets: an 8-step student inside the reference's interval; a 4-step one
+    above the teacher's best training-free sampler at 8 steps; none below the teacher at its own steps."""
+    ref_lo, ref_hi = ci_of(rows[0])
+    lines = []
+    eight = [r for r in ours if r["steps"] == 8 and "decoder" not in r["name"]]
+    if eight:
+        b = max(eight, key=ac)
+        word = "met" if ac(b) >= ref_lo else "missed"
+        lines.append(f"8-step target {word}: best {b['name']} {ac(b):.3f} vs the reference's interval "
+                     f"[{ref_lo:.3f}, {ref_hi:.3f}].")
+    free8 = [r for r in rows if r["kind"] == "solver" and r["steps"] == 8]
+    four = [r for r in ours if r["steps"] == 4 and "decoder" not in r["name"]]
+    if free8 and four:
+        f, b = max(free8, key=ac), max(four, key=ac)
+        word = "met" if ac(b) > ac(f) else "missed"
+        lines.append(f"4-step target {word}: best {b['name']} {ac(b):.3f} vs {f['name']} {ac(f):.3f}.")
+    solvers = {r["steps"]: r for r in rows if r["kind"] == "solver" and r["name"].startswith("teacher DDIM")}
+    below = [f"{r['name']} {ac(r):.3f} < {solvers[r['steps']]['name']} {ac(solvers[r['steps']]):.3f}"
+             for r in ours if r["steps"] in solvers and "bk-small" not in r["name"] and "decoder" not in r["name"]
+             and ci_of(r)[1] < ac(solvers[r["steps"]])]
+    lines.append("No teacher-initialised student below the teacher's DDIM at its own steps (upper CI bound)."
+                 if not below else "Below the teacher's DDIM at their own steps (upper CI bound): " + "; ".join(below))
+    return lines
+
+
 def verdict(rows: list[dict]) -> list[str]:
     ref = rows[0]
     ref_ac = value_of(ref["result"], "all_correct")
     ours = [r for r in rows if r["kind"] == "slimdiff"]
     ac = lambda r: value_of(r["result"], "all_correct")  # noqa: E731
-    lines = []
+    lines = step_targets(rows, ours, ac)
     hits = [r for r in ours if r["speedup"] >= 10 and ac(r) >= ref_ac - 0.02]
     if hits:
         b = max(hits, key=ac)
@@ -369,7 +407,7 @@ def report(args, rows: list[dict], threads: int) -> None:
         table.append(row)
     lines = verdict(rows)
     plot(rows, out.with_suffix(".png"))
-    header = (f"# Fewer steps end to end (issue 9)\n\n`python bench/bench_steps.py {' '.join(sys.argv[1:])}`  \n"
+    header = (f"# Fewer steps end to end (issues 9, 20)\n\n`python bench/bench_steps.py {' '.join(sys.argv[1:])}`  \n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'cpu'}, "
               f"torch threads {threads}, {args.eval_images} test images, {args.latency_repeats} timed rounds, "
               f"training {args.train_steps} steps at batch {args.batch_size}\n\n")
