@@ -7,7 +7,9 @@
 
 Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
 `down.1.layer.0.resnet`, `down.1.layer.0.attn`, `down.1.downsample`, `mid.resnet.0`,
-`mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
+`mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`; the inner blocks of a
+Transformer unit of depth > 1 (SDXL) `down.2.layer.0.attn.tblock.3` (`list_units(m, inner=True)`).
+Built-ins: `sd15-arch`, `sd21-arch`, `sdxl-arch` (architecture only, random weights).
 """
 
 from .assemble import ASSEMBLIES, assemble
