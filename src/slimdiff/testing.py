@@ -92,6 +92,16 @@ def tiny_sdxl_unet_config() -> dict:
     )
 
 
+def tiny_sdxl_base_unet_config() -> dict:
+    """SDXL-base's exact topology (3 levels, no attention at the first, Transformer depths 2 and 10,
+    10 in the mid block, the text/time added conditioning) at toy width (16, 32, 64), 8x8 latents:
+    every SDXL preset and unit name applies as is."""
+    return dict(tiny_sdxl_unet_config(), block_out_channels=(16, 32, 64), norm_num_groups=8, sample_size=8,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(1, 2, 4), transformer_layers_per_block=(1, 2, 10))
+
+
 def tiny_sdxl_unet(seed: int = 0, **overrides) -> UNet2DConditionModel:
     """A random-weighted diffusers U-Net from `tiny_sdxl_unet_config()` (with `overrides`), in eval mode."""
     import torch
