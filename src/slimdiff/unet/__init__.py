@@ -14,6 +14,7 @@ Built-ins: `sd15-arch`, `sd21-arch`, `sdxl-arch` (architecture only, random weig
 
 from .assemble import ASSEMBLIES, assemble
 from .access import (
+    added_cond_inputs,
     block_names,
     get_module,
     is_slim,
@@ -35,7 +36,7 @@ from .surgery import check_removal, insert_unit, remove_units, replace_unit, rep
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
     "get_module", "is_slim", "module_names", "module_output_tensor", "block_names", "list_units", "num_params",
-    "text_width", "text_widths",
+    "text_width", "text_widths", "added_cond_inputs",
     "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
     "slim_view",
     "load_unet", "save_unet", "save_pipeline_with", "save_student", "save_pipeline_with_unet", "resolve_source",

@@ -181,3 +181,24 @@ def text_width(model: nn.Module) -> int:
         return int(dims.pop())
     dim = single_width(model.config.get("cross_attention_dim"))
     return dim if dim is not None else DEFAULT_TEXT_WIDTH
+
+
+SDXL_VAE_FACTOR = 8  # pixels per latent side in SDXL's (and SD's) VAE: time ids are in pixels
+
+
+def added_cond_inputs(model: nn.Module, batch: int, generator: torch.Generator | None = None,
+                      size_px: int | None = None) -> dict[str, torch.Tensor] | None:
+    """Seeded stand-in added conditioning for a bare U-Net with `addition_embed_type="text_time"`
+    (SDXL), else None: `text_embeds` (B, P) ~ N(0, 1), P = projection_class_embeddings_input_dim
+    - 6 * addition_time_embed_dim (the pooled text width), and `time_ids` (B, 6) = (original
+    size, crop top-left, target size) = (px, px, 0, 0, px, px), px = `size_px` or the model's
+    sample size times the VAE factor. For profiling, calibration without a pipeline, and tests;
+    a pipeline's own conditioning comes from `slimdiff.sample.encode_prompts`."""
+    cfg = model.config
+    if cfg.get("addition_embed_type") != "text_time":
+        return None
+    width = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    px = float(size_px or size * SDXL_VAE_FACTOR)
+    return {"text_embeds": torch.randn(batch, width, generator=generator),
+            "time_ids": torch.tensor([[px, px, 0.0, 0.0, px, px]]).expand(batch, -1).clone()}
