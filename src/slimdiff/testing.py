@@ -125,7 +125,7 @@ def tiny_sdxl_pipeline(path: str | Path, seed: int = 0) -> Path:
         unet = UNet2DConditionModel(**tiny_sdxl_unet_config()).eval()
         vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
                             down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                            latent_channels=4, sample_size=32)
+                            latent_channels=4, sample_size=32, norm_num_groups=8)  # 8 groups: prune-vae can halve it
         text = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
                               layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, pad_token_id=1,
                               vocab_size=1000, hidden_act="gelu", projection_dim=32)
