@@ -179,7 +179,9 @@ def signatures(model: nn.Module, units: list[ProfiledUnit], settings: ProfileSet
 def profile_unet(
     model: nn.Module, settings: ProfileSettings | None = None, name: str = "model", progress: bool = False
 ) -> ProfileResult:
-    """Parameters, FLOPs and (optionally) measured latency per unit, per block and in total."""
+    """Parameters, FLOPs and (optionally) measured latency per unit, per block and in total; the
+    inner blocks of Transformer units of depth > 1 (SDXL) get rows of their own (`inner`).
+    A numbered-step orchestration (1. one forward: FLOPs and inputs, 2. latency, 3. rows)."""
     settings = settings or ProfileSettings()
     check_model_placement(model, settings)
     model.eval()
