@@ -12,3 +12,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny `StableDiffusionXLPipeline` directory (diffusers' test configs; `slimdiff.testing.tiny_sdxl_pipeline`)."""
+    from slimdiff.testing import tiny_sdxl_pipeline
+
+    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl") / "pipe")

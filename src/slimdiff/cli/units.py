@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resolution", type=positive_int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--vae-factor", type=positive_int, default=8, help="image pixels per latent pixel (SD: 8)")
     p.add_argument("--json", metavar="FILE", help="also write the listing as JSON")
+    p.add_argument("--inner", action="store_true",
+                   help="also list the inner blocks of Transformer units of depth > 1 (SDXL: <unit>.tblock.k)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--resolution {args.resolution} is not a multiple of --vae-factor {args.vae_factor}")
     latent = args.resolution // args.vae_factor
     model = load_unet(args.model)
-    units = list_units(model)
+    units = list_units(model, inner=args.inner)
     total = model.num_parameters()
 
     # 2. the table: one row per unit, then the totals
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(c.rjust(w) if i in (2, 3, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    in_units = sum(u.params for u in units)
-    print(f"{len(units)} units, {in_units:,} parameters in units, {total:,} in total "
+    in_units = sum(u.params for u in units if u.parent is None)  # inner blocks are inside their unit
+    print(f"{sum(u.parent is None for u in units)} units, {in_units:,} parameters in units, {total:,} in total "
           f"({type(model).__name__}, {args.resolution}px image -> {latent}x{latent} latent)")
     if args.json:
         write_json(args.json, {"model": args.model, "resolution": args.resolution, "latent_size": latent,

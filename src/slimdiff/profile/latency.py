@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from slimdiff.unet import added_cond_inputs
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # clock name -> seconds. "wall": elapsed time (the latency). "cpu": CPU time of this process;
@@ -38,9 +40,11 @@ class UNetInputs:
     sample: torch.Tensor
     timestep: torch.Tensor
     encoder_hidden_states: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None  # SDXL: pooled text (B, P), time ids (B, 6)
 
     def __call__(self, model: nn.Module):
-        return model(self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states, return_dict=False)
+        return model(self.sample, self.timestep, encoder_hidden_states=self.encoder_hidden_states,
+                     added_cond_kwargs=self.added_cond_kwargs, return_dict=False)
 
 
 def make_unet_inputs(
@@ -52,13 +56,17 @@ def make_unet_inputs(
     timestep: int = 500,  # mid-schedule of T = 1000; latency does not depend on it
     seed: int = 0,
 ) -> UNetInputs:
-    """Seeded random inputs on the model's device and dtype; text is (B, context_length, text_width)."""
+    """Seeded random inputs on the model's device and dtype; text is (B, context_length, text_width);
+    an SDXL U-Net also gets seeded added conditioning (`slimdiff.unet.added_cond_inputs`)."""
     p = next(model.parameters())
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, model.config.in_channels, latent_size, latent_size, generator=g)
     ehs = torch.randn(batch, context_length, text_width, generator=g)
     t = torch.full((batch,), timestep, dtype=torch.long)
-    return UNetInputs(sample.to(p.device, p.dtype), t.to(p.device), ehs.to(p.device, p.dtype))
+    added = added_cond_inputs(model, batch, g)  # SDXL's added conditioning (None otherwise)
+    if added is not None:
+        added = {k: v.to(p.device, p.dtype) for k, v in added.items()}
+    return UNetInputs(sample.to(p.device, p.dtype), t.to(p.device), ehs.to(p.device, p.dtype), added)
 
 
 def _sync(device: torch.device) -> None:

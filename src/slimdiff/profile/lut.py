@@ -29,7 +29,8 @@ from slimdiff.unet import text_width
 
 from .latency import capture_inputs, make_unet_inputs, median, num_threads, progress_bar, time_rounds, unit_calls
 from .profiler import WHOLE, ProfileResult, ProfileSettings, check_latent_size, check_model_placement, signatures
-from .units import list_units
+from .signature import device_label, unit_signature
+from .units import list_units, transformer_parts
 
 FORMAT = "slimdiff-latency-lut/1"
 
@@ -45,6 +46,9 @@ class LatencyLUT:
         self.settings = settings  # the run the entries were measured with (latent, batch, dtype, ...)
         self.units: dict[str, float] = {}  # unit signature key -> median ms
         self.overhead: dict[str, float] = {}  # stem signature key -> ms (whole - sum of units)
+        # Transformer parts: inner block ("tblock") and shell ("tshell": the unit minus its blocks)
+        # signature key -> ms, so a unit of any depth is predicted as shell + its blocks
+        self.inner: dict[str, float] = {}
         self.meta: dict[str, dict] = {}  # key -> {"signature": {...}, "source": unit name, "samples_ms": [...]}
 
     def __len__(self) -> int:
@@ -85,23 +89,49 @@ class LatencyLUT:
         lut.meta[result.overhead_signature] = {"source": result.model}
         return lut
 
+    def _parts(self, model: nn.Module, units: list) -> dict[str, tuple[str, list[str], list]]:
+        """Transformer unit name -> (shell key, inner block keys, inner ProfiledUnits)."""
+        common = dict(context_length=self.settings.context_length, cross_attention_dim=text_width(model),
+                      dtype=self.settings.dtype, device=device_label(self.settings.device),
+                      batch=self.settings.batch, threads=self.settings.threads)
+        out = {}
+        for u in units:
+            parts = transformer_parts(u)
+            if parts is not None:
+                shell, blocks = parts
+                out[u.name] = (unit_signature(shell, self.settings.latent, **common).key(),
+                               [unit_signature(b, self.settings.latent, **common).key() for b in blocks], blocks)
+        return out
+
     def _measure(self, model: nn.Module, overhead: bool, progress: bool) -> list[str]:
+        """A numbered-step orchestration: 1. what is missing, 2. time it (the whole forward,
+        units and inner blocks in rounds), 3. the entries, 4. the stem overhead."""
         s = self.settings
         check_model_placement(model, s)
         model.eval()
         units = list_units(model)
         check_latent_size(units, s.latent)
         sigs, stem = signatures(model, units, s, s.threads)
-        # 1. one representative unit per signature not yet in the table
-        todo = {}
+        parts = self._parts(model, units)
+        # 1. one representative unit per signature not yet in the table; a Transformer unit of depth
+        # > 1 whose shell is missing is timed with its inner blocks (shell = unit - blocks)
+        todo, todo_inner = {}, {}
         for u, sig in zip(units, sigs):
-            if sig.key() not in self.units and sig.key() not in {k for k, _ in todo.values()}:
-                todo[u.name] = (sig.key(), sig)
+            key = sig.key()
+            shell_missing = u.name in parts and len(parts[u.name][2]) > 1 and parts[u.name][0] not in self.inner
+            if shell_missing and parts[u.name][0] not in {p for p, _ in todo_inner.values()}:
+                todo_inner[u.name] = (parts[u.name][0], parts[u.name][2])
+            elif key in self.units or key in {k for k, _ in todo.values()}:
+                continue
+            if u.name in todo_inner or self._predict_unit(u.name, key, parts) is None:
+                todo[u.name] = (key, sig)
         need_stem = overhead or stem.key() not in self.overhead
         if not todo and not need_stem:
             return []
+        # 2. capture each module's inputs in one forward, then time them alone, in rounds
         inputs = make_unet_inputs(model, s.latent, text_width(model), s.batch, s.context_length, seed=s.seed)
         modules = {u.name: u.module for u in units if u.name in todo}
+        modules |= {b.name: b.module for _, blocks in todo_inner.values() for b in blocks}
         with capture_inputs(modules) as captured, torch.inference_mode():
             inputs(model)
         calls = unit_calls(modules, captured)
@@ -110,26 +140,64 @@ class LatencyLUT:
         with progress_bar(progress, s.warmup + s.repeats) as advance:
             times = time_rounds(calls, s.warmup, s.repeats, inputs.sample.device, advance, s.clock)
         del captured, calls
+        # 3. entries: units, then each timed Transformer's blocks and shell
         new = []
         for name, (key, sig) in todo.items():
-            self.units[key] = median(times[name])
-            self.meta[key] = {"signature": sig.to_dict(), "source": name, "samples_ms": times[name]}
-            new.append(key)
-        # 2. stem overhead = whole forward - sum of this model's unit entries
+            if key not in self.units:
+                self.units[key] = median(times[name])
+                self.meta[key] = {"signature": sig.to_dict(), "source": name, "samples_ms": times[name]}
+                new.append(key)
+        by_key: dict[str, list[float]] = {}  # inner block key -> its timed blocks' medians (all of them)
+        for name, (_, blocks) in todo_inner.items():
+            for b, key in zip(blocks, parts[name][1]):
+                by_key.setdefault(key, []).append(median(times[b.name]))
+        for key, values in by_key.items():
+            if key not in self.inner:
+                self.inner[key] = median(values)
+                self.meta[key] = {"block_medians_ms": values}
+                new.append(key)
+        for name, (shell_key, blocks) in todo_inner.items():
+            block_ms = [median(times[b.name]) for b in blocks]
+            self.inner[shell_key] = median(times[name]) - sum(block_ms)
+            self.meta[shell_key] = {"source": f"{name} minus its inner blocks"}
+            new += [shell_key]
+        # 4. stem overhead = whole forward - sum of this model's unit predictions
         if need_stem:
             whole = times[WHOLE]
-            self.overhead[stem.key()] = median(whole) - sum(self.units[g.key()] for g in sigs)
+            self.overhead[stem.key()] = median(whole) - sum(self._predict_unit(u.name, g.key(), parts)
+                                                            for u, g in zip(units, sigs))
             self.meta[stem.key()] = {"signature": stem.to_dict(), "whole_ms": whole}
             new.append(stem.key())
         return new
 
+    def _predict_unit(self, name: str, key: str, parts: dict) -> float | None:
+        """A unit's ms: its own entry; else (a Transformer unit) shell + its inner blocks; else None."""
+        if key in self.units:
+            return self.units[key]
+        if name in parts:
+            shell, blocks, _ = parts[name]
+            if shell in self.inner and all(b in self.inner for b in blocks):
+                return self.inner[shell] + sum(self.inner[b] for b in blocks)
+        return None
+
     # ---------------------------------------------------------------- prediction
-    def explain(self, model: nn.Module) -> list[tuple[str, str, float]]:
+    def explain(self, model: nn.Module, inner: bool = False) -> list[tuple[str, str, float]]:
         """(unit name, signature key, ms) per unit, then ("other", stem key, overhead ms).
-        No forward pass; raises LUTMissError naming every unit whose signature is missing."""
+        No forward pass; raises LUTMissError naming every unit whose signature is missing.
+        A Transformer unit without its own entry is predicted as its shell plus its inner blocks.
+        `inner=True` appends (not part of the sum) each inner block of a unit of depth > 1
+        (`<unit>.tblock.k`, the candidates of SDXL pruning) with its own entry."""
         units = list_units(model)
         sigs, stem = signatures(model, units, self.settings, self.settings.threads)
-        missing = [f"{u.name}: {g.key()}" for u, g in zip(units, sigs) if g.key() not in self.units]
+        parts = self._parts(model, units)
+        ms = {u.name: self._predict_unit(u.name, g.key(), parts) for u, g in zip(units, sigs)}
+        missing = [f"{u.name}: {g.key()}" for u, g in zip(units, sigs) if ms[u.name] is None]
+        extra = []
+        if inner:
+            for name, (_, keys, blocks) in parts.items():
+                if len(blocks) > 1:
+                    missing += [f"{b.name}: {k}" for b, k in zip(blocks, keys) if k not in self.inner]
+                    extra += [(b.name, k, self.inner.get(k)) for b, k in zip(blocks, keys)]
         if stem.key() not in self.overhead:
             missing.append(f"stem overhead: {stem.key()}")
         if missing:
@@ -138,12 +206,13 @@ class LatencyLUT:
                 + "\n  ".join(missing)
                 + "\nmeasure them with LatencyLUT.extend(model), or build the table on this model"
             )
-        out = [(u.name, g.key(), self.units[g.key()]) for u, g in zip(units, sigs)]
-        return out + [("other", stem.key(), self.overhead[stem.key()])]
+        out = [(u.name, g.key(), ms[u.name]) for u, g in zip(units, sigs)]
+        return out + [("other", stem.key(), self.overhead[stem.key()])] + extra
 
-    def breakdown(self, model: nn.Module) -> dict[str, float]:
-        """Predicted ms per unit name, plus "other" (the stem overhead). No forward pass."""
-        return {name: ms for name, _, ms in self.explain(model)}
+    def breakdown(self, model: nn.Module, inner: bool = False) -> dict[str, float]:
+        """Predicted ms per unit name, plus "other" (the stem overhead). No forward pass.
+        `inner=True` adds the inner blocks of deep Transformer units (inside their unit's ms)."""
+        return {name: ms for name, _, ms in self.explain(model, inner=inner)}
 
     def predict(self, model: nn.Module) -> float:
         """Predicted whole-U-Net latency in ms (sum of unit entries + stem overhead)."""
@@ -156,6 +225,7 @@ class LatencyLUT:
             "settings": asdict(self.settings),
             "units": [{"key": k, "ms": v, **self.meta.get(k, {})} for k, v in self.units.items()],
             "overhead": [{"key": k, "ms": v, **self.meta.get(k, {})} for k, v in self.overhead.items()],
+            "inner": [{"key": k, "ms": v, **self.meta.get(k, {})} for k, v in self.inner.items()],
         }
 
     def save(self, path) -> None:
@@ -167,8 +237,8 @@ class LatencyLUT:
         if d.get("format") != FORMAT:
             raise ValueError(f"{path} is not a latency table (format {d.get('format')!r}, expected {FORMAT!r})")
         lut = cls(ProfileSettings(**d["settings"]))
-        for section, table in (("units", lut.units), ("overhead", lut.overhead)):
-            for e in d[section]:
+        for section, table in (("units", lut.units), ("overhead", lut.overhead), ("inner", lut.inner)):
+            for e in d.get(section, []):
                 table[e["key"]] = float(e["ms"])
                 lut.meta[e["key"]] = {k: v for k, v in e.items() if k not in ("key", "ms")}
         return lut

@@ -108,6 +108,8 @@ class ProfileResult:
     total: Row
     overhead_signature: str | None = None  # LatencyLUT key of "other"
     kinds: list[Row] = field(default_factory=list)  # per unit kind (resnet, attn, ...): sums over units
+    inner: list[Row] = field(default_factory=list)  # inner blocks of Transformer units of depth > 1 (inside
+    #                                                  their unit's row: not in any sum)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +129,7 @@ class ProfileResult:
             total=Row(**d["total"]),
             overhead_signature=d.get("overhead_signature"),
             kinds=rows(d.get("kinds", [])),
+            inner=rows(d.get("inner", [])),
         )
 
 
@@ -176,13 +179,16 @@ def signatures(model: nn.Module, units: list[ProfiledUnit], settings: ProfileSet
 def profile_unet(
     model: nn.Module, settings: ProfileSettings | None = None, name: str = "model", progress: bool = False
 ) -> ProfileResult:
-    """Parameters, FLOPs and (optionally) measured latency per unit, per block and in total."""
+    """Parameters, FLOPs and (optionally) measured latency per unit, per block and in total; the
+    inner blocks of Transformer units of depth > 1 (SDXL) get rows of their own (`inner`).
+    A numbered-step orchestration (1. one forward: FLOPs and inputs, 2. latency, 3. rows)."""
     settings = settings or ProfileSettings()
     check_model_placement(model, settings)
     model.eval()
     units = list_units(model)
     check_latent_size(units, settings.latent)
-    modules = {u.name: u.module for u in units}
+    inner = [u for u in list_units(model, inner=True) if u.kind == "tblock"]
+    modules = {u.name: u.module for u in units + inner}
     s = settings
     inputs = make_unet_inputs(model, s.latent, text_width(model), s.batch, s.context_length, seed=s.seed)
 
@@ -207,11 +213,11 @@ def profile_unet(
         del captured
 
     # 3. rows: units, blocks, other, total
-    unit_sigs, stem_sig = signatures(model, units, settings, threads)
+    unit_sigs, stem_sig = signatures(model, units + inner, settings, threads)
     total_params = num_params(model)
     total_lat = median(whole_ms) if whole_ms else None
     rows = []
-    for u, sig in zip(units, unit_sigs):
+    for u, sig in zip(units + inner, unit_sigs):
         rows.append(
             Row(
                 name=u.name,
@@ -227,6 +233,7 @@ def profile_unet(
                 signature=sig.key(),
             )
         )
+    rows, inner_rows = rows[: len(units)], rows[len(units):]
     blocks = [_sum_rows(b, [r for r in rows if r.block == b]) for b in block_order(units)]
     kinds = [_sum_rows(k, [r for r in rows if r.kind == k]) for k in dict.fromkeys(r.kind for r in rows)]
     total = Row(name="total", params=total_params, flops=fc.total, latency_ms=total_lat, latency_samples_ms=whole_ms)
@@ -236,7 +243,7 @@ def profile_unet(
         flops=fc.total - sum(r.flops for r in rows),
         latency_ms=total_lat - sum(r.latency_ms for r in rows) if unit_ms else None,
     )
-    for r in rows + blocks + kinds + [other, total]:
+    for r in rows + blocks + kinds + inner_rows + [other, total]:
         r.params_share = r.params / total_params
         r.flops_share = r.flops / fc.total if fc.total else 0.0
         r.latency_share = r.latency_ms / total_lat if total_lat else None
@@ -250,7 +257,8 @@ def profile_unet(
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
-    return ProfileResult(name, resolved, rows, blocks, other, total, stem_sig.key() if unit_ms else None, kinds)
+    return ProfileResult(name, resolved, rows, blocks, other, total, stem_sig.key() if unit_ms else None, kinds,
+                         inner_rows)
 
 
 def _sum_rows(name: str, members: list[Row]) -> Row:

@@ -54,7 +54,7 @@ class UnitSignature:
         if self.attn_processor:
             s += f"[{self.attn_processor}]"
         s += f" {self.in_channels}->{self.out_channels} @{self.height}x{self.width} p={self.params}"
-        if self.kind == "attn":
+        if self.kind in ("attn", "tblock"):
             s += f" heads={self.heads} ctx={self.context_length}x{self.cross_attention_dim}"
         return s + f" | {self.dtype} {self.device} b{self.batch} t{self.threads}"
 
@@ -108,7 +108,7 @@ def unit_signature(
 ) -> UnitSignature:
     """Signature of `unit` when the U-Net runs on a latent_size x latent_size latent."""
     size = latent_size >> unit.level
-    is_attn = unit.kind == "attn"
+    is_attn = unit.kind in ("attn", "tblock")  # a Transformer unit or one of its inner blocks
     heads = processor = None
     if is_attn:
         attns = _attention_modules(unit.module)

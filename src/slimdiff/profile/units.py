@@ -24,7 +24,7 @@ class ProfiledUnit:
     """One unit of a U-Net, in forward order, with its module."""
 
     name: str  # stable name, e.g. "down.1.layer.0.attn"
-    kind: str  # "resnet" | "attn" | "downsample" | "upsample"
+    kind: str  # "resnet" | "attn" | "downsample" | "upsample"; inner: "tblock" (a Transformer's block), "tshell"
     block: str  # "down.1", "mid", "up.0"
     level: int  # input spatial size = latent_size >> level
     in_channels: int
@@ -34,8 +34,12 @@ class ProfiledUnit:
     module: nn.Module
 
 
-def list_units(model: nn.Module) -> list[ProfiledUnit]:
-    """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules."""
+def list_units(model: nn.Module, inner: bool = False) -> list[ProfiledUnit]:
+    """All units of `model` in forward order (slimdiff or diffusers U-Net), with their modules.
+
+    `inner=True`: also the inner blocks of Transformer units of depth > 1 (kind "tblock", right
+    after their unit; `slimdiff.unet.list_units`). They sit inside their unit: never add their
+    rows to their unit's."""
     return [
         ProfiledUnit(
             name=u.name,
@@ -48,8 +52,26 @@ def list_units(model: nn.Module) -> list[ProfiledUnit]:
             cross_attention_dim=u.cross_attention_dim,
             module=get_module(model, u.name),
         )
-        for u in unet_units(model)
+        for u in unet_units(model, inner=inner)
     ]
+
+
+def transformer_parts(unit: ProfiledUnit) -> tuple[ProfiledUnit, list[ProfiledUnit]] | None:
+    """A Transformer unit as (its shell: norm, proj_in, proj_out; its inner blocks, in order), for
+    a latency model that composes units of any depth (`LatencyLUT`); None for other units.
+    The shell's `params` are the unit's minus its blocks'; it keeps the unit's module."""
+    blocks = getattr(unit.module, "transformer_blocks", None) if unit.kind == "attn" else None
+    if not blocks:
+        return None
+    inner = []
+    for k, block in enumerate(blocks):
+        width = block.attn1.to_q.in_features  # (B, H*W, width) tokens
+        inner.append(ProfiledUnit(f"{unit.name}.tblock.{k}", "tblock", unit.block, unit.level, width, width,
+                                  sum(p.numel() for p in block.parameters()), unit.cross_attention_dim, block))
+    shell_params = unit.params - sum(b.params for b in inner)
+    shell = ProfiledUnit(f"{unit.name}.shell", "tshell", unit.block, unit.level, unit.in_channels,
+                         unit.out_channels, shell_params, None, unit.module)
+    return shell, inner
 
 
 def num_levels(units: list[ProfiledUnit]) -> int:

@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from slimdiff.sample import is_toy_pipeline
+from slimdiff.sample import encode_prompts, is_toy_pipeline
 from slimdiff.toy import world
-from slimdiff.unet import resolve_source, text_width
+from slimdiff.unet import added_cond_inputs, resolve_source, text_width
 from slimdiff.sample import load_pipeline
 
 
@@ -53,6 +53,7 @@ class CalibrationSet:
     encoder_hidden_states: torch.Tensor  # (N, L, D) text embeddings c
     prompts: list[str] | None = None  # the prompts behind c, when there are any
     config: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds (N, P), time_ids (N, 6)
 
     def __post_init__(self):
         n = self.sample.shape[0]
@@ -65,11 +66,13 @@ class CalibrationSet:
     def __len__(self) -> int:
         return self.sample.shape[0]
 
-    def batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (x_t (B, C, H, W), t (B,), c (B, L, D)) in a fixed order."""
+    def batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None]]:
+        """Yield (x_t (B, C, H, W), t (B,), c (B, L, D), added_cond_kwargs (B rows) or None) in a fixed order."""
         b = batch_size or self.config.batch_size
+        added = self.added_cond_kwargs
         for i in range(0, len(self), b):
-            yield self.sample[i : i + b], self.timesteps[i : i + b], self.encoder_hidden_states[i : i + b]
+            rows = None if added is None else {k: v[i : i + b] for k, v in added.items()}
+            yield self.sample[i : i + b], self.timesteps[i : i + b], self.encoder_hidden_states[i : i + b], rows
 
     def to(self, device=None, dtype=None) -> "CalibrationSet":
         f = lambda x: x.to(device=device, dtype=dtype)  # noqa: E731  (floats only)
@@ -78,6 +81,8 @@ class CalibrationSet:
             sample=f(self.sample),
             timesteps=self.timesteps.to(device=device),
             encoder_hidden_states=f(self.encoder_hidden_states),
+            added_cond_kwargs=None if self.added_cond_kwargs is None else
+            {k: f(v) for k, v in self.added_cond_kwargs.items()},
         )
 
     def describe(self) -> dict:
@@ -145,7 +150,8 @@ def random_calibration(
         raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
     abar = _alphas_cumprod(scheduler, config.num_train_timesteps)
     x_t = _noisy(latents, shape, t, abar, gen)
-    return CalibrationSet(x_t, t, embeddings.float(), None, config)
+    added = added_cond_inputs(unet, n, gen)  # SDXL: seeded pooled text, the model's own size time ids
+    return CalibrationSet(x_t, t, embeddings.float(), None, config, added)
 
 
 @torch.no_grad()
@@ -155,19 +161,17 @@ def pipeline_calibration(
     config: CalibrationConfig | None = None,
     images: torch.Tensor | None = None,
 ) -> CalibrationSet:
-    """A calibration set from a `StableDiffusionPipeline`: its tokenizer and text encoder embed
-    `prompts` (N of them); `images` (N, 3, H, W) in [0, 1], when given, are VAE-encoded to x_0."""
+    """A calibration set from a `StableDiffusionPipeline` or `StableDiffusionXLPipeline`: its text
+    encoder(s) embed `prompts` (N of them) as the pipeline feeds its U-Net (`slimdiff.sample.encode_prompts`:
+    SDXL adds the pooled text and the time ids); `images` (N, 3, H, W) in [0, 1], when given,
+    are VAE-encoded to x_0."""
     config = config or CalibrationConfig()
     n = config.size
     if len(prompts) != n:
         raise ValueError(f"need {n} prompts (calibration size), got {len(prompts)}")
     gen = torch.Generator().manual_seed(config.seed)
-    # 1. c = text_encoder(tokens): (N, L, D)
-    tok = pipe.tokenizer(
-        list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )
-    emb = pipe.text_encoder(tok.input_ids)[0].float()
+    # 1. c = text_encoder(tokens): (N, L, D) (and SDXL's added conditioning)
+    cond = encode_prompts(pipe, prompts)
     # 2. x_0 = scaling_factor * E(image): (N, 4, h, w)
     x0 = None
     unet_size = pipe.unet.config.sample_size
@@ -184,7 +188,7 @@ def pipeline_calibration(
     shape = (n, pipe.unet.config.in_channels, unet_size, unet_size)
     abar = _alphas_cumprod(pipe.scheduler, config.num_train_timesteps)
     x_t = _noisy(x0, shape, t, abar, gen)
-    return CalibrationSet(x_t, t, emb, list(prompts), config)
+    return CalibrationSet(x_t, t, cond.encoder_hidden_states, list(prompts), config, cond.added_cond_kwargs)
 
 
 def toy_calibration(pipe, config: CalibrationConfig | None = None) -> CalibrationSet:

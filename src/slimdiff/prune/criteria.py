@@ -31,6 +31,9 @@ from slimdiff.unet import UNetEditError, check_removal, get_module, remove_units
 from .calibration import CalibrationSet
 
 CANDIDATE_KINDS = ("resnet", "attn")  # LAPTOP-Diff prunes ResNet and Transformer units
+# LAPTOP's candidates: a Transformer unit of depth > 1 (SDXL) is one through its inner blocks
+# ("tblock"), removing all of which removes the unit
+LAPTOP_KINDS = CANDIDATE_KINDS + ("tblock",)
 
 
 def as_slim(model):
@@ -38,9 +41,11 @@ def as_slim(model):
     return to_slim(model)
 
 
-def removable_units(model, kinds: Sequence[str] = CANDIDATE_KINDS) -> list[str]:
+def removable_units(model, kinds: Sequence[str] = LAPTOP_KINDS) -> list[str]:
     """Names of the units of `kinds` whose removal alone keeps the network well formed
-    (`remove_units` accepts it), in forward order. Refused units are not candidates.
+    (`remove_units` accepts it), in forward order. Refused units are not candidates. When
+    "tblock" is among `kinds`, a Transformer unit of depth > 1 is represented by its inner
+    blocks only (no candidate contains another, so the knapsack's costs add up).
 
     Removability depends on the structure only (`check_removal` validates without building),
     and the answer is cached per structure.
@@ -49,8 +54,10 @@ def removable_units(model, kinds: Sequence[str] = CANDIDATE_KINDS) -> list[str]:
     key = json.dumps([model.config.blocks, model.base_config(), list(kinds)], sort_keys=True, default=str)
     if key not in _REMOVABLE_CACHE:
         out = []
-        for info in model.units():
-            if info.kind not in kinds:
+        infos = model.units(inner="tblock" in kinds)
+        deep = {u.parent for u in infos if u.parent}
+        for info in infos:
+            if info.kind not in kinds or (info.name in deep and "tblock" in kinds):
                 continue
             try:
                 check_removal(model, [info.name])
@@ -105,10 +112,12 @@ class OutputLossCriterion(Criterion):
         model.eval()
         p = next(model.parameters())
         outs = []
-        for x, t, c in self.calibration.batches(self.batch_size):
+        for x, t, c, added in self.calibration.batches(self.batch_size):
             x, c = x.to(p.device, p.dtype), c.to(p.device, p.dtype)
+            if added is not None:  # SDXL: pooled text and time ids
+                added = {k: v.to(p.device, p.dtype) for k, v in added.items()}
             # a guidance-embedded (LCM-style) U-Net reads w as its pipeline feeds it (default guidance)
-            out = model(x, t.to(p.device), encoder_hidden_states=c,
+            out = model(x, t.to(p.device), encoder_hidden_states=c, added_cond_kwargs=added,
                         timestep_cond=timestep_cond(model, DEFAULT_GUIDANCE, x.shape[0], x), return_dict=False)[0]
             outs.append(out.float())
         return outs

@@ -69,14 +69,14 @@ class Budget:
 
 
 def model_flops(model, context_length: int = 77) -> tuple[float, dict[str, float]]:
-    """(total FLOPs, FLOPs per unit) of one forward at the model's sample size (`slimdiff.profile`)."""
+    """(total FLOPs, FLOPs per unit and per inner block) of one forward at the model's sample size (`slimdiff.profile`)."""
     p = next(model.parameters())
     size = model.config.sample_size
     size = size if isinstance(size, int) else size[0]
     settings = ProfileSettings(latent_size=size, measure_latency=False, context_length=context_length,
                                device=p.device.type, dtype=str(p.dtype).removeprefix("torch."))
     result = profile_unet(model, settings)
-    return float(result.total.flops), {r.name: float(r.flops) for r in result.units}
+    return float(result.total.flops), {r.name: float(r.flops) for r in result.units + result.inner}
 
 
 def metric_function(metric: str, lut=None, context_length: int = 77) -> Callable[[object], float]:
@@ -121,15 +121,15 @@ class BudgetAccount:
         """Per-unit costs of `candidates` in `metric` (module docstring)."""
         model = as_slim(model)
         if metric == "params":
-            per_unit = {u.name: float(u.params) for u in model.units()}
+            per_unit = {u.name: float(u.params) for u in model.units(inner=True)}
             total = float(model.num_parameters())
         elif metric == "flops":
             total, per_unit = model_flops(model, context_length)
         elif metric == "latency":
             if lut is None:
                 raise ValueError("a latency budget needs a latency lookup table (slimdiff.profile.LatencyLUT)")
-            per_unit = lut.breakdown(model)  # ms per unit name, plus "other"
-            total = float(sum(per_unit.values()))
+            per_unit = lut.breakdown(model, inner=True)  # ms per unit name (and inner block), plus "other"
+            total = float(lut.predict(model))
         else:
             raise ValueError(f"metric {metric!r} is not one of {list(METRICS)}")
         missing = [u for u in candidates if u not in per_unit]

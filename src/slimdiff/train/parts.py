@@ -27,7 +27,7 @@ from slimdiff.io import apply_file_modes, is_pipeline_source
 from slimdiff.recipe import read_recipe
 from slimdiff.train.speed import DTYPES
 from slimdiff.unet import load_unet, resolve_source, save_pipeline_with_unet, text_widths, to_diffusers
-from slimdiff.sample import load_pipeline
+from slimdiff.sample import is_sdxl_pipeline, load_pipeline
 from slimdiff.unet.builtins import BUILTIN_CONFIGS
 
 
@@ -120,6 +120,7 @@ def load_parts(config, teacher: nn.Module | None = None, student: nn.Module | No
     if student is teacher:
         raise ValueError("teacher and student are the same object; load or copy the student separately")
     # 4. checks
+    check_trainable_pipeline(pipeline)
     vae, text_encoder = pipeline.vae, pipeline.text_encoder
     check_compatible(teacher, student, text_encoder.config.hidden_size, vae.config.latent_channels)
     toy = any(is_toy_source(v) for v in (source, config.pipeline, config.teacher))
@@ -188,6 +189,17 @@ def save_pipeline(parts: Parts, unet: nn.Module, out: Path, scheduler: Any = Non
     return out
 
 
+def check_trainable_pipeline(pipeline) -> None:
+    """Raise in one line for a pipeline class the training data path does not encode: SDXL's U-Net
+    also reads the second text encoder's pooled embedding and the size/crop time ids, which the
+    latent/text cache and the trainers do not carry (slimdiff.sample.encode_prompts builds them for
+    sampling, calibration and profiling only)."""
+    if is_sdxl_pipeline(pipeline):
+        raise ValueError(f"training on a {type(pipeline).__name__} is not supported: its U-Net also needs the pooled "
+                         "text embedding and the size/crop time ids, which the training cache and trainers do not "
+                         "carry (SDXL works with units, profile, prune, generate, evaluate and prune-vae)")
+
+
 def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
     """Fill `cfg.cache_dir` with the encodings of the whole data set `cfg.data`, exactly as the
     trainer would write them (same resolution, encoders, dtype and cache key), with a progress bar.
@@ -200,6 +212,7 @@ def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
         raise ValueError(f"the teacher {cfg.teacher!r} is a bare U-Net: give --pipeline for the tokenizer, text "
                          f"encoder and VAE")
     pipe = load_checked("--pipeline" if cfg.pipeline else "--teacher", source, load_pipeline)
+    check_trainable_pipeline(pipe)
     unet = pipe.unet if source == cfg.teacher else load_checked("--teacher", cfg.teacher, load_unet)
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
     vae, text_encoder = (m.requires_grad_(False).eval().to(device, DTYPES[cfg.mixed_precision])

@@ -7,11 +7,14 @@
 
 Names: blocks `down.0..3`, `mid`, `up.0..3`; layers `down.1.layer.0`; units
 `down.1.layer.0.resnet`, `down.1.layer.0.attn`, `down.1.downsample`, `mid.resnet.0`,
-`mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`.
+`mid.attn`, `mid.resnet.1`, `up.0.upsample`; `conv_in`, `conv_out`; the inner blocks of a
+Transformer unit of depth > 1 (SDXL) `down.2.layer.0.attn.tblock.3` (`list_units(m, inner=True)`).
+Built-ins: `sd15-arch`, `sd21-arch`, `sdxl-arch` (architecture only, random weights).
 """
 
 from .assemble import ASSEMBLIES, assemble
 from .access import (
+    added_cond_inputs,
     block_names,
     get_module,
     is_slim,
@@ -34,7 +37,7 @@ from .surgery import check_removal, insert_unit, remove_units, replace_unit, rep
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
     "get_module", "is_slim", "module_names", "module_output_tensor", "block_names", "list_units", "num_params",
-    "text_width", "text_widths",
+    "text_width", "text_widths", "added_cond_inputs",
     "to_diffusers", "is_expressible", "remove_units", "check_removal", "insert_unit", "replace_unit", "to_slim",
     "slim_view",
     "load_unet", "save_unet", "save_pipeline_with", "save_student", "save_pipeline_with_unet", "resolve_source",

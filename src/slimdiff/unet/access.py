@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .structure import UnitInfo, blocks_from_diffusers_config, block_names_of, iter_units, layer_names_of
-from .structure import name_to_path, single_width, validate
+from .structure import INNER_KIND, UnitInfo, blocks_from_diffusers_config, block_names_of, inner_units, iter_units
+from .structure import layer_names_of, name_to_path, single_width, validate
 
 
 def num_params(module: nn.Module) -> int:
@@ -53,13 +53,18 @@ def _diffusers_modules(unet: nn.Module) -> dict[str, nn.Module]:
                 out[f"mid.resnet.{k}"] = resnet
             for k, attn in enumerate(getattr(mid, "attentions", None) or []):
                 out["mid.attn" if k == 0 else f"mid.attn.{k}"] = attn
+    for name, module in list(out.items()):  # inner blocks of Transformer units of depth > 1
+        inner = getattr(module, "transformer_blocks", None) if name.rsplit(".", 1)[-1] == "attn" else None
+        if inner is not None and len(inner) > 1:
+            out.update({f"{name}.{INNER_KIND}.{k}": block for k, block in enumerate(inner)})
     return out
 
 
 def _slim_names(model: nn.Module) -> list[str]:
     blocks = model.config.blocks
     names = ["conv_in", "time_embedding"] + block_names_of(blocks) + layer_names_of(blocks)
-    return names + [n for n, _, _ in iter_units(blocks)] + ["conv_norm_out", "conv_out"]
+    names += [n for n, _, _ in iter_units(blocks)] + [n for n, _, _ in inner_units(blocks)]
+    return names + ["conv_norm_out", "conv_out"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -111,10 +116,30 @@ def block_names(model: nn.Module) -> list[str]:
     return names + [f"up.{i}" for i in range(len(model.up_blocks))]
 
 
-def list_units(model: nn.Module) -> list[UnitInfo]:
-    """`model.units()` for a slim model; the same listing for a diffusers U-Net (no copy made)."""
+def with_inner_units(infos: list[UnitInfo], blocks: dict, module_of) -> list[UnitInfo]:
+    """`infos` with, right after each Transformer unit of depth > 1, one entry per inner
+    `BasicTransformerBlock` (kind "tblock", `parent` = the unit; its channels are the block's
+    token width, its level the unit's). `module_of(name)` returns the module of a unit name."""
+    inner: dict[str, list[UnitInfo]] = {}
+    by_name = {u.name: u for u in infos}
+    for name, unit_name, _ in inner_units(blocks):
+        parent = by_name[unit_name]
+        block = module_of(name)
+        width = block.attn1.to_q.in_features  # (B, H*W, width) tokens in and out
+        inner.setdefault(unit_name, []).append(UnitInfo(
+            name=name, kind=INNER_KIND, block=parent.block, in_channels=width, out_channels=width,
+            level=parent.level, params=num_params(block), cross_attention_dim=parent.cross_attention_dim,
+            type=INNER_KIND, parent=unit_name))
+    return [v for u in infos for v in [u] + inner.get(u.name, [])]
+
+
+def list_units(model: nn.Module, inner: bool = False) -> list[UnitInfo]:
+    """`model.units(inner)` for a slim model; the same listing for a diffusers U-Net (no copy made).
+
+    `inner=True` adds the inner blocks of Transformer units of depth > 1 (`with_inner_units`).
+    """
     if is_slim(model):
-        return model.units()
+        return model.units(inner=inner)
     cfg = dict(model.config)
     blocks = blocks_from_diffusers_config(cfg)
     traces = validate(blocks, cfg["block_out_channels"][0])
@@ -128,7 +153,7 @@ def list_units(model: nn.Module) -> list[UnitInfo]:
             cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if unit["type"] == "attn" else None,
             skip=unit.get("skip"), type=unit["type"],
         ))
-    return infos
+    return with_inner_units(infos, blocks, lambda name: get_module(model, name)) if inner else infos
 
 
 DEFAULT_TEXT_WIDTH = 768  # SD-1.x's CLIP width: only for a model that reads no text and does not say its width
@@ -156,3 +181,24 @@ def text_width(model: nn.Module) -> int:
         return int(dims.pop())
     dim = single_width(model.config.get("cross_attention_dim"))
     return dim if dim is not None else DEFAULT_TEXT_WIDTH
+
+
+SDXL_VAE_FACTOR = 8  # pixels per latent side in SDXL's (and SD's) VAE: time ids are in pixels
+
+
+def added_cond_inputs(model: nn.Module, batch: int, generator: torch.Generator | None = None,
+                      size_px: int | None = None) -> dict[str, torch.Tensor] | None:
+    """Seeded stand-in added conditioning for a bare U-Net with `addition_embed_type="text_time"`
+    (SDXL), else None: `text_embeds` (B, P) ~ N(0, 1), P = projection_class_embeddings_input_dim
+    - 6 * addition_time_embed_dim (the pooled text width), and `time_ids` (B, 6) = (original
+    size, crop top-left, target size) = (px, px, 0, 0, px, px), px = `size_px` or the model's
+    sample size times the VAE factor. For profiling, calibration without a pipeline, and tests;
+    a pipeline's own conditioning comes from `slimdiff.sample.encode_prompts`."""
+    cfg = model.config
+    if cfg.get("addition_embed_type") != "text_time":
+        return None
+    width = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    px = float(size_px or size * SDXL_VAE_FACTOR)
+    return {"text_embeds": torch.randn(batch, width, generator=generator),
+            "time_ids": torch.tensor([[px, px, 0.0, 0.0, px, px]]).expand(batch, -1).clone()}

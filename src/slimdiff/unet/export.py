@@ -21,7 +21,8 @@ from .structure import (
 )
 
 # top-level modules whose tensor names are the same in both classes
-_SHARED = ("conv_in.", "time_proj.", "time_embedding.", "conv_norm_out.", "conv_out.")
+_SHARED = ("conv_in.", "time_proj.", "time_embedding.", "add_time_proj.", "add_embedding.", "conv_norm_out.",
+           "conv_out.")
 
 
 def _slim_prefixes(blocks: dict) -> dict[str, str]:
@@ -76,6 +77,37 @@ def _first_attn(units: list[dict]) -> dict | None:
     return next((u["kwargs"] for u in units if u["type"] == "attn"), None)
 
 
+def _depths(block: dict) -> list[int] | None:
+    """Per-layer Transformer depth of a block (diffusers' per-layer `transformer_layers_per_block`
+    entry), or None when its first layer has no attention (a plain block)."""
+    if _first_attn(block["layers"][0]) is None:
+        return None
+    return [(_first_attn(layer) or {}).get("num_layers", 1) for layer in block["layers"]]
+
+
+def _compact(values: list) -> object:
+    """[2, 2] -> 2; [4, 10] stays (diffusers accepts an int or a per-layer list)."""
+    return values[0] if len(set(map(str, values))) == 1 else values
+
+
+def _transformer_depths(down: list[dict], up: list[dict], mid: list[dict] | None) -> dict:
+    """`transformer_layers_per_block` (per down block: int or per-layer list; the last entry's
+    first value is also the mid block's depth, as diffusers builds it) and, when the up side is
+    not its mirror, `reverse_transformer_layers_per_block` (per up block; SSD-1B/Vega style)."""
+    mid_depth = (_first_attn(mid) or {}).get("num_layers", 1) if mid else 1
+    n = len(down)
+    tlpb = []
+    for k, block in enumerate(down):
+        depths = _depths(block)
+        tlpb.append(_compact(depths) if depths else (mid_depth if k == n - 1 else 1))
+    rev = [_compact(_depths(block)) if _depths(block) else 1 for block in up]
+    uniform = all(isinstance(t, int) for t in tlpb)
+    out = {"transformer_layers_per_block": _compact(tlpb) if uniform else tlpb}
+    if rev != list(reversed(tlpb)) or not uniform:  # diffusers needs it when a down entry is a list
+        out["reverse_transformer_layers_per_block"] = rev
+    return out
+
+
 def diffusers_config_for(model) -> dict | None:
     """The diffusers config that would express `model`'s structure (not yet checked), or None."""
     blocks, base = model.config.blocks, model.base_config()
@@ -122,7 +154,7 @@ def diffusers_config_for(model) -> dict | None:
         norm_num_groups=base["norm_num_groups"],
         norm_eps=base["norm_eps"],
         cross_attention_dim=cross[0] if len(set(cross)) == 1 else cross,
-        transformer_layers_per_block=[kw["num_layers"] for kw in per_level],
+        **_transformer_depths(down, up, mid),
         attention_head_dim=[kw["num_attention_heads"] for kw in per_level],
         use_linear_projection=any_attn.get("use_linear_projection", False),
         upcast_attention=any_attn.get("upcast_attention", False),
@@ -133,9 +165,12 @@ def diffusers_config_for(model) -> dict | None:
         time_cond_proj_dim=base["time_cond_proj_dim"],
         conv_in_kernel=base["conv_in_kernel"],
         conv_out_kernel=base["conv_out_kernel"],
+        addition_embed_type=base.get("addition_embed_type"),
+        addition_time_embed_dim=base.get("addition_time_embed_dim"),
+        projection_class_embeddings_input_dim=base.get("projection_class_embeddings_input_dim"),
     )
     # compact per-block lists that are uniform, as SD configs write them
-    for key in ("only_cross_attention", "transformer_layers_per_block", "attention_head_dim"):
+    for key in ("only_cross_attention", "attention_head_dim"):
         if len(set(cfg[key])) == 1:
             cfg[key] = cfg[key][0]
     return cfg

@@ -26,11 +26,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
-from .access import num_params
+from .access import num_params, with_inner_units
 from .builtins import SD15_CONFIG
 from .export import slim_to_diffusers_names
 from .registry import build_unit, import_unit_types, unit_modules_of
 from .structure import (
+    UNetEditError,
     UnitInfo,
     base_from_diffusers_config,
     blocks_from_diffusers_config,
@@ -44,7 +45,7 @@ from .structure import (
 
 
 class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
-    """An SD-1.x/2.x conditional U-Net whose units can be removed, inserted or replaced.
+    """An SD-1.x/2.x or SDXL conditional U-Net whose units can be removed, inserted or replaced.
 
     Config: the diffusers-like top-level settings (`in_channels`, `out_channels`, `sample_size`,
     `time_cond_proj_dim`, ...; `model_channels` = conv_in's output width = diffusers'
@@ -80,6 +81,9 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
         center_input_sample: bool = False,
         cross_attention_dim: int | None = None,  # text width D of encoder_hidden_states (B, L, D); None: unknown
         unit_modules: dict[str, str] | None = None,  # registered unit type -> its module (set by the model)
+        addition_embed_type: str | None = None,  # None (SD-1.x/2.x) | "text_time" (SDXL's added conditioning)
+        addition_time_embed_dim: int | None = None,  # sinusoid width per time id (256 in SDXL)
+        projection_class_embeddings_input_dim: int | None = None,  # pooled text + 6 x time ids (2816 in SDXL)
     ):
         super().__init__()
         if blocks is None:
@@ -96,6 +100,11 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
         self.time_embedding = TimestepEmbedding(model_channels, time_embed_dim, act_fn=act_fn,
                                                 post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn else None
+        if addition_embed_type == "text_time":  # SDXL: the same module names as UNet2DConditionModel
+            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+        elif addition_embed_type is not None:
+            raise UNetEditError(f"addition_embed_type={addition_embed_type!r} is not supported (None or 'text_time')")
 
         # 2. blocks -> layers -> units, and the skip wiring
         self._build_blocks(blocks)
@@ -193,8 +202,12 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
         """Top-level settings (every config entry but `blocks`)."""
         return {k: v for k, v in self.config.items() if k != "blocks" and not k.startswith("_")}
 
-    def units(self) -> list[UnitInfo]:
-        """Every unit in forward order, with channels, level, parameter count."""
+    def units(self, inner: bool = False) -> list[UnitInfo]:
+        """Every unit in forward order, with channels, level, parameter count.
+
+        `inner=True`: also the inner blocks of each Transformer unit of depth > 1 (kind
+        "tblock", named `<unit>.tblock.k`, listed right after their unit; `structure.inner_units`).
+        """
         infos = []
         for name, block, unit in iter_units(self.config.blocks):
             t = self._traces[name]
@@ -206,9 +219,21 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
                 cross_attention_dim=unit["kwargs"].get("cross_attention_dim") if role == "attn" else None,
                 skip=unit.get("skip"), type=unit["type"],
             ))
-        return infos
+        return with_inner_units(infos, self.config.blocks, lambda n: self.get_submodule(name_to_path(n))) if inner else infos
 
     # ------------------------------------------------------------------ forward
+
+    def _text_time_embedding(self, added: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> torch.Tensor:
+        """SDXL's added conditioning, as `UNet2DConditionModel.get_aug_embed` ("text_time"):
+        text_embeds (B, P) pooled text, time_ids (B, 6) -> sinusoids (B, 6 * addition_time_embed_dim)
+        -> concat (B, projection_class_embeddings_input_dim) -> add_embedding -> (B, time_embed_dim)."""
+        for key in ("text_embeds", "time_ids"):
+            if not added or key not in added:
+                raise ValueError(f"this U-Net has addition_embed_type='text_time': added_cond_kwargs must hold "
+                                 f"{key!r} (SDXL's pooled text embedding and size/crop time ids)")
+        text_embeds, time_ids = added["text_embeds"], added["time_ids"]
+        time_embeds = self.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
+        return self.add_embedding(torch.concat([text_embeds, time_embeds], dim=-1).to(dtype))
 
     def forward(
         self,
@@ -226,7 +251,7 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
         encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> UNet2DConditionOutput | tuple:
-        """Same signature and result as `UNet2DConditionModel.forward` (SD-1.x/2.x subset).
+        """Same signature and result as `UNet2DConditionModel.forward` (SD-1.x/2.x and SDXL subset).
 
         sample: (B, in_channels, H, W) noisy latents; encoder_hidden_states: (B, T, D) text.
         Not supported (raise): class labels, ControlNet / T2I-adapter residuals.
@@ -257,6 +282,8 @@ class SlimUNet2DConditionModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdap
             timesteps = timesteps[None].to(sample.device)
         timesteps = timesteps.expand(sample.shape[0])
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)
+        if self.config.addition_embed_type == "text_time":
+            emb = emb + self._text_time_embedding(added_cond_kwargs, emb.dtype)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
 

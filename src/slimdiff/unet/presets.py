@@ -11,6 +11,8 @@
   configs (`layers_per_block=1`; Small/Tiny `mid_block_type=None`; Tiny 3 levels).
 - `snapfusion`: the efficient U-Net of SnapFusion (Li et al. 2023; seed 001, "Table 3:
   Detailed architecture of our efficient UNet model"), see `SNAPFUSION` below.
+- SDXL students (teacher: SDXL-base's topology; `SDXL_PRESETS` below): `bk-sdxl`, `koala-1b`,
+  `koala-700m`, `ssd-1b`, `vega`. Each exports as a plain `UNet2DConditionModel`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import dataclasses
 
 from torch import nn
 
-from .structure import UNetEditError, blocks_from_diffusers_config, role_of
+from .structure import UNetEditError, blocks_from_diffusers_config, depth_of
 from .surgery import insert_unit, remove_units, to_slim
 
 _BK_BASE = tuple(f"down.{k}.layer.1" for k in range(4)) + tuple(f"up.{k}.layer.1" for k in range(4))
@@ -38,6 +40,8 @@ class Preset:
     remove: tuple[str, ...]
     insert: tuple[tuple[str, str], ...] = ()
     reference: str = ""
+    teacher: str = "sd"  # the teacher topology it applies to: a key of TOPOLOGIES
+    published_params: int | None = None  # the paper's / checkpoint's U-Net parameter count (SDXL teacher)
 
     def __post_init__(self):
         if not self.remove and not self.insert:
@@ -76,6 +80,65 @@ SNAPFUSION = Preset(
     reference="Li et al. 2023, SnapFusion, Table 3",
 )
 
+
+def _inner(units: tuple[str, ...], keep: int, depth: int = 10) -> tuple[str, ...]:
+    """Inner blocks keep..depth-1 of each of `units` (a Transformer unit keeps its first `keep`)."""
+    return tuple(f"{u}.tblock.{k}" for u in units for k in range(keep, depth))
+
+
+# SDXL students. Names are SDXL-base's (teacher) units: down.0 (320, no attention), down.1 (640,
+# Transformer depth 2), down.2 (1280, depth 10), mid (depth 10), up.0 (1280, depth 10), up.1 (640,
+# depth 2), up.2 (320, no attention); 2 layers per down block, 3 per up block.
+# Which inner blocks a student keeps is not published for any of them: slimdiff keeps the first
+# ones (blocks 0..k-1 of each unit), an initialisation choice the parameter counts do not depend on.
+_SDXL_LAYERS = ("down.0.layer.1", "down.1.layer.1", "down.2.layer.1", "up.0.layer.1", "up.1.layer.1", "up.2.layer.1")
+_KOALA_DEEP = ("down.2.layer.0.attn", "up.0.layer.0.attn", "up.0.layer.2.attn")  # depth-10 units KOALA keeps
+SDXL_PRESETS = {
+    # BK-SDM-Small's removals (Kim et al. 2023, section 3.1) on SDXL: 1 of 2 layers per down block,
+    # 2 of 3 per up block (teacher layers 0 and 2), no mid block. KOALA (Lee et al. 2023,
+    # arXiv 2312.04005, section 3.1) starts from this layer-wise removal ("BK-SDXL" in its comparison).
+    # 1,304,160,324 parameters (lpb 1, Transformer depths (-, 2, 10), no mid); KOALA's own count for it
+    # is not reproduced here (OPEN).
+    "bk-sdxl": Preset("bk-sdxl", "BK-SDM-Small's layer removal on SDXL: 1 of 2 layers per down block, 2 of 3 per "
+                      "up block, no mid block", _SDXL_LAYERS + ("mid",), teacher="sdxl",
+                      reference="Kim et al. 2023 (BK-SDM) section 3.1, as applied to SDXL in KOALA (arXiv 2312.04005)"),
+    # KOALA-1B (arXiv 2312.04005, Table "U-Net comparison" of the etri-vilab/koala-1b card: 1,161M
+    # parameters, Tx blocks [0, 2, 6]): BK-SDXL's layer removal, the mid block kept, and depth 10 -> 6
+    # in the lowest level (the diffusers config: layers_per_block=1, transformer_layers_per_block
+    # [1, 2, 6], which also sets the mid block's depth). 1,161,184,324 parameters.
+    "koala-1b": Preset("koala-1b", "KOALA-1B: BK-SDXL's layer removal with the mid block kept, Transformer depth "
+                       "10 -> 6 at the lowest level and in the mid block", _SDXL_LAYERS
+                       + _inner(_KOALA_DEEP + ("mid.attn",), 6), teacher="sdxl", published_params=1_161_000_000,
+                       reference="Lee et al. 2023, KOALA (arXiv 2312.04005), section 3.1; etri-vilab/koala-1b"),
+    # KOALA-700M (same sources: 782M, Tx blocks [0, 2, 5]): no mid block, depth 10 -> 5
+    # (layers_per_block=1, transformer_layers_per_block [1, 2, 5], mid_block_type None). 782,822,724.
+    "koala-700m": Preset("koala-700m", "KOALA-700M: BK-SDXL (no mid block) with Transformer depth 10 -> 5 at the "
+                         "lowest level", _SDXL_LAYERS + ("mid",) + _inner(_KOALA_DEEP, 5), teacher="sdxl",
+                         published_params=782_000_000,
+                         reference="Lee et al. 2023, KOALA (arXiv 2312.04005), section 3.1; etri-vilab/koala-700m"),
+    # SSD-1B (Segmind; Gupta et al. 2024, arXiv 2401.02677; "1.3B"): every layer kept, no mid block,
+    # Transformer depths down.2 (4, 4), up.0 (4, 4, 10), up.1 (2, 1, 1): the diffusers config
+    # transformer_layers_per_block [1, 2, 4], reverse_transformer_layers_per_block [[4, 4, 10], [2, 1, 1], 1]
+    # (the reverse list as it appears in a public copy of segmind/SSD-1B's unet/config.json; the
+    # searchable corpora held no complete copy of it, so the down side is reconstructed from the
+    # published 1.3B). 1,300,195,844 parameters.
+    "ssd-1b": Preset("ssd-1b", "SSD-1B: no mid block, Transformer depths (-, 2, 4) down and (4/4/10, 2/1/1, -) up",
+                     ("mid",) + _inner(("down.2.layer.0.attn", "down.2.layer.1.attn", "up.0.layer.0.attn",
+                                        "up.0.layer.1.attn"), 4) + _inner(("up.1.layer.1.attn", "up.1.layer.2.attn"), 1, 2),
+                     teacher="sdxl", published_params=1_300_000_000,
+                     reference="Gupta et al. 2024, arXiv 2401.02677 (SSD-1B); segmind/SSD-1B"),
+    # Segmind-Vega (same paper; "745M"): no mid block, depth 2 wherever SDXL has 10, up.1 (2, 1, 1) as
+    # SSD-1B: transformer_layers_per_block [1, 2, 2], reverse [[2, 2, 2], [2, 1, 1], 1]. No published
+    # config was found in the searchable corpora: this is the structure of SSD-1B's pattern that
+    # gives the published count (744,102,404 vs 745M, -0.12%), a reconstruction (OPEN).
+    "vega": Preset("vega", "Segmind-Vega (reconstructed): no mid block, Transformer depth 10 -> 2, up.1 (2, 1, 1)",
+                   ("mid",) + _inner(("down.2.layer.0.attn", "down.2.layer.1.attn", "up.0.layer.0.attn",
+                                      "up.0.layer.1.attn", "up.0.layer.2.attn"), 2)
+                   + _inner(("up.1.layer.1.attn", "up.1.layer.2.attn"), 1, 2),
+                   teacher="sdxl", published_params=745_000_000,
+                   reference="Gupta et al. 2024, arXiv 2401.02677 (Segmind-Vega); segmind/Segmind-Vega"),
+}
+
 PRESETS: dict[str, Preset] = {
     "bk-base": Preset("bk-base", "BK-SDM-Base: 1 of 2 layers per down block, 2 of 3 per up block", _BK_BASE,
                       reference="Kim et al. 2023, BK-SDM, section 3.1"),
@@ -85,29 +148,49 @@ PRESETS: dict[str, Preset] = {
                       "and down.2's downsampler", _BK_BASE + ("mid", "down.3", "up.0", "down.2.downsample"),
                       reference="Kim et al. 2023, BK-SDM, section 3.1"),
     "snapfusion": SNAPFUSION,
+    **SDXL_PRESETS,
 }
 
-# the teacher topology every preset assumes: SD-1.x/2.x (per block: layers, attention present)
-_SD_DOWN = [(2, True), (2, True), (2, True), (2, False)]
-_SD_UP = [(3, False), (3, True), (3, True), (3, True)]
+# the teacher topologies presets assume, per block: (layers, Transformer depth per layer; 0 = no attention)
+TOPOLOGIES = {
+    "sd": ("SD-1.x/2.x", [(1, 1), (1, 1), (1, 1), (0, 0)], 1, [(0, 0, 0), (1, 1, 1), (1, 1, 1), (1, 1, 1)]),
+    "sdxl": ("SDXL-base", [(0, 0), (2, 2), (10, 10)], 10, [(10, 10, 10), (2, 2, 2), (0, 0, 0)]),
+}
 
 
-def check_sd_topology(model: nn.Module) -> None:
-    """Raise ValueError unless `model` has SD-1.x/2.x's block topology (what presets assume)."""
+def topology_of(model: nn.Module) -> tuple[list[tuple[int, ...]], int, list[tuple[int, ...]]]:
+    """(down, mid, up): per block the Transformer depth of each layer (0: no attention); mid: its depth
+    (0: none or no attention)."""
     if hasattr(model, "down_blocks"):  # diffusers: read its config, no copy
         blocks = blocks_from_diffusers_config(dict(model.config))
     else:
         blocks = to_slim(model).config.blocks
 
-    def shape(side: str) -> list[tuple[int, bool]]:
-        return [(len(b["layers"]), any(role_of(u) == "attn" for layer in b["layers"] for u in layer))
-                for b in blocks[side]]
+    def depth(units: list[dict]) -> int:
+        return sum(depth_of(u) for u in units)
 
-    got = (shape("down"), bool(blocks.get("mid")), shape("up"))
-    want = (_SD_DOWN, True, _SD_UP)
+    def shape(side: str) -> list[tuple[int, ...]]:
+        return [tuple(depth(layer) for layer in b["layers"]) for b in blocks[side]]
+
+    return shape("down"), depth(blocks.get("mid") or []), shape("up")
+
+
+def check_topology(model: nn.Module, teacher: str = "sd") -> None:
+    """Raise ValueError unless `model` has the block topology `TOPOLOGIES[teacher]` (what a preset assumes)."""
+    label, *want = TOPOLOGIES[teacher]
+    got = list(topology_of(model))
+    if teacher == "sd":  # SD presets name no inner block: any Transformer depth fits
+        down, mid, up = got
+        got = [[tuple(min(d, 1) for d in b) for b in down], min(mid, 1), [tuple(min(d, 1) for d in b) for b in up]]
     if got != want:
-        raise ValueError(f"presets need an SD-1.x/2.x U-Net topology (per block: (layers, has attention)) "
-                         f"down {want[0]}, mid, up {want[2]}; got down {got[0]}, mid={got[1]}, up {got[2]}")
+        raise ValueError(f"this preset needs an {label} U-Net topology (per block: Transformer depth per layer, "
+                         f"0 = none) down {want[0]}, mid {want[1]}, up {want[2]}; got down {got[0]}, mid {got[1]}, "
+                         f"up {got[2]}")
+
+
+def check_sd_topology(model: nn.Module) -> None:
+    """Raise ValueError unless `model` has SD-1.x/2.x's block topology (what the SD presets assume)."""
+    check_topology(model, "sd")
 
 
 def apply_edits(teacher: nn.Module, preset: Preset):
@@ -119,7 +202,7 @@ def apply_edits(teacher: nn.Module, preset: Preset):
 
 
 def apply_preset(teacher: nn.Module, name: str):
-    """`(student, info)` for the preset `name` applied to an SD-1.x/2.x `teacher`.
+    """`(student, info)` for the preset `name` applied to its teacher topology (SD-1.x/2.x or SDXL).
 
     `info`: preset name, removed units, inserted copies, teacher/student parameter counts.
     The student is a `SlimUNet2DConditionModel` with `inheritance` back to the teacher.
@@ -127,7 +210,7 @@ def apply_preset(teacher: nn.Module, name: str):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)}")
     preset = PRESETS[name]
-    check_sd_topology(teacher)
+    check_topology(teacher, preset.teacher)
     try:
         student = apply_edits(teacher, preset)
     except UNetEditError as e:
@@ -141,4 +224,6 @@ def apply_preset(teacher: nn.Module, name: str):
         "teacher_params": teacher.num_parameters(),
         "student_params": student.num_parameters(),
     }
+    if preset.published_params:
+        info["published_params"] = preset.published_params
     return student, info

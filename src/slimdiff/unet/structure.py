@@ -59,6 +59,7 @@ class UnitInfo:
     cross_attention_dim: int | None = None  # attn units only
     skip: str | None = None  # the skip point an up-side resnet consumes
     type: str = ""  # the unit type ("resnet", "attn", ... or a registered type such as a CondConv)
+    parent: str | None = None  # inner units (kind "tblock"): the Transformer unit they sit in
 
 
 def role_of(unit: dict) -> str:
@@ -100,9 +101,42 @@ def key_to_name(key: str) -> str:
 def name_to_path(name: str) -> str:
     """Unit/layer/block name -> module path in a SlimUNet2DConditionModel.
 
-    `down.1.layer.0.attn.1` -> `down.1.layer.0.attn_1`; `mid.resnet.0` -> `mid.resnet_0`.
+    `down.1.layer.0.attn.1` -> `down.1.layer.0.attn_1`; `mid.resnet.0` -> `mid.resnet_0`;
+    an inner block `down.2.layer.0.attn.tblock.3` -> `down.2.layer.0.attn.transformer_blocks.3`.
     """
+    inner = split_inner(name)
+    if inner is not None:
+        return f"{name_to_path(inner[0])}.transformer_blocks.{inner[1]}"
     return re.sub(r"\.(resnet|attn)\.(\d+)$", r".\1_\2", name)
+
+
+# Inner units: the `BasicTransformerBlock`s of a Transformer unit of depth > 1 (SDXL's
+# transformer_layers_per_block up to 10) are units of their own, named `<attn unit>.tblock.k`
+# (k = 0..depth-1): removable (the unit's depth drops by one), scored and timed. They are not
+# part of `blocks` (the unit's `num_layers` kwarg says how many there are) and `iter_units`
+# does not yield them; `inner_units` does.
+INNER_KIND = "tblock"
+_INNER_RE = re.compile(r"^(.+)\.tblock\.(\d+)$")
+
+
+def split_inner(name: str) -> tuple[str, int] | None:
+    """`down.2.layer.0.attn.tblock.3` -> (`down.2.layer.0.attn`, 3); None for any other name."""
+    m = _INNER_RE.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def depth_of(unit: dict) -> int:
+    """Inner transformer blocks of an attention unit (its `num_layers`; 1 when not given)."""
+    return int(unit["kwargs"].get("num_layers", 1)) if role_of(unit) == "attn" else 0
+
+
+def inner_units(blocks: dict) -> Iterator[tuple[str, str, int]]:
+    """Yield `(inner name, unit name, k)` for every inner block of a Transformer unit of depth > 1."""
+    for name, _, unit in iter_units(blocks):
+        depth = depth_of(unit)
+        if depth > 1:
+            for k in range(depth):
+                yield f"{name}.{INNER_KIND}.{k}", name, k
 
 
 _TENSOR_RE = re.compile(
@@ -272,7 +306,7 @@ SUPPORTED_UP = ("CrossAttnUpBlock2D", "UpBlock2D")
 SUPPORTED_MID = ("UNetMidBlock2DCrossAttn", None)
 # diffusers config key -> the only value slimdiff's U-Net supports (SD-1.x/2.x subset)
 _FIXED = {
-    "class_embed_type": None, "addition_embed_type": None, "encoder_hid_dim_type": None,
+    "class_embed_type": None, "encoder_hid_dim_type": None,
     "encoder_hid_dim": None, "num_class_embeds": None, "time_embedding_type": "positional",
     "dual_cross_attention": False, "num_attention_heads": None, "class_embeddings_concat": False,
 }
@@ -283,9 +317,13 @@ _FIXED = {
 # key -> the accepted (default) values
 _UNUSED = {
     "resnet_out_scale_factor": (1.0,), "resnet_skip_time_act": (False,), "cross_attention_norm": (None,),
-    "mid_block_only_cross_attention": (None, False), "addition_time_embed_dim": (None,),
-    "projection_class_embeddings_input_dim": (None,),
+    "mid_block_only_cross_attention": (None, False),
 }
+# the added conditioning slimdiff builds: None (SD-1.x/2.x) or SDXL's "text_time" (the pooled text
+# embedding and the six size/crop time ids, each embedded with `addition_time_embed_dim` sinusoids,
+# concatenated -> `projection_class_embeddings_input_dim` -> `add_embedding`; SDXL paper section 2.2)
+ADDITION_EMBED_TYPES = (None, "text_time")
+_TEXT_TIME_KEYS = ("addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
 def check_supported_config(cfg: dict) -> None:
@@ -294,6 +332,17 @@ def check_supported_config(cfg: dict) -> None:
     for key, want in _FIXED.items():
         if cfg.get(key, want) != want:
             raise UNetEditError(f"unsupported UNet config: {key}={cfg[key]!r} (slimdiff supports {want!r})")
+    added = cfg.get("addition_embed_type")
+    if added not in ADDITION_EMBED_TYPES:
+        raise UNetEditError(f"unsupported UNet config: addition_embed_type={added!r} "
+                            f"(slimdiff supports {' or '.join(map(repr, ADDITION_EMBED_TYPES))})")
+    for key in _TEXT_TIME_KEYS:
+        if added == "text_time" and not isinstance(cfg.get(key), int):
+            raise UNetEditError(f"UNet config: addition_embed_type='text_time' needs an integer {key}, "
+                                f"got {cfg.get(key)!r}")
+        if added is None and cfg.get(key) is not None:
+            raise UNetEditError(f"unsupported UNet config: {key}={cfg[key]!r}; U-Nets without "
+                                "addition_embed_type='text_time' do not use it")
     if cfg.get("attention_type", "default") != "default":
         raise UNetEditError(f"unsupported UNet config: attention_type={cfg['attention_type']!r}")
     for key, accepted in _UNUSED.items():
@@ -327,6 +376,9 @@ def base_from_diffusers_config(cfg: dict) -> dict:
         time_embedding_act_fn=cfg.get("time_embedding_act_fn"),
         center_input_sample=cfg.get("center_input_sample", False),
         cross_attention_dim=single_width(cfg.get("cross_attention_dim", 1280)),
+        addition_embed_type=cfg.get("addition_embed_type"),
+        addition_time_embed_dim=cfg.get("addition_time_embed_dim"),
+        projection_class_embeddings_input_dim=cfg.get("projection_class_embeddings_input_dim"),
     )
 
 

@@ -25,6 +25,9 @@ from .registry import build_unit
 from .structure import (
     UNetEditError,
     block_names_of,
+    depth_of,
+    inner_units,
+    split_inner,
     iter_units,
     key_to_name,
     layer_keys,
@@ -66,6 +69,7 @@ def _unit_sets(blocks: dict) -> dict[str, list[str]]:
         out[layer] = [n for n, _ in units if n.startswith(layer + ".")]
     for block in block_names_of(blocks):
         out[block] = [n for n, b in units if b == block]
+    out.update({name: [name] for name, _, _ in inner_units(blocks)})
     return out
 
 
@@ -74,15 +78,26 @@ def _untagged(blocks: dict) -> dict:
     blocks = copy.deepcopy(blocks)
     for _, _, unit in iter_units(blocks):
         unit.pop("_from", None)
+        unit.pop("_inner_from", None)
     return blocks
 
 
-def _tag(unit: dict, name: str) -> dict:
-    return {**copy.deepcopy(unit), "_from": name}
+def _tag(unit: dict, name: str, inner: list[int] | None = None) -> dict:
+    """A copy of `unit` tagged with its old name; `inner`: the old inner block indices it keeps
+    (its depth becomes len(inner); tensors of block m come from old block inner[m])."""
+    out = {**copy.deepcopy(unit), "_from": name}
+    if inner is not None and len(inner) != depth_of(unit):
+        out["kwargs"]["num_layers"] = len(inner)
+        out["_inner_from"] = list(inner)
+    return out
 
 
 def remove_units(model: nn.Module, names: list[str] | tuple[str, ...] | str):
     """Remove units, layers (`down.1.layer.1`) or blocks (`mid`, `down.3`); return a new model.
+
+    Inner blocks of a Transformer unit of depth > 1 (`down.2.layer.0.attn.tblock.3`) are units
+    too: removing some lowers the unit's depth (the blocks kept inherit their own weights);
+    removing all of them removes the unit.
 
     Raises `UNetEditError` naming the unit and the reason when the result is ill formed, and
     listing valid names when a name is unknown. `remove_units(m, [])` is an equivalent copy.
@@ -103,7 +118,7 @@ def _remove(model, names, build: bool):
     unknown = [n for n in names if n not in sets]
     if unknown:
         raise UNetEditError(f"unknown unit/layer/block name(s) {unknown}; valid names: {list(sets)}")
-    removed = {u for n in names for u in sets[n]}
+    removed, keep_inner = _inner_kept(old, {u for n in names for u in sets[n]})
 
     # 1. alias every removed skip point to the value flowing in its place (the previous point)
     def survives(point: str) -> bool:
@@ -127,7 +142,7 @@ def _remove(model, names, build: bool):
                 for key, unit in zip(layer_keys(layer), layer):
                     name = f"{side}.{i}.layer.{j}.{key_to_name(key)}"
                     if name not in removed:
-                        kept.append(_tag(unit, name))
+                        kept.append(_tag(unit, name, keep_inner.get(name)))
                 if kept:
                     layers.append((j, kept))
             samp = block.get(sampler)
@@ -143,7 +158,7 @@ def _remove(model, names, build: bool):
         if side == "down" and old.get("mid"):
             keys = layer_keys(old["mid"], in_mid=True)
             names_mid = [f"mid.{key_to_name(k)}" for k in keys]
-            mid = [_tag(u, n) for n, u in zip(names_mid, old["mid"]) if n not in removed]
+            mid = [_tag(u, n, keep_inner.get(n)) for n, u in zip(names_mid, old["mid"]) if n not in removed]
             new["mid"] = mid or None
     if not new["down"] and not new["mid"] and not new["up"]:
         raise UNetEditError(f"cannot remove {', '.join(names)}: no block would be left (only conv_in and conv_out)")
@@ -172,6 +187,19 @@ def _remove(model, names, build: bool):
             changers = ["it" + changers[0][len(names[0]):]]
         why = f"{'; '.join(changers)} and {e}" if changers else str(e)
         raise UNetEditError(f"cannot remove {', '.join(names)}: {why}") from None
+
+
+def _inner_kept(blocks: dict, removed: set[str]) -> tuple[set[str], dict[str, list[int]]]:
+    """(removed unit names, unit -> the inner block indices it keeps) for a set of removed names
+    that may hold inner blocks (`<unit>.tblock.k`); a unit that keeps no inner block is removed whole."""
+    keep_inner: dict[str, list[int]] = {}
+    for name, unit_name, k in inner_units(blocks):
+        if unit_name not in removed:
+            keep_inner.setdefault(unit_name, [])
+            if name not in removed:
+                keep_inner[unit_name].append(k)
+    removed = {n for n in removed if not split_inner(n)} | {u for u, kept in keep_inner.items() if not kept}
+    return removed, keep_inner
 
 
 def _point_channels(model, point: str) -> int:
@@ -271,14 +299,23 @@ def replace_units(model: nn.Module, replacements: dict[str, tuple[str, dict | No
     return _rebuild(model, new)
 
 
+def _inner_source(rest: str, inner: list[int] | None) -> str:
+    """`transformer_blocks.m.<...>` -> `transformer_blocks.<inner[m]>.<...>` (the old block it keeps)."""
+    if inner is None or not rest.startswith("transformer_blocks."):
+        return rest
+    _, m, tail = rest.split(".", 2)
+    return f"transformer_blocks.{inner[int(m)]}.{tail}"
+
+
 def _rebuild(model, new: dict):
     """Build the model for `new` (units tagged `_from`), copy weights, compose the maps.
 
     A tensor without a same-shaped source in `model` keeps its fresh initialisation (new: None).
     """
-    sources, units = {}, {}
+    sources, units, inner_from = {}, {}, {}
     for name, _, unit in iter_units(new):
         sources[name] = unit.pop("_from")
+        inner_from[name] = unit.pop("_inner_from", None)
         units[name] = unit
     validate(new, model.config.model_channels, labels=sources)
     student = SlimUNet2DConditionModel.from_structure(new, **model.base_config())
@@ -288,7 +325,7 @@ def _rebuild(model, new: dict):
     tensors, inheritance = {}, {}
     for name, meta in student.state_dict().items():
         unit, rest = split_tensor_name(name)
-        src = name if unit is None else name_to_path(sources[unit]) + "." + rest
+        src = name if unit is None else name_to_path(sources[unit]) + "." + _inner_source(rest, inner_from[unit])
         if src in old_tensors and old_tensors[src].shape == meta.shape:
             tensors[name], inheritance[name] = old_tensors[src], model.inheritance.get(src)
             continue

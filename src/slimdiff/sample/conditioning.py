@@ -1,0 +1,73 @@
+"""What a pipeline class feeds its U-Net besides the latents: the one place that differs per class.
+
+    cond = encode_prompts(pipe, ["a red circle"])     # StableDiffusionPipeline or StableDiffusionXLPipeline
+    unet(x_t, t, encoder_hidden_states=cond.encoder_hidden_states, added_cond_kwargs=cond.added_cond_kwargs)
+
+- `StableDiffusionPipeline`: the tokenizer and text encoder's last hidden states (N, L, D); no
+  added conditioning.
+- `StableDiffusionXLPipeline` (Podell et al. 2023, section 2.1-2.2): both text encoders'
+  penultimate hidden states concatenated (N, L, 768 + 1280), the second encoder's pooled
+  projection (N, 1280) and the six size/crop time ids (N, 6) = (original h, w, crop top, left,
+  target h, w), all as the pipeline's own `encode_prompt` and `_get_add_time_ids` build them
+  (no classifier-free guidance here: the unconditional branch is the caller's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+
+@dataclasses.dataclass
+class Conditioning:
+    """The U-Net's text inputs for N prompts."""
+
+    encoder_hidden_states: torch.Tensor  # (N, L, D)
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds (N, P), time_ids (N, 6)
+
+    def __len__(self) -> int:
+        return self.encoder_hidden_states.shape[0]
+
+    def select(self, index) -> "Conditioning":
+        """Rows `index` (a slice or index tensor) of every tensor."""
+        added = None if self.added_cond_kwargs is None else {k: v[index] for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(self.encoder_hidden_states[index], added)
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        added = None if self.added_cond_kwargs is None else \
+            {k: v.to(device=device, dtype=dtype) for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(self.encoder_hidden_states.to(device=device, dtype=dtype), added)
+
+
+def is_sdxl_pipeline(pipe) -> bool:
+    """True for a pipeline with SDXL's second text encoder and text/time-conditioned U-Net."""
+    unet = getattr(pipe, "unet", None)
+    return getattr(pipe, "text_encoder_2", None) is not None and unet is not None and \
+        unet.config.get("addition_embed_type") == "text_time"
+
+
+def sdxl_time_ids(n: int, size_px: int, crop: tuple[int, int] = (0, 0),
+                  original_px: int | None = None) -> torch.Tensor:
+    """(n, 6) float time ids (original h, w, crop top, left, target h, w) for square images of
+    `size_px`, as `StableDiffusionXLPipeline.__call__` passes them by default (original = target)."""
+    orig = original_px or size_px
+    return torch.tensor([[orig, orig, crop[0], crop[1], size_px, size_px]], dtype=torch.float32).expand(n, -1).clone()
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: Sequence[str], size_px: int | None = None) -> Conditioning:
+    """The U-Net's text inputs for `prompts` as `pipe`'s class builds them (module docstring).
+    `size_px`: the image side the time ids name (SDXL); default the U-Net's sample size x VAE factor."""
+    prompts = list(prompts)
+    if is_sdxl_pipeline(pipe):
+        device = pipe.text_encoder_2.device
+        emb, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                               do_classifier_free_guidance=False)
+        size = pipe.unet.config.sample_size
+        px = size_px or (size if isinstance(size, int) else size[0]) * pipe.vae_scale_factor
+        return Conditioning(emb.float(), {"text_embeds": pooled.float(), "time_ids": sdxl_time_ids(len(prompts), px)})
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return Conditioning(pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float())

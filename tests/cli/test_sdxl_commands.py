@@ -1,0 +1,49 @@
+"""The commands on a `StableDiffusionXLPipeline` (issue 23 item 4), on diffusers' tiny SDXL: each
+runs and keeps every component, or refuses in one line that names the reason."""
+
+import json
+
+import pytest
+
+from slimdiff.cli import main
+
+
+def test_units_lists_the_inner_transformer_blocks(tiny_sdxl_dir, tmp_path, capsys):
+    assert main(["units", str(tiny_sdxl_dir), "--inner", "--json", str(tmp_path / "u.json")]) == 0
+    listed = json.loads((tmp_path / "u.json").read_text())["units"]
+    inner = [u["name"] for u in listed if u["kind"] == "tblock"]
+    assert inner[:2] == ["down.1.layer.0.attn.tblock.0", "down.1.layer.0.attn.tblock.1"] and len(inner) == 12
+    assert "20 units" in capsys.readouterr().out  # the inner blocks are not counted twice
+
+
+def test_prune_an_inner_block_writes_a_whole_sdxl_pipeline(tiny_sdxl_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_sdxl_dir), "--remove", "up.0.layer.1.attn.tblock.0", "--out", str(out)]) == 0
+    pipe = StableDiffusionXLPipeline.from_pretrained(out / "pipeline")
+    assert type(pipe.unet) is UNet2DConditionModel and len(pipe.unet.up_blocks[0].attentions[1].transformer_blocks) == 1
+    assert {"text_encoder_2", "tokenizer_2"} <= {p.name for p in (out / "pipeline").iterdir()}
+
+
+def test_prune_vae_keeps_the_second_text_encoder(tiny_sdxl_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    import slimdiff.vae  # noqa: F401  (the pruned VAE class, for diffusers' loader)
+
+    out = tmp_path / "vae-half"
+    assert main(["prune-vae", str(tiny_sdxl_dir), "--ratio", "0.5", "--out", str(out)]) == 0
+    written = {p.name for p in (out / "pipeline").iterdir()}
+    assert {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"} <= written
+    pipe = StableDiffusionXLPipeline.from_pretrained(out / "pipeline")
+    image = pipe("a red circle", num_inference_steps=1, height=32, width=32, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("command", ["distill", "step-distill"])
+def test_training_on_sdxl_is_refused_in_one_line(tiny_sdxl_dir, tmp_path, capsys, command):
+    argv = [command, "--teacher", str(tiny_sdxl_dir), "--student", str(tiny_sdxl_dir), "--data", "toy",
+            "--out", str(tmp_path / "out"), "--max-steps", "1"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimdiff")]  # not the loaders' bars
+    assert len(err) == 1 and "StableDiffusionXLPipeline is not supported" in err[0] and "time ids" in err[0]
