@@ -40,6 +40,7 @@ def test_the_choice_names_are_the_registries():
     from slimdiff.prune.criteria import CRITERIA
     from slimdiff.prune.search import SEARCHES
     from slimdiff.unet import ASSEMBLIES
+    from slimdiff.modules import mobilediffusion  # noqa: F401 (registers the plug-in presets md, md-lite)
     from slimdiff.unet.presets import PRESETS
     from slimdiff.vae.prune import IMPORTANCES
 

@@ -6,7 +6,7 @@ These tuples are the registries' keys; tests/cli/test_startup.py checks that eac
 registry, so a new preset or criterion that is not added here fails the suite.
 """
 
-PRESETS = ("bk-base", "bk-small", "bk-tiny", "snapfusion")  # slimdiff.unet.presets.PRESETS
+PRESETS = ("bk-base", "bk-small", "bk-tiny", "snapfusion", "md", "md-lite")  # slimdiff.unet.presets.PRESETS (md: plug-in)
 ASSEMBLIES = ("M1", "M2", "M3")  # slimdiff.unet.assemble.ASSEMBLIES
 CRITERIA = ("output", "magnitude", "random")  # slimdiff.prune.criteria.CRITERIA
 SEARCHES = ("laptop", "evolve")  # slimdiff.prune.search.SEARCHES

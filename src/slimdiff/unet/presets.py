@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from torch import nn
 
@@ -38,10 +39,13 @@ class Preset:
     remove: tuple[str, ...]
     insert: tuple[tuple[str, str], ...] = ()
     reference: str = ""
+    # a preset that builds its student itself: build(teacher) -> slim student with inheritance
+    # (registered by a plug-in, e.g. slimdiff.modules.mobilediffusion's "md"; remove/insert unused)
+    build: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self):
-        if not self.remove and not self.insert:
-            raise ValueError(f"preset {self.name!r} edits nothing: give `remove` or `insert`")
+        if not self.remove and not self.insert and self.build is None:
+            raise ValueError(f"preset {self.name!r} edits nothing: give `remove`, `insert` or `build`")
 
 
 # SnapFusion, seed 001 Table 3 (counts per stage, "Origin" -> "Ours"). The table's stages
@@ -87,6 +91,16 @@ PRESETS: dict[str, Preset] = {
     "snapfusion": SNAPFUSION,
 }
 
+
+
+def register_preset(preset: Preset) -> None:
+    """Add a preset to `PRESETS` (a plug-in calls it at import, as unit types register themselves;
+    its name also goes in `slimdiff.cli.names.PRESETS`)."""
+    if preset.name in PRESETS and PRESETS[preset.name] != preset:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+
+
 # the teacher topology every preset assumes: SD-1.x/2.x (per block: layers, attention present)
 _SD_DOWN = [(2, True), (2, True), (2, True), (2, False)]
 _SD_UP = [(3, False), (3, True), (3, True), (3, True)]
@@ -111,7 +125,9 @@ def check_sd_topology(model: nn.Module) -> None:
 
 
 def apply_edits(teacher: nn.Module, preset: Preset):
-    """Apply a `Preset` (removals, then insertions) to `teacher`; return the slim student."""
+    """Apply a `Preset` (its builder, else removals then insertions) to `teacher`; return the slim student."""
+    if preset.build is not None:
+        return preset.build(teacher)
     student = remove_units(teacher, list(preset.remove))
     for source, after in preset.insert:
         student = insert_unit(student, source, after)
@@ -125,7 +141,8 @@ def apply_preset(teacher: nn.Module, name: str):
     The student is a `SlimUNet2DConditionModel` with `inheritance` back to the teacher.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)} (plug-in presets such as 'md' "
+                         "register when `slimdiff.modules` is imported)")
     preset = PRESETS[name]
     check_sd_topology(teacher)
     try:
