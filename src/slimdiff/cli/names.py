@@ -10,4 +10,5 @@ PRESETS = ("bk-base", "bk-small", "bk-tiny", "snapfusion", "md", "md-lite")  # s
 ASSEMBLIES = ("M1", "M2", "M3")  # slimdiff.unet.assemble.ASSEMBLIES
 CRITERIA = ("output", "magnitude", "random")  # slimdiff.prune.criteria.CRITERIA
 SEARCHES = ("laptop", "evolve")  # slimdiff.prune.search.SEARCHES
+REPLACEMENTS = ("separable", "cross_only", "trim")  # slimdiff.modules.mobilediffusion.REPLACEMENTS
 VAE_IMPORTANCES = ("l1", "group-l1")  # slimdiff.vae.prune.IMPORTANCES
