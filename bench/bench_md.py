@@ -136,11 +136,15 @@ def main() -> None:
                   f"{ref / ms:.2f}x", flush=True)
             del model
             gc.collect()
-    load1 = os.getloadavg()[0]
-    results["runs"].append({"date": _now(), "seconds": round(time.time() - t0), "load": [load0, load1],
+            save(results, args, path)  # after every row: a chunk cut short keeps what it measured
+    results["runs"].append({"date": _now(), "seconds": round(time.time() - t0), "load": [load0, os.getloadavg()[0]],
                             "latent": args.latent_size, "batch": args.batch, "repeats": args.repeats,
                             "rows": args.only or ("lut" if args.lut_only else ROWS), "torch": torch.__version__,
                             "cpu": platform.processor() or platform.machine()})
+    save(results, args, path)
+
+
+def save(results: dict, args: argparse.Namespace, path: str) -> None:
     write_json(path, results)
     atomic_write(f"{args.out}.md", markdown(results))
 
