@@ -49,6 +49,16 @@ TRICKS = {
     "feed-forward 3x": MDTricks(ff_mult=3.0),
     "swish (SwiGLU)": MDTricks(swish=True),
 }
+SEED_TABLE = {"md": (386, 182), "md-lite": (278, 153)}  # seed 001 Table 1: params (M), GFLOPs
+NOTES = """FLOPs convention: slimdiff counts 2 x MACs of convs, linears and matmuls (attention included) per
+forward; SD-1.5 is 803.3 GFLOPs at batch 1 that way and 392 in the seed's table, so the table counts about
+one FLOP per multiply-add (0.488 of ours; SD-1.5's 401.6 G-MACs are 2.4% above its 392). Layout
+(interpretations: the seed gives only the counts): 3 levels (320, 640, 0.8 / 0.7 x the teacher's third
+width); 64x64: one ResNet down, two up, no transformer; 32x32: ResNet + cross-attention-only transformer
+(down 1, up 2: the 3 CA without SA); 16x16: ResNets with separable convs and 15 (md: 3 down, 6 mid, 3 + 3
+up) or 12 (md-lite: 3, 3, 3 + 3) full transformers; 11 ResNets in all (down 3, mid 2, up 6); every
+transformer with shared K/V, FF 3x and swish; softmax attention (ReLU is a fine-tune after distillation,
+its own row). Tensors inherited from sd15-arch where name and shape match (levels 0-1, the stem)."""
 STRUCTURE = "md structure, plain units (fewer ResNets, transformers in the middle, 1024 ch)"
 ROWS = [*TRICKS, STRUCTURE, "md", "md-lite"]
 
@@ -169,6 +179,16 @@ def markdown(results: dict) -> str:
         seed = r["gflops"] / 2 * SD15_TABLE[0] / SD15_TABLE[1]
         lines.append(f"| {name} | {r['params_m']:.1f} | {r['gflops']:.0f} | {seed:.0f} | {r['ms']:.0f} | "
                      f"{r['sd15_ms']:.0f} | {r['speedup']:.2f}x | {r['date']} |")
+    lines += ["", "## The presets against seed 001's Table 1 (one image, 64x64 latent)", "",
+              "| preset | params (M) | seed | diff | GFLOPs (seed convention) | seed | diff |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, (params, gflops) in SEED_TABLE.items():
+        r = results["rows"].get(name)
+        if r is not None:
+            ours = r["gflops"] / 2 * SD15_TABLE[0] / SD15_TABLE[1]
+            lines.append(f"| {name} | {r['params_m']:.1f} | {params} | {100 * (r['params_m'] / params - 1):+.1f}% | "
+                         f"{ours:.1f} | {gflops} | {100 * (ours / gflops - 1):+.1f}% |")
+    lines += ["", NOTES]
     if results.get("lut"):
         lut = results["lut"]
         lines += ["", f"## Latency table vs a fresh profile ({lut['settings']}, {lut['date']})", "",
