@@ -65,6 +65,7 @@ ROWS = [*TRICKS, STRUCTURE, "md", "md-lite"]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="sd15-arch", help="the U-Net the rows are built from (toy: a smoke run)")
     p.add_argument("--latent-size", type=int, default=64, help="latent side (64 = 512px)")
     p.add_argument("--batch", type=int, default=2, help="images per step (2: classifier-free guidance)")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds per row (plus one warm-up round)")
@@ -131,12 +132,12 @@ def main() -> None:
         bad = [r for r in todo if r not in ROWS]
         if bad:
             raise SystemExit(f"unknown rows {bad}; valid: {ROWS}")
-        teacher = load_unet("sd15-arch").eval()
+        teacher = load_unet(args.teacher).eval()
         with torch.device("meta"):
             sd_gflops, sd_params = gflops_params(UNet2DConditionModel(**SD15_CONFIG), args.latent_size, args.batch)
         for name in todo:
             model = build(name, teacher).eval()
-            times = time_pair({"sd15-arch": teacher, name: model}, args.latent_size, args.batch, args.repeats)
+            times = time_pair({"sd15-arch": teacher, name: model}, args.latent_size, args.batch, args.repeats)  # ref
             gflops, params = gflops_params(model, args.latent_size, args.batch)
             ms, ref = median(times[name]), median(times["sd15-arch"])
             results["rows"][name] = {"params_m": params, "gflops": gflops, "ms": ms, "sd15_ms": ref,
