@@ -200,7 +200,8 @@ def markdown(results: dict) -> str:
                          f"{100 * r['error']:+.1f}% |")
     lines += ["", "## Runs", ""]
     for run in results["runs"]:
-        lines.append(f"- {run['date']}: rows {run['rows']}, {run['seconds']} s, load average {run['load'][0]:.2f} -> "
+        lines.append(f"- {run['date']}: rows {run['rows']}, latent {run['latent']}, batch {run['batch']}, "
+                     f"{run['repeats']} timed rounds, {run['seconds']} s, load average {run['load'][0]:.2f} -> "
                      f"{run['load'][1]:.2f} on 2 cores, torch {run['torch']}")
     return "\n".join(lines) + "\n"
 
