@@ -52,6 +52,7 @@ from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from slimdiff.unet import apply_preset, load_unet, save_student, text_width
 from slimdiff.sample import load_pipeline
 from slimdiff.unet.presets import PRESETS
+from slimdiff.modules import mobilediffusion  # noqa: F401,E402 (registers the plug-in presets md, md-lite)
 
 MODELS = ("teacher", "pruned", "distilled")
 STEP_MODEL = "step-distilled"  # the optional fourth row (DemoConfig.step_distill)

@@ -40,9 +40,11 @@ def test_the_choice_names_are_the_registries():
     from slimdiff.prune.criteria import CRITERIA
     from slimdiff.prune.search import SEARCHES
     from slimdiff.unet import ASSEMBLIES
+    from slimdiff.modules import mobilediffusion  # registers the plug-in presets md, md-lite
     from slimdiff.unet.presets import PRESETS
     from slimdiff.vae.prune import IMPORTANCES
 
     assert names.PRESETS == tuple(PRESETS) and names.ASSEMBLIES == tuple(ASSEMBLIES)
     assert names.CRITERIA == tuple(CRITERIA) and names.SEARCHES == tuple(SEARCHES)
     assert names.VAE_IMPORTANCES == tuple(IMPORTANCES)
+    assert names.REPLACEMENTS == tuple(mobilediffusion.REPLACEMENTS)

@@ -61,6 +61,7 @@ def add_parser(subparsers) -> None:
 
 def choose_student(args: argparse.Namespace, teacher):
     """(student, info) for the chosen way: a preset, or explicit --remove/--insert edits."""
+    from slimdiff.modules import mobilediffusion  # noqa: F401 (registers the plug-in presets md, md-lite)
     from slimdiff.unet import apply_preset
     from slimdiff.unet.presets import Preset, apply_edits
 
@@ -91,6 +92,7 @@ def add_modules(args: argparse.Namespace, teacher, student, info: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimdiff.modules import mobilediffusion  # noqa: F401 (registers the plug-in presets md, md-lite)
     from slimdiff.unet import load_unet, save_student
     from slimdiff.unet.presets import PRESETS
 

@@ -2,6 +2,7 @@
 
     slimdiff prune toy --search laptop --budget params=0.5 --criterion output --out runs/laptop
     slimdiff prune toy --search evolve --target-latency 8.0 --out runs/evolve
+    slimdiff prune toy --search laptop --budget latency=0.6 --replace separable cross_only trim --out runs/choices
 
 `cli/prune.py` registers these options (`add_search_arguments`) and hands over to `run`
 when `--search` is given, which maps them to a `slimdiff.prune.SearchConfig` and calls
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slimdiff.cli.names import CRITERIA, SEARCHES
+from slimdiff.cli.names import CRITERIA, REPLACEMENTS, SEARCHES
 
 
 def add_search_arguments(parser: argparse.ArgumentParser, group=None) -> None:
@@ -44,6 +45,9 @@ def add_search_arguments(parser: argparse.ArgumentParser, group=None) -> None:
                    help="evolve: a score loss at or below D counts as 0 (the score's noise level)")
     s.add_argument("--max-rounds", type=int, default=100, metavar="N", help="evolve: architecture actions at most")
     s.add_argument("--remove-only", action="store_true", help="evolve: never add copies of units")
+    s.add_argument("--replace", nargs="+", choices=REPLACEMENTS, default=[], metavar="OPTION",
+                   help=f"both: units may also become cheaper MobileDiffusion types ({', '.join(REPLACEMENTS)}); "
+                        "laptop then solves keep / remove / replace as a multiple-choice knapsack")
     s.add_argument("--search-seed", type=int, default=0, metavar="S",
                    help="calibration, random criterion, score and robust-training seed")
 
@@ -61,7 +65,7 @@ def search_config(args: argparse.Namespace):
         target_latency_ms=args.target_latency, max_rounds=args.max_rounds, allow_add=not args.remove_only,
         score_tolerance=args.score_tolerance, stochastic_depth=args.stochastic_depth or 0.0,
         robust_steps=args.robust_steps, robust_steps_per_round=args.robust_steps_per_round,
-        score_images=args.score_images, score_steps=args.score_steps,
+        score_images=args.score_images, score_steps=args.score_steps, replace=tuple(args.replace),
     )
 
 

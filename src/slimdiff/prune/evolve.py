@@ -37,6 +37,11 @@ Interpretations (the paper leaves them open; each is a parameter or stated here)
 - Unit names are positional (an edit can renumber a layer's units), so each action also
   records the teacher unit it concerns (`unit_sources` of the edited network).
 - `allow_add=False` gives the remove-only variant.
+- Replace actions (issue 22; `EvolveConfig.replace`, option names of
+  `slimdiff.modules.mobilediffusion.REPLACEMENTS`): besides A-_u, every plain unit u may become a cheaper
+  type k (MobileDiffusion's blocks); the action `u:k` is scored like a removal, dScore = score(net) -
+  score(net with u replaced), dLatency = LUT(net) - LUT(net with u replaced) (the table is extended with
+  the new unit's signature when it lacks it), and ranked with the removals by the same dScore+ / dLatency.
 
 The network edits go through an `Editor` (default: `slimdiff.unet`'s `remove_units` and
 `insert_unit`), so the loop runs unchanged on a fake editor in tests.
@@ -50,6 +55,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from slimdiff.distill import DistillConfig, distill
+from slimdiff.modules.mobilediffusion import REPLACEMENTS, apply_replacements, replacement_options
+from slimdiff.profile.lut import LUTMissError
 from slimdiff.sample import resolve_pipeline
 from slimdiff.eval.evaluation import evaluate
 from slimdiff.unet import insert_unit, remove_units
@@ -64,6 +71,7 @@ class EvolveConfig:
     allow_add: bool = True  # SnapFusion adds copies of useful units when under target
     kinds: tuple[str, ...] = CANDIDATE_KINDS  # unit kinds the actions touch (paper: ResNet, cross-attn)
     score_tolerance: float = 0.0  # a dScore at or below this counts as 0 (the score's noise level)
+    replace: tuple[str, ...] = ()  # replace actions: cheaper unit types (REPLACEMENTS names); (): remove/add only
 
     def __post_init__(self):
         if not self.target_latency_ms > 0:
@@ -76,13 +84,17 @@ class EvolveConfig:
         bad = [k for k in self.kinds if k not in CANDIDATE_KINDS]
         if bad:
             raise ValueError(f"kinds {bad} are not action kinds; valid: {list(CANDIDATE_KINDS)}")
+        self.replace = tuple(self.replace)
+        bad = [o for o in self.replace if o not in REPLACEMENTS]
+        if bad:
+            raise ValueError(f"replace options {bad} are unknown; valid: {list(REPLACEMENTS)}")
 
 
 @dataclasses.dataclass
 class Action:
     round: int
-    action: str  # "remove" | "add"
-    unit: str  # the unit removed, or the unit copied (name in the network of that round)
+    action: str  # "remove" | "add" | "replace:<option>"
+    unit: str  # the unit removed, copied or replaced (name in the network of that round)
     teacher_unit: str  # the teacher unit it comes from (names are positional and shift with edits)
     d_score: float  # score(net) - score(net - unit), measured this round
     d_latency: float  # LUT(net) - LUT(net - unit), ms
@@ -119,10 +131,22 @@ class Editor(Protocol):
 class UNetEditor:
     """Edits through `slimdiff.unet`: candidates are the units of `kinds` (those whose removal
     `remove_units` refuses are skipped by the loop); `copy` inserts a copy of a unit (weights
-    included) right after it."""
+    included) right after it; `replace_actions` / `replace`: the cheaper types of `replace`
+    (`slimdiff.modules.mobilediffusion`), action keys "unit:option"."""
 
-    def __init__(self, kinds: Sequence[str] = CANDIDATE_KINDS):
-        self.kinds = tuple(kinds)
+    def __init__(self, kinds: Sequence[str] = CANDIDATE_KINDS, replace: Sequence[str] = ()):
+        self.kinds, self.options = tuple(kinds), tuple(replace)
+
+    def replace_actions(self, model) -> list[str]:
+        if not self.options:
+            return []
+        kinds = {u.name: u.kind for u in model.units()}
+        return [f"{u}:{o}" for u, opts in replacement_options(model, options=self.options).items()
+                if kinds[u] in self.kinds for o in opts]
+
+    def replace(self, model, action: str):
+        unit, option = action.split(":")
+        return apply_replacements(model, {unit: replacement_options(model, [unit], (option,))[unit][option]})
 
     def candidates(self, model) -> list[str]:
         return [u.name for u in model.units() if u.kind in self.kinds]
@@ -152,14 +176,30 @@ def removal_effects(model, editor: Editor, score_fn, lut, latency: float, score:
         d_l = latency - float(lut.predict(pruned))
         d_s = score - float(score_fn(pruned))
         evals[u] = {"d_score": d_s, "d_latency": d_l, "ratio": _ratio(d_s, d_l, tolerance) if d_l > 0 else None}
+    for key in getattr(editor, "replace_actions", lambda m: [])(model):  # replace actions "unit:option"
+        swapped = editor.replace(model, key)
+        d_l = latency - _predict(lut, swapped)
+        d_s = score - float(score_fn(swapped))
+        evals[key] = {"d_score": d_s, "d_latency": d_l, "ratio": _ratio(d_s, d_l, tolerance) if d_l > 0 else None,
+                      "action": "replace"}
     return evals
+
+
+def _predict(lut, model) -> float:
+    """LUT(model), measuring the signatures the table lacks first (a replaced unit's new type)."""
+    try:
+        return float(lut.predict(model))
+    except LUTMissError:
+        lut.extend(model)
+        return float(lut.predict(model))
 
 
 def best_addition(model, editor: Editor, lut, evals: dict[str, dict], latency: float, target: float):
     """Step 2b of a round (under target): (the model with a copy of the most useful unit that still
     fits under `target`, that unit); ties: the cheapest, then forward order. (None, None): none fits."""
     order = {u: k for k, u in enumerate(evals)}
-    worth = [n for n, e in evals.items() if e["ratio"] is not None and e["ratio"] > 0]  # worth nothing: no copy
+    worth = [n for n, e in evals.items() if e["ratio"] is not None and e["ratio"] > 0  # worth nothing: no copy
+             and e.get("action") != "replace"]
     for cand in sorted(worth, key=lambda n: (-evals[n]["ratio"], evals[n]["d_latency"], order[n])):
         if latency + evals[cand]["d_latency"] > target:  # a copy costs what removing u saves
             continue
@@ -189,7 +229,7 @@ def evolve(
     `progress(action)` is called per action.
     """
     if editor is None:
-        editor = UNetEditor(config.kinds)
+        editor = UNetEditor(config.kinds, config.replace)
     if isinstance(editor, UNetEditor):
         model = as_slim(model)
     target, tol = config.target_latency_ms, config.score_tolerance
@@ -225,8 +265,10 @@ def evolve(
                 raise ValueError(f"latency {latency:.3f} ms is over the target {target:.3f} ms and no removable "
                                  f"unit saves time (candidates: {list(evals)})")
             u = min(useful, key=lambda n: (evals[n]["ratio"], -evals[n]["d_latency"], order[n]))
-            new = editor.remove(model, u)
-            kind = "remove"
+            if evals[u].get("action") == "replace":
+                new, kind = editor.replace(model, u), "replace:" + u.split(":")[1]
+            else:
+                new, kind = editor.remove(model, u), "remove"
         # 2b. under target: add a copy of the most useful unit that still fits; ties: the cheapest
         else:
             new, u = best_addition(model, editor, lut, evals, latency, target)
@@ -235,9 +277,10 @@ def evolve(
                 break
             kind = "add"
         # 3. execute and re-measure
-        new_latency, new_score = float(lut.predict(new)), float(score_fn(new))
-        teacher_unit = getattr(model, "unit_sources", {}).get(u, u)
-        act = Action(r, kind, u, teacher_unit, evals[u]["d_score"], evals[u]["d_latency"], latency, new_latency, score)
+        new_latency, new_score = _predict(lut, new), float(score_fn(new))
+        unit = u.split(":")[0]
+        teacher_unit = getattr(model, "unit_sources", {}).get(unit, unit)
+        act = Action(r, kind, unit, teacher_unit, evals[u]["d_score"], evals[u]["d_latency"], latency, new_latency, score)
         actions.append(act)
         if progress is not None:
             progress(act)

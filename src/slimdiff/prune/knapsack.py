@@ -55,7 +55,8 @@ class KnapsackSolution:
     repairs: list[dict] = dataclasses.field(default_factory=list)  # filled by solve_valid
 
 
-def _quantum(costs: Sequence[float], resolution: int) -> float:
+def cost_quantum(costs: Sequence[float], resolution: int) -> float:
+    """The discretisation step q of the module docstring (1 for small integer costs)."""
     total = float(sum(costs))
     all_int = all(float(c).is_integer() for c in costs)
     if all_int and total <= resolution:
@@ -107,7 +108,7 @@ def solve(
         )
 
     # 2. discretise: item costs rounded down, budget rounded up (see module docstring)
-    q = _quantum(cost_list, resolution)
+    q = cost_quantum(cost_list, resolution)
     w = [int(math.floor(c / q)) for c in cost_list]  # no tolerance: a float error may only under-count
     need = int(math.ceil(budget / q))
     cap = sum(w)

@@ -138,6 +138,15 @@ def search_markdown(recipe: dict, kinds: dict[str, str] | None = None) -> str:
             lines.append(f"- repair: kept {r['kept']} (refused: {r['reason']})")
         lines += ["", "![per-unit scores](unit_scores.png)", "",
                   score_table(s["scores"], s["removed"], s["costs"], b["metric"], kinds)]
+    elif s["method"] == "laptop-choices":
+        lines += [f"- budget: {s['budget']} of {s['total']:.6g}; criterion: {s['criterion']['name']}",
+                  f"- removed {len(s['removed'])}, replaced {len(s['replaced'])}; summed score {s['score_sum']:.6g}",
+                  f"- predicted ratio saved: {s['predicted_ratio']:.4f}; measured: {s['measured_ratio']:.4f}"]
+        lines += [f"- measured {m} ratio removed: {v:.4f}" for m, v in s.get("measured_other", {}).items()]
+        lines += ["", "| unit | choice | options (score / saved) |", "|---|---|---|"]
+        for u, opts in s["options"].items():
+            cells = "; ".join(f"{c} {o['score']:.4g} / {o['saved']:.4g}" for c, o in opts.items())
+            lines.append(f"| {u} | {s['chosen'].get(u, 'keep')} | {cells} |")
     else:
         lines += [
             f"- target latency: {s['target_latency_ms']:.4g} ms (lookup table)",
@@ -152,7 +161,7 @@ def search_markdown(recipe: dict, kinds: dict[str, str] | None = None) -> str:
                          f"{a['d_latency']:.4g} | {a['latency_after']:.4g} |")
         if s["rounds"]:
             first = s["rounds"][0]
-            scores = {u: e["ratio"] for u, e in first.items() if e["ratio"] is not None}
+            scores = {u: e["ratio"] for u, e in first.items() if e["ratio"] is not None and ":" not in u}
             lines += ["", "First-round d score / d latency per unit (lower = removed first):", "",
                       "![per-unit scores](unit_scores.png)", "", score_table(scores, kinds=kinds)]
     return "\n".join(lines) + "\n"
@@ -166,9 +175,12 @@ def write_search_report(out_dir: str | Path, recipe: dict, all_units: Sequence[s
     s = recipe["search"]
     if s["method"] == "laptop":
         scores, removed, title = s["scores"], s["removed"], f"{s['criterion']['name']} criterion"
+    elif s["method"] == "laptop-choices":  # the removal scores; replacements are listed in search.md
+        scores = {u: o["remove"]["score"] for u, o in s["options"].items() if "remove" in o}
+        removed, title = s["removed"], f"{s['criterion']['name']} criterion (removal)"
     else:
         first = s["rounds"][0] if s["rounds"] else {}
-        scores = {u: e["ratio"] for u, e in first.items() if e["ratio"] is not None}
+        scores = {u: e["ratio"] for u, e in first.items() if e["ratio"] is not None and ":" not in u}
         removed = [a["unit"] for a in s["actions"] if a["action"] == "remove"]
         title = "d score / d latency (round 0)"
     png = plot_unit_scores(out_dir / "unit_scores.png", scores, removed, all_units, title)

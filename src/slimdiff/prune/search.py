@@ -30,7 +30,10 @@ from typing import Any, Callable
 from slimdiff.sample import is_toy_pipeline, resolve_pipeline
 from slimdiff.unet import load_unet, save_student, to_slim
 
+from slimdiff.modules.mobilediffusion import REPLACEMENTS
+
 from .calibration import CalibrationConfig, calibration_for
+from .choices import laptop_choose
 from .criteria import CRITERIA, MagnitudeCriterion, OutputLossCriterion, RandomCriterion
 from .evolve import EvolveConfig, RobustTrainer, describe_score, evolve, toy_alignment_score
 from .laptop import Budget, context_length_for, laptop_select, latency_table, lut_wallclock_ms
@@ -52,6 +55,8 @@ class SearchConfig:
     criterion: str = "output"  # "output" (LAPTOP-Diff output loss) | "magnitude" | "random" (baselines)
     calib_size: int = 32  # calibration triples (prompt, timestep, noise) for the output loss
     calib_prompts: list[str] | None = None  # calibration prompts for non-toy pipelines
+    # --- both: replace actions (cheaper MobileDiffusion unit types, slimdiff.modules.mobilediffusion.REPLACEMENTS)
+    replace: tuple[str, ...] = ()  # e.g. ("separable", "cross_only", "trim"); laptop: a multiple-choice knapsack
     # --- evolve (METHODS.md section 5)
     target_latency_ms: float | None = None  # the latency objective (lookup-table ms); required for evolve
     max_rounds: int = 100  # architecture actions at most
@@ -72,6 +77,13 @@ class SearchConfig:
         if not self.model:
             raise ValueError("SearchConfig.model: give the teacher ('toy', 'sd15-arch' or a directory)")
         Budget.parse(self.budget)  # raises for a malformed budget
+        self.replace = tuple(self.replace)
+        bad = [o for o in self.replace if o not in REPLACEMENTS]
+        if bad:
+            raise ValueError(f"SearchConfig.replace {bad} are unknown; valid: {list(REPLACEMENTS)}")
+        if self.replace and self.method == "laptop" and self.criterion != "output":
+            raise ValueError(f"replace actions are scored by the output loss; criterion {self.criterion!r} cannot "
+                             "score a replacement (use criterion='output')")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} is not one of {list(CRITERIA)}")
         for name in ("calib_size", "lut_repeats", "max_rounds", "robust_steps", "robust_steps_per_round",
@@ -144,6 +156,12 @@ def _lut(config: SearchConfig, teacher):
 def _laptop(config: SearchConfig, teacher, progress: bool):
     budget = Budget.parse(config.budget)
     lut, lut_info = _lut(config, teacher) if budget.metric == "latency" else (None, None)
+    if config.replace:
+        student, r = laptop_choose(teacher, _criterion(config, teacher, progress), budget, config.replace, lut=lut,
+                                   context_length=context_length_for(config.model), wallclock=lut is not None)
+        _log(progress, f"laptop ({r.budget}, replace {list(config.replace)}): {r.chosen}; {budget.metric} removed: "
+                       f"predicted {r.predicted_ratio:.3f}, measured {r.measured_ratio:.3f}")
+        return student, {**r.to_recipe(), "lut": lut_info}
     student, r = laptop_select(teacher, _criterion(config, teacher, progress), budget, lut=lut,
                                context_length=context_length_for(config.model), wallclock=lut is not None)
     _log(progress, f"laptop ({r.criterion['name']}, {r.budget}): removed {len(r.removed)} of {len(r.candidates)} "
@@ -160,7 +178,8 @@ def _evolve(config: SearchConfig, teacher, score_fn, progress: bool):
         score_fn = toy_alignment_score(config.model, config.score_split, config.score_images, config.score_steps,
                                        config.seed)
     evolve_config = EvolveConfig(target_latency_ms=config.target_latency_ms, max_rounds=config.max_rounds,
-                                 allow_add=config.allow_add, score_tolerance=config.score_tolerance)
+                                 allow_add=config.allow_add, score_tolerance=config.score_tolerance,
+                                 replace=config.replace)
     lut, lut_info = _lut(config, teacher)
     train_fn = None
     if config.stochastic_depth > 0:

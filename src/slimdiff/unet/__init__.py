@@ -31,8 +31,8 @@ from .registry import register_unit_type
 from .structure import UNetEditError, UnitInfo
 from .io import load_unet, resolve_source, save_pipeline_with, save_pipeline_with_unet, save_student, save_unet
 from .lora import read_lora, remap_lora, remap_lora_files
-from .presets import PRESETS, apply_preset
-from .surgery import check_removal, insert_unit, remove_units, replace_unit, replace_units, slim_view, to_slim
+from .presets import PRESETS, Preset, apply_preset, register_preset
+from .surgery import check_removal, insert_unit, rebuild, remove_units, replace_unit, replace_units, slim_view, to_slim
 
 __all__ = [
     "SlimUNet2DConditionModel", "UnitInfo", "UNetEditError", "register_unit_type",
@@ -42,5 +42,5 @@ __all__ = [
     "slim_view",
     "load_unet", "save_unet", "save_pipeline_with", "save_student", "save_pipeline_with_unet", "resolve_source",
     "remap_lora", "remap_lora_files", "read_lora",
-    "PRESETS", "apply_preset", "ASSEMBLIES", "assemble", "replace_units",
+    "PRESETS", "Preset", "apply_preset", "register_preset", "ASSEMBLIES", "assemble", "replace_units", "rebuild",
 ]

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from torch import nn
 
@@ -42,10 +43,13 @@ class Preset:
     reference: str = ""
     teacher: str = "sd"  # the teacher topology it applies to: a key of TOPOLOGIES
     published_params: int | None = None  # the paper's / checkpoint's U-Net parameter count (SDXL teacher)
+    # a preset that builds its student itself: build(teacher) -> slim student with inheritance
+    # (registered by a plug-in, e.g. slimdiff.modules.mobilediffusion's "md"; remove/insert unused)
+    build: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self):
-        if not self.remove and not self.insert:
-            raise ValueError(f"preset {self.name!r} edits nothing: give `remove` or `insert`")
+        if not self.remove and not self.insert and self.build is None:
+            raise ValueError(f"preset {self.name!r} edits nothing: give `remove`, `insert` or `build`")
 
 
 # SnapFusion, seed 001 Table 3 (counts per stage, "Origin" -> "Ours"). The table's stages
@@ -158,6 +162,16 @@ TOPOLOGIES = {
 }
 
 
+
+
+def register_preset(preset: Preset) -> None:
+    """Add a preset to `PRESETS` (a plug-in calls it at import, as unit types register themselves;
+    its name also goes in `slimdiff.cli.names.PRESETS`)."""
+    if preset.name in PRESETS and PRESETS[preset.name] != preset:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+
+
 def topology_of(model: nn.Module) -> tuple[list[tuple[int, ...]], int, list[tuple[int, ...]]]:
     """(down, mid, up): per block the Transformer depth of each layer (0: no attention); mid: its depth
     (0: none or no attention)."""
@@ -194,7 +208,9 @@ def check_sd_topology(model: nn.Module) -> None:
 
 
 def apply_edits(teacher: nn.Module, preset: Preset):
-    """Apply a `Preset` (removals, then insertions) to `teacher`; return the slim student."""
+    """Apply a `Preset` (its builder, else removals then insertions) to `teacher`; return the slim student."""
+    if preset.build is not None:
+        return preset.build(teacher)
     student = remove_units(teacher, list(preset.remove))
     for source, after in preset.insert:
         student = insert_unit(student, source, after)
@@ -208,7 +224,8 @@ def apply_preset(teacher: nn.Module, name: str):
     The student is a `SlimUNet2DConditionModel` with `inheritance` back to the teacher.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)} (plug-in presets such as 'md' "
+                         "register when `slimdiff.modules` is imported)")
     preset = PRESETS[name]
     check_topology(teacher, preset.teacher)
     try:

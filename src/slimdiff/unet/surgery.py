@@ -307,6 +307,15 @@ def _inner_source(rest: str, inner: list[int] | None) -> str:
     return f"transformer_blocks.{inner[int(m)]}.{tail}"
 
 
+def rebuild(model: nn.Module, new: dict):
+    """A new model for the structure `new` whose every unit carries `_from`: the name of the unit of
+    `model` it descends from, or None (a new unit). Tensors whose name and shape match the source
+    unit's are copied (inheritance composed back to the teacher); the others keep the new module's
+    initialisation (inheritance None). Used by the edits here and by structures built from a
+    teacher (e.g. `slimdiff.modules.mobilediffusion`'s presets). Consumes the `_from` tags."""
+    return _rebuild(slim_view(model), new)
+
+
 def _rebuild(model, new: dict):
     """Build the model for `new` (units tagged `_from`), copy weights, compose the maps.
 
@@ -317,7 +326,7 @@ def _rebuild(model, new: dict):
         sources[name] = unit.pop("_from")
         inner_from[name] = unit.pop("_inner_from", None)
         units[name] = unit
-    validate(new, model.config.model_channels, labels=sources)
+    validate(new, model.config.model_channels, labels={n: s or n for n, s in sources.items()})
     student = SlimUNet2DConditionModel.from_structure(new, **model.base_config())
     old_tensors = model.state_dict()
     any_old = next(iter(old_tensors.values()))
@@ -325,7 +334,8 @@ def _rebuild(model, new: dict):
     tensors, inheritance = {}, {}
     for name, meta in student.state_dict().items():
         unit, rest = split_tensor_name(name)
-        src = name if unit is None else name_to_path(sources[unit]) + "." + _inner_source(rest, inner_from[unit])
+        src = name if unit is None else name_to_path(sources[unit]) + "." + _inner_source(rest, inner_from[unit]) \
+            if sources[unit] else None
         if src in old_tensors and old_tensors[src].shape == meta.shape:
             tensors[name], inheritance[name] = old_tensors[src], model.inheritance.get(src)
             continue
