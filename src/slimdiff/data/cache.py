@@ -5,12 +5,14 @@ encoder's embedding of its caption. Both encoders are frozen, so their outputs a
 of the item: `EncodingCache` stores them per data-set index, so later epochs skip the image
 loading and both encoders. What is cached is the latent *distribution* (mean and log-variance,
 the VAE's `latent_dist.parameters`), not a sample: the latent is drawn from it every step with
-the step's seeded noise, exactly as without the cache.
+the step's seeded noise, exactly as without the cache. Each item is encoded alone (a batch of
+one), so its encodings are a function of the item only: the same bits with no cache, the RAM
+cache or the disk cache, in any batch, before and after a resume.
 
     cache = EncodingCache(dir, dataset.fingerprint, vae, text_encoder)   # or None
     ds = CachedDataset(dataset, cache)             # cached items skip loading the image
     enc = BatchEncoder(vae, tokenizer, text_encoder, cache)
-    moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D)
+    moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D); each item encoded alone
 
 Cache layout: `DIR/<key>/<index // 1000>/<index>.safetensors` with tensors `moments` and
 `text`; `<key>` hashes the data set fingerprint and the encoders (config + weight checksums +
@@ -147,11 +149,14 @@ class BatchEncoder:
         moments: list[torch.Tensor | None] = [it.get("moments") for it in items]
         texts: list[torch.Tensor | None] = [it.get("text") for it in items]
         if todo:
-            pix = torch.stack([items[k]["pixel_values"] for k in todo])  # (n, 3, H, W)
+            # each item alone: the encoders are not batch-invariant (the toy VAE on the CPU: 1.4e-5
+            # between an item encoded alone and in a batch of 64), so an item's encoding must not
+            # depend on the items beside it. Alone, it is the same whether encoded now, kept in RAM,
+            # read from --cache-dir, or re-encoded after a resume (exact resume with the RAM cache).
             with self.timer("vae encode"):
-                new_m = self.encode_images(pix)
+                new_m = torch.cat([self.encode_images(items[k]["pixel_values"][None]) for k in todo])  # (n, 2C, h, w)
             with self.timer("text encoder"):
-                new_t = self.encode_text([items[k]["caption"] for k in todo])
+                new_t = torch.cat([self.encode_text([items[k]["caption"]]) for k in todo])  # (n, L, D)
             for j, k in enumerate(todo):
                 moments[k], texts[k] = new_m[j], new_t[j]
                 if self.cache is not None:
