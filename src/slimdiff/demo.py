@@ -47,7 +47,8 @@ from slimdiff.report import plot_bars, plot_loss_curves, write_report
 from slimdiff.report.tables import format_ci
 from slimdiff.stages import Stage, differences, run_or_reuse
 from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from slimdiff.unet import apply_preset, load_unet, save_student, text_width
+from slimdiff.train.maths import step_paths
+from slimdiff.unet import apply_preset, load_unet, resolve_source, save_student, text_width
 from slimdiff.sample import load_pipeline
 from slimdiff.unet.presets import PRESETS
 
@@ -116,6 +117,21 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.learning_rate={self.learning_rate!r} is invalid: a positive number")
         if self.feat_loss not in ("plain", "normalized"):
             raise ValueError(f"DemoConfig.feat_loss={self.feat_loss!r} is invalid: 'plain' or 'normalized'")
+        if self.step_distill is not None:
+            self.check_step_schedule()
+
+    def check_step_schedule(self) -> None:
+        """`step_distill` against the model's noise schedule now, not after pruning and distilling:
+        the step trainer's own test (`train.maths.step_paths`) on the model's scheduler config."""
+        cfg = self.step_config("student", Path(self.out))  # StepDistillConfig checks N itself
+        _, path = resolve_source(self.model)
+        sched = path / "scheduler" / "scheduler_config.json" if path is not None else None
+        if sched is None or not sched.is_file():
+            return  # the stage reports it
+        try:
+            step_paths(read_json(sched), cfg.teacher_steps, cfg.steps, sampled=True)
+        except ValueError as e:
+            raise ValueError(f"DemoConfig.step_distill={self.step_distill} is invalid: {e}") from None
 
     def resolved(self) -> dict[str, Any]:
         """The settings with every None replaced by the value used."""

@@ -44,7 +44,11 @@ def killed_then_resumed(run, make, out, monkeypatch, kill_at: int):
 
 
 def assert_same_run(straight, resumed):
-    assert untimed(resumed.log_path) == untimed(straight.log_path) and len(untimed(straight.log_path)) == 6
+    assert_same_run_of(straight, resumed, steps=6)
+
+
+def assert_same_run_of(straight, resumed, steps: int):
+    assert untimed(resumed.log_path) == untimed(straight.log_path) and len(untimed(straight.log_path)) == steps
     a = load_file(str(straight.out / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(resumed.out / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -81,3 +85,37 @@ def test_an_items_encoding_does_not_depend_on_its_batch(tiny_pipe):
         assert torch.equal(moments[i], alone_m[0]) and torch.equal(text[i], alone_t[0])
     swapped_m, _ = encoder(items[4:] + items[:4])
     assert torch.equal(swapped_m, torch.cat([moments[4:], moments[:4]]))
+
+
+def test_resume_dir_from_another_working_directory(make_config, tiny_pipe, student_dir, tmp_path, monkeypatch):
+    """A run started with paths relative to one directory resumes from another, given the same files."""
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(student_dir, first / "student")
+    shutil.copytree(tiny_pipe, first / "pipe")
+    second.mkdir()
+    monkeypatch.chdir(first)
+    distill(make_config("run", teacher="pipe", student="student", max_steps=2, checkpoint_every=1), progress=False)
+    straight = distill(make_config(first / "straight", teacher="pipe", student="student", max_steps=3), progress=False)
+    monkeypatch.chdir(second)
+    resumed = distill(make_config("../first/run", teacher="../first/pipe", student="../first/student", max_steps=3,
+                                  resume=str(first / "run" / "checkpoints" / "checkpoint-1")), progress=False)
+    assert_same_run_of(straight, resumed, steps=3)
+    with pytest.raises(ValueError, match=r"student: checkpoint '.*first/student', now '../first/pipe'"):  # not the same
+        distill(make_config("../first/run", teacher="../first/pipe", student="../first/pipe", max_steps=3,
+                            resume=str(first / "run" / "checkpoints" / "checkpoint-1")), progress=False)
+
+
+def test_a_pickled_optimizer_state_is_refused_naming_the_file(make_config, tmp_path):
+    import argparse
+
+    distill(make_config(tmp_path / "run", max_steps=2, checkpoint_every=1), progress=False)
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-1"
+    torch.save({"state": {}, "param_groups": [], "x": argparse.Namespace(a=1)}, checkpoint / "optimizer.bin")
+    with pytest.raises(ValueError) as info:
+        distill(make_config(tmp_path / "run", max_steps=2, checkpoint_every=1, resume=str(checkpoint)),
+                progress=False)
+    message = str(info.value)
+    assert f"{checkpoint / 'optimizer.bin'}: this checkpoint file pickles Python objects other than tensors" in message
+    assert "weights_only=False" not in message and "\n" not in message, message

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
                    help="also step-distill the student to N sampling steps (CFG-aware; ~5 min more), e.g. 8")
     p.add_argument("--step-distill-train-steps", type=positive_int, default=None,
                    help="optimiser steps of that stage (default 400; quick 20)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("model",))
 
 
 def run(args) -> int:

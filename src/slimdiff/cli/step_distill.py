@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default="toy", help="toy (default) | image folder | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
     add_options(p, _OPTIONS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("teacher", "student", "pipeline", "data", "perceptual_weights"))
 
 
 def config_from_args(args: argparse.Namespace):

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resolution", type=positive_int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--vae-factor", type=positive_int, default=8, help="image pixels per latent pixel (SD: 8)")
     p.add_argument("--json", metavar="FILE", help="also write the listing as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("json",),
+                   inputs=("model",))
 
 
 def run(args: argparse.Namespace) -> int:

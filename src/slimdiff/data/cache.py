@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from slimdiff.io import atomic_path, write_json
+from slimdiff.io import atomic_path, read_json, write_json
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -60,8 +60,13 @@ class EncodingCache:
         self.key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
         self.dir = Path(root) / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "about.json").exists():
-            write_json(self.dir / "about.json", {"dataset": dataset_fingerprint, "key_source": key_src})
+        self.about = self.dir / "about.json"
+        if not self.about.exists():
+            write_json(self.about, {"dataset": dataset_fingerprint, "key_source": key_src})
+        self.dtype = next(vae.parameters()).dtype  # what the encoders give
+        # shapes of an entry: moments (2C, h, w), text (L, D); h, w, L recorded with the first entry
+        self.shapes = read_json(self.about).get("shapes") or {}
+        self.widths = {"moments": (0, 2 * vae.config.latent_channels), "text": (1, text_encoder.config.hidden_size)}
 
     def path(self, index: int) -> Path:
         return self.dir / f"{index // 1000:05d}" / f"{index:08d}.safetensors"
@@ -70,9 +75,41 @@ class EncodingCache:
         return self.path(index).is_file()
 
     def load(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(index)))
+        """The entry of item `index`; ValueError naming the file when it is damaged (unreadable,
+        truncated, other keys, shape or dtype than the encoders give, non-finite values)."""
+        path = self.path(index)
+        try:
+            entry = load_file(str(path))
+        except Exception as e:  # safetensors' errors name no file
+            problem = "empty file" if path.stat().st_size == 0 else f"unreadable ({type(e).__name__}: {e})"
+        else:
+            problem = self.problem(entry)
+        if problem:
+            raise ValueError(f"damaged encoding-cache entry {path}: {problem}; delete it (it is encoded anew) or "
+                             f"the whole cache {self.dir}")
+        return entry
+
+    def problem(self, entry: dict[str, torch.Tensor]) -> str | None:
+        """What is wrong with a loaded entry, or None."""
+        if set(entry) != {"moments", "text"}:
+            return f"tensors {sorted(entry)}, expected ['moments', 'text']"
+        for name, t in entry.items():
+            dim, width = self.widths[name]
+            expected = self.shapes.get(name)
+            if t.dtype != self.dtype:
+                return f"{name} is {t.dtype}, the encoders give {self.dtype}"
+            if expected and list(t.shape) != expected:
+                return f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}"
+            if t.dim() != 3 - dim or t.shape[dim] != width:
+                return f"{name} has shape {tuple(t.shape)}, expected {3 - dim} dimensions, dimension {dim} = {width}"
+            if not torch.isfinite(t).all():
+                return f"{name} holds NaN or infinite values"
+        return None
 
     def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
+        if not self.shapes:  # the first entry's shapes: later loads must match them
+            self.shapes = {"moments": list(moments.shape), "text": list(text.shape)}
+            write_json(self.about, {**read_json(self.about), "shapes": self.shapes})
         with atomic_path(self.path(index)) as tmp:
             save_file({"moments": moments.detach().cpu().contiguous(), "text": text.detach().cpu().contiguous()},
                       str(tmp))

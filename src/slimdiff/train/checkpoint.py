@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimdiff.io import apply_file_modes, atomic_write, read_json, to_jsonable, write_json
+from slimdiff.io import apply_file_modes, atomic_write, load_torch_file, read_json, to_jsonable, write_json
 
 PREFIX = "checkpoint-"
 _DDP_PREFIX = "module."
@@ -100,7 +100,7 @@ def resume_point(cfg, out: Path, world: int) -> tuple[Path | None, int]:
     if resume_dir is None:
         return None, 0
     state = read_train_state(resume_dir)
-    problems = cfg.resume_mismatches(state["config"])
+    problems = cfg.resume_mismatches(absolute_paths(state["config"], cfg.PATH_FIELDS, state.get("cwd")))
     if state["micro_batch_global"] != cfg.batch_size * world:
         problems.append(f"global batch: checkpoint {state['micro_batch_global']}, now "
                         f"{cfg.batch_size} x {world} processes = {cfg.batch_size * world}")
@@ -111,6 +111,31 @@ def resume_point(cfg, out: Path, world: int) -> tuple[Path | None, int]:
         raise ValueError(f"--resume {resume_dir}: checkpoint is at step {state['step']}, "
                          f"beyond max_steps {cfg.max_steps}")
     return resume_dir, state["step"]
+
+
+def absolute_paths(saved: dict, fields: tuple[str, ...], cwd: str | None) -> dict:
+    """`saved` with its relative `fields` made absolute against `cwd`, the working directory of the
+    run that saved them (so a run resumed from another directory compares the same files); values
+    that were no existing path there (built-in names such as `toy`, globs) are kept as written."""
+    if cwd is None:  # a checkpoint written before the working directory was recorded
+        return saved
+    fixed = dict(saved)
+    for k in fields:
+        v = saved.get(k)
+        if isinstance(v, str) and not os.path.isabs(v) and os.path.exists(os.path.join(cwd, v)):
+            fixed[k] = os.path.join(cwd, v)
+    return fixed
+
+
+def pickled_file_problem(directory: Path) -> str | None:
+    """Why a checkpoint's torch files (optimizer.bin, random_states_*.pkl) cannot be read with
+    `weights_only=True` (the first such file, named), or None when they all can."""
+    for f in sorted([*directory.glob("*.bin"), *directory.glob("*.pkl")]):
+        try:
+            load_torch_file(f, "checkpoint file")
+        except ValueError as e:
+            return f"checkpoint {directory} could not be loaded: {e}"
+    return None
 
 
 def read_train_state(path: Path) -> dict:
@@ -281,7 +306,7 @@ def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states
     if before_save is not None:
         before_save()
     state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
-             "config": cfg.to_dict()}
+             "config": cfg.to_dict(), "cwd": os.getcwd()}  # cwd: where the config's relative paths start
     return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep,
                            states=states() if states is not None else None)
 

@@ -150,7 +150,8 @@ class Trainer:
         except (ValueError, FileNotFoundError):
             raise
         except Exception as e:  # torch / safetensors errors that name no file
-            raise ValueError(f"checkpoint {self.resume_dir} could not be loaded ({type(e).__name__}: {e})") from None
+            raise ValueError(ckpt.pickled_file_problem(self.resume_dir) or f"checkpoint {self.resume_dir} could not be "
+                             f"loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Hook: the optimiser (default: torch's AdamW with the config's learning rate and weight decay)."""
