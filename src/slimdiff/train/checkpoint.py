@@ -295,7 +295,8 @@ def is_checkpoint_step(cfg, step: int) -> bool:
     return bool(cfg.checkpoint_every) and not step % cfg.checkpoint_every and step < cfg.max_steps
 
 
-def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None) -> Path | None:
+def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None,
+               write=None) -> Path | None:
     """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
     none at the last step (the run's output follows), with the run's config and global batch.
 
@@ -308,15 +309,16 @@ def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states
     state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
              "config": cfg.to_dict(), "cwd": os.getcwd()}  # cwd: where the config's relative paths start
     return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep,
-                           states=states() if states is not None else None)
+                           states=states() if states is not None else None, write=write)
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int,
-                    states: dict[str, dict] | None = None) -> Path | None:
+                    states: dict[str, dict] | None = None, write=None) -> Path | None:
     """Every process calls this; returns the final dir on the main process.
 
     `states`: name -> state dict (tensors and JSON values) saved with `save_state`, e.g. the LR
-    schedule and the EMA. A save that fails (a full disk, ...) removes its partial directory and
+    schedule and the EMA. `write(dir)`: what every process writes instead of accelerate's
+    `save_state` (FSDP2: `slimdiff.train.sharded.save`). A save that fails (a full disk, ...) removes its partial directory and
     raises OSError naming it; the earlier checkpoints are kept.
     """
     root = Path(root)
@@ -326,7 +328,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict,
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp))
+        accelerator.save_state(str(tmp)) if write is None else write(tmp)
         if accelerator.is_main_process:
             for name, state in (states or {}).items():
                 save_state(tmp, name, state)
