@@ -175,8 +175,8 @@ def checkpoint_problems(path: str | Path) -> list[str]:
         read_train_state(path)
     except (OSError, ValueError) as e:
         problems.append(str(e))
-    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model")) for p in path.iterdir()):
-        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP writes pytorch_model_fsdp_*)
+    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model", "shard-")) for p in path.iterdir()):
+        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP2: shard-<rank>-of-<world>.*)
     for f in sorted(path.iterdir()) if path.is_dir() else []:
         if re.fullmatch(r"custom_checkpoint_\d+\.pkl", f.name):
             problems.append(f"{f} is pickled state, which could run code when loaded: not loaded (written by "
