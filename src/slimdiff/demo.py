@@ -49,7 +49,8 @@ from slimdiff.report import plot_bars, plot_loss_curves, write_report
 from slimdiff.report.tables import format_ci
 from slimdiff.stages import Stage, differences, run_or_reuse
 from slimdiff.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from slimdiff.unet import apply_preset, load_unet, save_student, text_width
+from slimdiff.train.maths import step_paths
+from slimdiff.unet import apply_preset, load_unet, resolve_source, save_student, text_width
 from slimdiff.sample import load_pipeline
 from slimdiff.unet.presets import PRESETS
 from slimdiff.modules import mobilediffusion  # noqa: F401,E402 (registers the plug-in presets md, md-lite)
@@ -123,6 +124,24 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.feat_loss={self.feat_loss!r} is invalid: 'plain' or 'normalized'")
         if self.step_method not in STEP_METHODS:
             raise ValueError(f"DemoConfig.step_method={self.step_method!r} is invalid: one of {list(STEP_METHODS)}")
+        if self.step_distill is not None:
+            self.check_step_schedule()
+
+    def check_step_schedule(self) -> None:
+        """`step_distill` against the model's noise schedule now, not after pruning and distilling: the
+        method's config checks N (LCM: at most its grid; SnapFusion: the step trainer's own test,
+        `train.maths.step_paths`, on the model's scheduler config)."""
+        cfg = self.step_config("student", Path(self.out))
+        if not isinstance(cfg, StepDistillConfig):
+            return
+        _, path = resolve_source(self.model)
+        sched = path / "scheduler" / "scheduler_config.json" if path is not None else None
+        if sched is None or not sched.is_file():
+            return  # the stage reports it
+        try:
+            step_paths(read_json(sched), cfg.teacher_steps, cfg.steps, sampled=True)
+        except ValueError as e:
+            raise ValueError(f"DemoConfig.step_distill={self.step_distill} is invalid: {e}") from None
 
     def resolved(self) -> dict[str, Any]:
         """The settings with every None replaced by the value used."""

@@ -102,6 +102,39 @@ def check_disjoint(out: str | os.PathLike, inputs: dict[str, str | os.PathLike |
                              f"mix with the input; choose another {flag}")
 
 
+def check_outputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """`check_disjoint` for every output of a command against every input, so nothing it writes is
+    an input, inside one, or holds one. `outputs` / `inputs`: flag -> path, a list of paths, or None."""
+    def flat(named: dict[str, Any]) -> list[tuple[str, Any]]:
+        return [(k, x) for k, v in named.items() for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None]
+
+    sources = flat(inputs)
+    for flag, out in flat(outputs):
+        for what, source in sources:
+            check_disjoint(out, {what: source}, flag)
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, no code runs.
+    ValueError naming the file and why otherwise (`what`: e.g. "VGG16 weights file"); a file that
+    pickles other objects is refused, never retried with `weights_only=False` (it would run them)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line][:1]
+        raise ValueError(f"{path}: this {what} pickles Python objects other than tensors"
+                         f"{' (' + found[0] + ')' if found else ''}; slimdiff reads only tensors and never unpickles "
+                         f"code (a crafted file runs whatever it holds): re-save it as a state dict of tensors or as "
+                         f".safetensors") from None
+    except Exception as e:  # not a torch file, truncated
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ValueError(f"{path} is not a readable {what} ({type(e).__name__}: {first})") from None
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` atomically (bytes, or str as UTF-8)."""
     if isinstance(data, str):

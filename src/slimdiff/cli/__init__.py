@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from slimdiff.io import check_outputs  # the standard library only: no torch for --help
+
 # subcommand name -> module in slimdiff.cli (the module may be missing while in development)
 SUBCOMMANDS = {
     "units": "units",
@@ -57,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_command_outputs(args: argparse.Namespace) -> None:
+    """The one overlap check of every command that writes: each subcommand names the destinations of
+    its outputs and inputs (`set_defaults(outputs=(...), inputs=(...))`); no output may be an input,
+    lie inside one or contain one (`slimdiff.io.check_outputs`)."""
+    def flag(dest: str) -> str:
+        return dest.upper().rstrip("S") if dest in ("model", "models") else "--" + dest.replace("_", "-")
+
+    check_outputs({flag(d): getattr(args, d, None) for d in getattr(args, "outputs", ())},
+                  {flag(d): getattr(args, d, None) for d in getattr(args, "inputs", ())})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_command_outputs(args)
         code = args.func(args)
     except (ValueError, OSError, KeyError) as e:
         # Library errors name the offending value (OSError: the file and why, e.g. a full disk);

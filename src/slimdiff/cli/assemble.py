@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="the compressed student (a prune or distill output)")
     p.add_argument("--take", nargs="+", required=True, metavar="NAME", help="a preset or positions from the student")
     p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("teacher", "student"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="toy | image folder (metadata.jsonl/.csv) | .tar shard(s)")
     p.add_argument("--cache-dir", required=True, help="cache directory")
     add_options(p, _OPTIONS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("cache_dir",),
+                   inputs=("teacher", "pipeline", "data"))
 
 
 def run(args: argparse.Namespace) -> int:

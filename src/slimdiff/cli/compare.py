@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "model with '-' for the model's own")
     p.add_argument("--json", help="write the full results as JSON to this file")
     p.add_argument("--md", help="write the markdown table to this file")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("json", "md"),
+                   inputs=("models", "vae"))
     return p
 
 

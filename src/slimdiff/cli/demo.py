@@ -36,7 +36,8 @@ def add_parser(subparsers) -> None:
                    help="how: lcm (default: latent consistency distillation, one U-Net call a step) or snapfusion")
     p.add_argument("--step-distill-train-steps", type=positive_int, default=None,
                    help="optimiser steps of that stage (default 400; quick 20)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("model",))
 
 
 def run(args) -> int:

@@ -92,7 +92,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="toy | image folder (metadata.jsonl/.csv) | .tar shard(s)")
     p.add_argument("--out", required=True, help="output directory")
     add_options(p, OPTIONS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("teacher", "student", "pipeline", "data", "perceptual_weights"))
 
 
 def add_options(p: argparse.ArgumentParser, options: list) -> None:

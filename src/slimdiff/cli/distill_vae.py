@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--student", required=True, help="a `slimdiff prune-vae` output or a VAE directory")
     p.add_argument("--out", required=True, help="output directory")
     add_options(p, _OPTIONS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("teacher", "student", "data", "prompts", "perceptual_weights"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--grid", help="image grid PNG (default: next to --json, else ./evaluate_grid.png)")
     p.add_argument("--no-grid", action="store_true", help="do not write the image grid")
     p.add_argument("--save-images", metavar="DIR", help="also write every generated image as PNG")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("json", "grid", "save_images"),
+                   inputs=("model", "base", "vae", "prompts", "inception_weights", "ref_images", "clip_dir"))
     return p
 
 

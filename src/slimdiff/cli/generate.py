@@ -40,7 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--unets", metavar="A:K,B:N", help="A-SDM multi-U-Net schedule in MODEL's pipeline: U-Net A for "
                    "the first K steps, B for the next N (e.g. runs/bk-small:10,toy:15); --steps defaults to K+N")
     p.add_argument("--out", default="images", help="output directory (default: ./images)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("model", "base", "vae", "prompts_file"))
     return p
 
 

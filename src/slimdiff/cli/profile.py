@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", metavar="FILE", help="write every number and the settings as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of latency and parameters")
     p.add_argument("--lut", metavar="FILE", help="write a latency lookup table built from this profile")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("json", "plot", "lut"),
+                   inputs=("model",))
 
 
 def run(args: argparse.Namespace) -> int:

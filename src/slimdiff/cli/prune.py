@@ -56,7 +56,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gri-levels", nargs="+", type=int, default=[0], help="levels for GRI (default 0: 64x64 at 512px)")
     p.add_argument("--out", metavar="DIR", help="output directory")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("model", "calib_prompts", "lut"))
 
 
 def choose_student(args: argparse.Namespace, teacher):

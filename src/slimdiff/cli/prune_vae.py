@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--importance", choices=IMPORTANCES, default="l1",
                    help="channel importance (default: l1, the L1 norm of the filters producing a channel)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("model",))
 
 
 def run(args: argparse.Namespace) -> int:

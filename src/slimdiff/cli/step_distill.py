@@ -72,7 +72,8 @@ def add_parser(subparsers) -> None:
                    help="snapfusion (default): k teacher DDIM steps -> 1; lcm: latent consistency distillation "
                         "(LCMScheduler, any step count); pcm: phased consistency (--phases M, M steps)")
     add_options(p, _OPTIONS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("out",),
+                   inputs=("teacher", "student", "pipeline", "data", "perceptual_weights"))
 
 
 def config_from_args(args: argparse.Namespace):

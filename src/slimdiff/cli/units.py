@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the listing as JSON")
     p.add_argument("--inner", action="store_true",
                    help="also list the inner blocks of Transformer units of depth > 1 (SDXL: <unit>.tblock.k)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=("json",),
+                   inputs=("model",))
 
 
 def run(args: argparse.Namespace) -> int:

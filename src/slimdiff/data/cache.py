@@ -5,12 +5,14 @@ encoder's embedding of its caption. Both encoders are frozen, so their outputs a
 of the item: `EncodingCache` stores them per data-set index, so later epochs skip the image
 loading and both encoders. What is cached is the latent *distribution* (mean and log-variance,
 the VAE's `latent_dist.parameters`), not a sample: the latent is drawn from it every step with
-the step's seeded noise, exactly as without the cache.
+the step's seeded noise, exactly as without the cache. Each item is encoded alone (a batch of
+one), so its encodings are a function of the item only: the same bits with no cache, the RAM
+cache or the disk cache, in any batch, before and after a resume.
 
     cache = EncodingCache(dir, dataset.fingerprint, vae, text_encoder)   # or None
     ds = CachedDataset(dataset, cache)             # cached items skip loading the image
     enc = BatchEncoder(vae, tokenizer, text_encoder, cache)
-    moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D)
+    moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D); each item encoded alone
 
 Cache layout: `DIR/<key>/<index // 1000>/<index>.safetensors` with tensors `moments` and
 `text`; `<key>` hashes the data set fingerprint and the encoders (config + weight checksums +
@@ -29,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from slimdiff.io import atomic_path, write_json
+from slimdiff.io import atomic_path, read_json, write_json
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -58,8 +60,13 @@ class EncodingCache:
         self.key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
         self.dir = Path(root) / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "about.json").exists():
-            write_json(self.dir / "about.json", {"dataset": dataset_fingerprint, "key_source": key_src})
+        self.about = self.dir / "about.json"
+        if not self.about.exists():
+            write_json(self.about, {"dataset": dataset_fingerprint, "key_source": key_src})
+        self.dtype = next(vae.parameters()).dtype  # what the encoders give
+        # shapes of an entry: moments (2C, h, w), text (L, D); h, w, L recorded with the first entry
+        self.shapes = read_json(self.about).get("shapes") or {}
+        self.widths = {"moments": (0, 2 * vae.config.latent_channels), "text": (1, text_encoder.config.hidden_size)}
 
     def path(self, index: int) -> Path:
         return self.dir / f"{index // 1000:05d}" / f"{index:08d}.safetensors"
@@ -68,9 +75,41 @@ class EncodingCache:
         return self.path(index).is_file()
 
     def load(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(index)))
+        """The entry of item `index`; ValueError naming the file when it is damaged (unreadable,
+        truncated, other keys, shape or dtype than the encoders give, non-finite values)."""
+        path = self.path(index)
+        try:
+            entry = load_file(str(path))
+        except Exception as e:  # safetensors' errors name no file
+            problem = "empty file" if path.stat().st_size == 0 else f"unreadable ({type(e).__name__}: {e})"
+        else:
+            problem = self.problem(entry)
+        if problem:
+            raise ValueError(f"damaged encoding-cache entry {path}: {problem}; delete it (it is encoded anew) or "
+                             f"the whole cache {self.dir}")
+        return entry
+
+    def problem(self, entry: dict[str, torch.Tensor]) -> str | None:
+        """What is wrong with a loaded entry, or None."""
+        if set(entry) != {"moments", "text"}:
+            return f"tensors {sorted(entry)}, expected ['moments', 'text']"
+        for name, t in entry.items():
+            dim, width = self.widths[name]
+            expected = self.shapes.get(name)
+            if t.dtype != self.dtype:
+                return f"{name} is {t.dtype}, the encoders give {self.dtype}"
+            if expected and list(t.shape) != expected:
+                return f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}"
+            if t.dim() != 3 - dim or t.shape[dim] != width:
+                return f"{name} has shape {tuple(t.shape)}, expected {3 - dim} dimensions, dimension {dim} = {width}"
+            if not torch.isfinite(t).all():
+                return f"{name} holds NaN or infinite values"
+        return None
 
     def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
+        if not self.shapes:  # the first entry's shapes: later loads must match them
+            self.shapes = {"moments": list(moments.shape), "text": list(text.shape)}
+            write_json(self.about, {**read_json(self.about), "shapes": self.shapes})
         with atomic_path(self.path(index)) as tmp:
             save_file({"moments": moments.detach().cpu().contiguous(), "text": text.detach().cpu().contiguous()},
                       str(tmp))
@@ -147,11 +186,14 @@ class BatchEncoder:
         moments: list[torch.Tensor | None] = [it.get("moments") for it in items]
         texts: list[torch.Tensor | None] = [it.get("text") for it in items]
         if todo:
-            pix = torch.stack([items[k]["pixel_values"] for k in todo])  # (n, 3, H, W)
+            # each item alone: the encoders are not batch-invariant (the toy VAE on the CPU: 1.4e-5
+            # between an item encoded alone and in a batch of 64), so an item's encoding must not
+            # depend on the items beside it. Alone, it is the same whether encoded now, kept in RAM,
+            # read from --cache-dir, or re-encoded after a resume (exact resume with the RAM cache).
             with self.timer("vae encode"):
-                new_m = self.encode_images(pix)
+                new_m = torch.cat([self.encode_images(items[k]["pixel_values"][None]) for k in todo])  # (n, 2C, h, w)
             with self.timer("text encoder"):
-                new_t = self.encode_text([items[k]["caption"] for k in todo])
+                new_t = torch.cat([self.encode_text([items[k]["caption"]]) for k in todo])  # (n, L, D)
             for j, k in enumerate(todo):
                 moments[k], texts[k] = new_m[j], new_t[j]
                 if self.cache is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimdiff.io import load_torch_file
 from slimdiff.toy.judge import load_judge
 
 # torchvision vgg16 "D" configuration: conv widths, "M" = 2x2 max-pool
@@ -55,7 +56,7 @@ class VGG16Features(nn.Module):
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path, "VGG16 weights file")  # tensors only: a pickle of code is refused
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         net = cls(taps)

@@ -61,12 +61,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slimdiff.data.toy import WORLD
 from slimdiff.distill.config import DistillConfig
 from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.sample import fill_sampling
-from slimdiff.io import atomic_path, read_json
+from slimdiff.io import atomic_path, named_pipeline, read_json
 from slimdiff.recipe import read_recipe, recipe_path, write_recipe
 from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
                                   embed_dim, guidance_embedding, prediction_of, sampler_for, step_paths,
@@ -181,13 +180,14 @@ def snr_weight(a: Tensor, s: Tensor) -> Tensor:
 
 def _declared_prediction(source: str | None) -> tuple[str, str] | None:
     """(prediction_type, where) a teacher directory declares: a step-distill recipe or its pipeline's scheduler."""
-    if source is None or source == WORLD or not Path(source).is_dir():
+    root = None if source is None else named_pipeline(source) or Path(source)  # "toy": the shipped pipeline
+    if root is None or not root.is_dir():
         return None
-    for directory in (Path(source), Path(source) / "pipeline"):
+    for directory in (root, root / "pipeline"):
         recipe = read_recipe(directory)
         if "step_distill" in recipe:
             return recipe.get("sampling", {}).get("prediction_type", STUDENT_PREDICTION), str(recipe_path(directory))
-    sched = Path(source) / "scheduler" / "scheduler_config.json"
+    sched = root / "scheduler" / "scheduler_config.json"
     if sched.is_file() and "prediction_type" in read_json(sched):
         return read_json(sched)["prediction_type"], str(sched)
     return None

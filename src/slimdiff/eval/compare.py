@@ -27,7 +27,7 @@ from slimdiff.eval.toy import features, judge_results, pca_basis, reference_scor
 from slimdiff.io import atomic_path, write_json
 from slimdiff.report.tables import format_ci, format_value, markdown_table
 from slimdiff.sample.generate import iter_generate
-from slimdiff.sample.load import fill_sampling, resolve_pipeline, scheduler_swapped, with_vae
+from slimdiff.sample.load import fill_sampling, is_toy_pipeline, resolve_pipeline, scheduler_swapped, with_vae
 from slimdiff.toy import world as toy_world
 
 # table columns: metric key -> header; higher is better except kid / judge_fid
@@ -110,6 +110,11 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
     if split not in world.SPLITS:
         raise ValueError(f"split {split!r} is not one of {list(world.SPLITS)}")
     pipes = [with_vae(resolve_pipeline(m), v) for m, v in zip(models, vaes)]
+    for name, pipe in zip(names, pipes):  # evaluate's test of the world (`is_toy_pipeline`), for every model
+        if not is_toy_pipeline(pipe):
+            raise ValueError(f"{name} is not a model of the toy world (its tokenizer is not the toy's): compare "
+                             f"scores with the toy world's judge; score it with `slimdiff evaluate {name} --prompts "
+                             f"FILE` instead")
     judge = judge if judge is not None else shared_judge()
     scenes = world.sample_scenes(split, num_images, seed)
     prompts = [world.caption(s) for s in scenes]

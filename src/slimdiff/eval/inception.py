@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimdiff.io import load_torch_file
+
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299  # Inception-v3's training resolution; every image is resized to it
 NUM_CLASSES = 1008  # the TF 2015 graph has 1008 logits (1000 ImageNet classes + 8 unused)
@@ -276,11 +278,7 @@ def resolve_weights(weights: str | os.PathLike) -> Path:
 def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """Build FIDInceptionV3 and load the local weights file; errors name the path and the file expected."""
     path = resolve_weights(weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or pickled code (refused by weights_only)
-        raise ValueError(f"{path} is not a readable FID Inception-v3 weights file ({FID_WEIGHTS_NAME}): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    state = load_torch_file(path, f"FID Inception-v3 weights file ({FID_WEIGHTS_NAME})")  # no pickled code
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not an FID Inception-v3 state dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

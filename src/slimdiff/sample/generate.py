@@ -46,6 +46,11 @@ def iter_generate(
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     check_prompts(getattr(pipe, "tokenizer", None), prompts)  # not UTF-8: refused; unknown words: warned
+    if (height is None) != (width is None):  # diffusers drops a lone one: the other is the pipeline's own
+        size = pipe.unet.config.sample_size
+        default_h, default_w = (size, size) if isinstance(size, int) else tuple(size)
+        height = height if height is not None else default_h * pipe.vae_scale_factor
+        width = width if width is not None else default_w * pipe.vae_scale_factor
     own_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
     bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress)
@@ -89,7 +94,7 @@ def generate(
 
     `pipe_or_model`: anything `resolve_pipeline` takes. `scheduler`: a name in SCHEDULERS
     (None keeps the pipeline's own); the pipeline's scheduler is restored afterwards.
-    `height`/`width`: default the pipeline's (U-Net sample_size x VAE scale factor).
+    `height`/`width`: default the pipeline's (U-Net sample_size x VAE scale factor), each alone too.
     `steps`/`guidance` None: `fill_sampling` (20 steps, 5.0 on the toy world; the field's
     25 steps, 7.5 otherwise, METHODS.md section 7). `device`: move the pipeline there first
     (e.g. "cuda"); the noise is drawn on the CPU either way, so images match across devices

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimdiff.io import apply_file_modes, atomic_write, read_json, to_jsonable, write_json
+from slimdiff.io import apply_file_modes, atomic_write, load_torch_file, read_json, to_jsonable, write_json
 
 PREFIX = "checkpoint-"
 _DDP_PREFIX = "module."
@@ -100,7 +100,7 @@ def resume_point(cfg, out: Path, world: int) -> tuple[Path | None, int]:
     if resume_dir is None:
         return None, 0
     state = read_train_state(resume_dir)
-    problems = cfg.resume_mismatches(state["config"])
+    problems = cfg.resume_mismatches(absolute_paths(state["config"], cfg.PATH_FIELDS, state.get("cwd")))
     if state["micro_batch_global"] != cfg.batch_size * world:
         problems.append(f"global batch: checkpoint {state['micro_batch_global']}, now "
                         f"{cfg.batch_size} x {world} processes = {cfg.batch_size * world}")
@@ -111,6 +111,31 @@ def resume_point(cfg, out: Path, world: int) -> tuple[Path | None, int]:
         raise ValueError(f"--resume {resume_dir}: checkpoint is at step {state['step']}, "
                          f"beyond max_steps {cfg.max_steps}")
     return resume_dir, state["step"]
+
+
+def absolute_paths(saved: dict, fields: tuple[str, ...], cwd: str | None) -> dict:
+    """`saved` with its relative `fields` made absolute against `cwd`, the working directory of the
+    run that saved them (so a run resumed from another directory compares the same files); values
+    that were no existing path there (built-in names such as `toy`, globs) are kept as written."""
+    if cwd is None:  # a checkpoint written before the working directory was recorded
+        return saved
+    fixed = dict(saved)
+    for k in fields:
+        v = saved.get(k)
+        if isinstance(v, str) and not os.path.isabs(v) and os.path.exists(os.path.join(cwd, v)):
+            fixed[k] = os.path.join(cwd, v)
+    return fixed
+
+
+def pickled_file_problem(directory: Path) -> str | None:
+    """Why a checkpoint's torch files (optimizer.bin, random_states_*.pkl) cannot be read with
+    `weights_only=True` (the first such file, named), or None when they all can."""
+    for f in sorted([*directory.glob("*.bin"), *directory.glob("*.pkl")]):
+        try:
+            load_torch_file(f, "checkpoint file")
+        except ValueError as e:
+            return f"checkpoint {directory} could not be loaded: {e}"
+    return None
 
 
 def read_train_state(path: Path) -> dict:
@@ -150,8 +175,8 @@ def checkpoint_problems(path: str | Path) -> list[str]:
         read_train_state(path)
     except (OSError, ValueError) as e:
         problems.append(str(e))
-    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model")) for p in path.iterdir()):
-        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP writes pytorch_model_fsdp_*)
+    if path.is_dir() and not any(p.name.startswith(("model", "pytorch_model", "shard-")) for p in path.iterdir()):
+        problems.append(f"{path / 'model.safetensors'} is missing")  # (FSDP2: shard-<rank>-of-<world>.*)
     for f in sorted(path.iterdir()) if path.is_dir() else []:
         if re.fullmatch(r"custom_checkpoint_\d+\.pkl", f.name):
             problems.append(f"{f} is pickled state, which could run code when loaded: not loaded (written by "
@@ -270,7 +295,8 @@ def is_checkpoint_step(cfg, step: int) -> bool:
     return bool(cfg.checkpoint_every) and not step % cfg.checkpoint_every and step < cfg.max_steps
 
 
-def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None) -> Path | None:
+def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states=None, before_save=None,
+               write=None) -> Path | None:
     """After optimiser step `step`: a checkpoint every `cfg.checkpoint_every` steps (0: never),
     none at the last step (the run's output follows), with the run's config and global batch.
 
@@ -281,17 +307,18 @@ def maybe_save(accelerator, root: str | Path, cfg, step: int, world: int, states
     if before_save is not None:
         before_save()
     state = {"step": step, "micro_batch_global": cfg.batch_size * world, "num_processes": world,
-             "config": cfg.to_dict()}
+             "config": cfg.to_dict(), "cwd": os.getcwd()}  # cwd: where the config's relative paths start
     return save_checkpoint(accelerator, root, step, state, cfg.checkpoints_keep,
-                           states=states() if states is not None else None)
+                           states=states() if states is not None else None, write=write)
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict, keep: int,
-                    states: dict[str, dict] | None = None) -> Path | None:
+                    states: dict[str, dict] | None = None, write=None) -> Path | None:
     """Every process calls this; returns the final dir on the main process.
 
     `states`: name -> state dict (tensors and JSON values) saved with `save_state`, e.g. the LR
-    schedule and the EMA. A save that fails (a full disk, ...) removes its partial directory and
+    schedule and the EMA. `write(dir)`: what every process writes instead of accelerate's
+    `save_state` (FSDP2: `slimdiff.train.sharded.save`). A save that fails (a full disk, ...) removes its partial directory and
     raises OSError naming it; the earlier checkpoints are kept.
     """
     root = Path(root)
@@ -301,7 +328,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, train_state: dict,
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp))
+        accelerator.save_state(str(tmp)) if write is None else write(tmp)
         if accelerator.is_main_process:
             for name, state in (states or {}).items():
                 save_state(tmp, name, state)

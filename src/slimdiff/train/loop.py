@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from slimdiff.io import check_disjoint
 from slimdiff.report.plots import plot_loss_curves
 from slimdiff.train import checkpoint as ckpt
-from slimdiff.train import speed
+from slimdiff.train import sharded, speed
 from slimdiff.train.checkpoint import JsonlLog
 from slimdiff.train.ema import EMA
 from slimdiff.train.speed import DTYPES
@@ -134,23 +134,31 @@ class Trainer:
         # stepped once per optimiser step by us (not prepared: accelerate would step it per process)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_steps)
-        if cfg.ema_decay and acc.distributed_type.value == "FSDP":
-            raise ValueError("ema_decay with FSDP is not supported (the EMA keeps unsharded copies); "
-                             "use DDP or drop --ema-decay")
-        self.ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay else None
+        self.fsdp2 = sharded.is_fsdp2(acc)
+        self.plain = sharded.meta_copy(model) if self.fsdp2 else None  # for the gathered result
+        names = {id(q): n for n, q in model.named_parameters()}
+        trainable_names = [names[id(q)] for q in trainable]
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        # FSDP2 replaces the parameters by sharded DTensors: the trainable list follows them
+        params = dict(acc.unwrap_model(self.model).named_parameters())
+        self.trainable = trainable = [params[n] for n in trainable_names]
+        self.ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay else None  # sharded like the parameters
         ckpt.install_portable_model_hooks(acc)
         if self.resume_dir is None:
             return
         try:
-            acc.load_state(str(self.resume_dir))
+            if self.fsdp2:
+                sharded.load(self.resume_dir, acc, self.model, self.optimizer, self.ema)
+            else:
+                acc.load_state(str(self.resume_dir))
             self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
-            if self.ema is not None:
+            if self.ema is not None and not self.fsdp2:
                 self.ema.load_state_dict(ckpt.load_state(self.resume_dir, "ema"))
         except (ValueError, FileNotFoundError):
             raise
         except Exception as e:  # torch / safetensors errors that name no file
-            raise ValueError(f"checkpoint {self.resume_dir} could not be loaded ({type(e).__name__}: {e})") from None
+            raise ValueError(ckpt.pickled_file_problem(self.resume_dir) or f"checkpoint {self.resume_dir} could not be "
+                             f"loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Hook: the optimiser (default: torch's AdamW with the config's learning rate and weight decay)."""
@@ -232,7 +240,8 @@ class Trainer:
                                              now=args[5])
                     pending = []
                 ckpt.maybe_save(acc, self.out / "checkpoints", cfg, step + 1, self.world,
-                                states=self._checkpoint_states, before_save=lambda: self._check_finite_weights(step + 1))
+                                states=self._checkpoint_states, before_save=lambda: self._check_finite_weights(step + 1),
+                                write=self._write_shards if self.fsdp2 else None)
             self.timer.end_step()
         elapsed = time.perf_counter() - t0
         if cfg.profile_steps and main:
@@ -244,13 +253,18 @@ class Trainer:
         return self._finish(record, steps_done / elapsed if elapsed > 0 else float("nan"), log.path)
 
     def _checkpoint_states(self) -> dict[str, dict]:
-        """What a checkpoint holds beside accelerate's model/optimizer state (JSON + safetensors)."""
-        return {"lr_scheduler": self.lr_scheduler.state_dict(), **({"ema": self.ema.state_dict()} if self.ema else {})}
+        """What a checkpoint holds beside accelerate's model/optimizer state (JSON + safetensors);
+        under FSDP2 the EMA is in each process's shard file."""
+        ema = {"ema": self.ema.state_dict()} if self.ema and not self.fsdp2 else {}
+        return {"lr_scheduler": self.lr_scheduler.state_dict(), **ema}
+
+    def _write_shards(self, directory: Path) -> None:
+        sharded.save(directory, self.accelerator, self.model, self.optimizer, self.ema)
 
     def _check_finite_weights(self, step: int) -> None:
         """Stop before NaN / inf weights are saved (a checkpoint or the result)."""
         tensors = [*self.trainable, *(self.ema.shadow if self.ema is not None else [])]
-        if any(not torch.isfinite(q.detach()).all() for q in tensors):
+        if not sharded.all_finite(tensors, self.accelerator):
             self._stop_diverged(step, {"weights": float("nan")})
 
     def _stop_diverged(self, step: int, terms: dict[str, float]) -> None:
@@ -269,9 +283,14 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         acc.wait_for_everyone()
         model = acc.unwrap_model(self.model)
+        if self.fsdp2:  # the full weights (EMA's when on) gathered into a plain copy on every process
+            self._check_finite_weights(cfg.max_steps)
+            if self.ema is not None:
+                self.ema.copy_to(self.trainable)
+            model = sharded.gathered(self.model, self.plain)
         self._finalize(model)
         self._check_finite_weights(cfg.max_steps)
-        if self.ema is not None:
+        if self.ema is not None and not self.fsdp2:
             self.ema.copy_to(self.trainable)
         model.eval().requires_grad_(False)
         losses = {k: v for k, v in record.items() if k.startswith("loss")}
@@ -298,8 +317,10 @@ def make_accelerator(mixed_precision: str, grad_accum: int, cpu: bool, find_unus
         AcceleratorState._reset_state()
         GradientState._reset_state()
     ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       cpu=cpu, kwargs_handlers=[ddp])
+    acc = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                      cpu=cpu, kwargs_handlers=[ddp])
+    sharded.enable_fsdp2_on_cpu(acc)
+    return acc
 
 
 def optimizer_step(acc, model, optimizer, trainable, step: int, grad_accum: int, max_grad_norm: float | None,

@@ -209,6 +209,28 @@ def _position(block: str, source: str, where: dict) -> str:
     return next(p for p, b in where.items() if b == src and p not in STEM)
 
 
+def same_model_source(a: str, b: str) -> bool | None:
+    """Whether two model arguments name the same model (a built-in name, or the same directory);
+    None when `a` no longer resolves (e.g. a path relative to another working directory)."""
+    try:
+        kind_a, path_a = resolve_source(a)
+    except (ValueError, FileNotFoundError):
+        return None
+    kind_b, path_b = resolve_source(b)
+    if path_a is None or path_b is None:  # built-ins: the same name
+        return kind_a == kind_b and str(a) == str(b)
+    return path_a.resolve() == path_b.resolve()
+
+
+def check_recipe_teacher(recipe: dict, student: str, teacher: str) -> None:
+    """ValueError when the student's recipe names a teacher other than `teacher` (its blocks were
+    pruned from, and learned to imitate, that one: assembling them with another teacher's is wrong)."""
+    named = recipe.get("teacher")
+    if isinstance(named, str) and same_model_source(named, teacher) is False:
+        raise ValueError(f"--teacher {teacher!r} is not the teacher the student {student} was made from: its "
+                         f"recipe.json names {named!r} (valid: --teacher {named})")
+
+
 def assemble_saved(student: str, teacher: str, take: str | Iterable[str], out: str) -> dict:
     """`assemble` on saved models (the student's recipe.json supplies its inheritance), then
     `save_student` to `out`: the U-Net, recipe.json (`assemble`, `block_map`, inheritance) and,
@@ -217,6 +239,7 @@ def assemble_saved(student: str, teacher: str, take: str | Iterable[str], out: s
     s_model = load_unet(student)
     kind, path = resolve_source(student)
     s_recipe = read_json(path / "recipe.json") if kind == "unet" and (path / "recipe.json").is_file() else {}
+    check_recipe_teacher(s_recipe, student, teacher)
     s_model.inheritance = s_recipe.get("inheritance") or getattr(s_model, "inheritance", None)
     model = assemble(s_model, t_model, take)
     recipe = {"student": str(Path(student)), "assemble": model.assembly, "block_map": model.assembly["block_map"]}

@@ -40,10 +40,10 @@ from slimdiff.distill.perceptual import load_perceptual_net
 from slimdiff.train.config import TrainConfig
 from slimdiff.train.loop import Trainer, plot_losses
 from slimdiff.io import is_pipeline_source
-from slimdiff.train.parts import check_path, load_checked
+from slimdiff.train.parts import check_path, load_checked, source_path
 from slimdiff.vae.latents import LATENT_SOURCES, ensure_pool
 from slimdiff.recipe import read_recipe, validate_recipe
-from slimdiff.vae.model import load_vae, save_pipeline_with_vae, save_vae
+from slimdiff.vae.model import check_same_latent_space, load_vae, save_pipeline_with_vae, save_vae
 from slimdiff.eval.stats import psnr_per_image
 
 
@@ -138,8 +138,9 @@ class VaeTrainer(Trainer):
         """Numbered-step orchestration of the set-up (each step checks its inputs)."""
         super().__init__(config, progress)
         cfg = self.cfg
-        # 1-2. accelerate; the resume point (a mismatched config fails before anything loads)
-        self.start()
+        # 1-2. accelerate; outputs apart from the inputs; the resume point (a mismatched config fails first)
+        self.start(inputs={f"--{k}": source_path(getattr(cfg, k)) for k in ("teacher", "student")}
+                   | {"--data": cfg.data, "--prompts": cfg.prompts, "--perceptual-weights": cfg.perceptual_weights})
         # 3. teacher and student VAEs (checks: paths, a VAE each, same latent space and image channels)
         self._load_models(student)
         # 4. the latent pool: built once by the main process (U-Net generations / encoder latents)
@@ -180,10 +181,10 @@ class VaeTrainer(Trainer):
             student = load_checked("--student", cfg.student, load_vae)
         if student is self.teacher:
             raise ValueError("teacher and student are the same object; load the student separately")
-        for key in ("latent_channels", "out_channels"):
-            if student.config[key] != self.teacher.config[key]:
-                raise ValueError(f"teacher and student VAEs differ in {key}: {self.teacher.config[key]} vs "
-                                 f"{student.config[key]}")
+        if student.config["out_channels"] != self.teacher.config["out_channels"]:
+            raise ValueError(f"teacher and student VAEs differ in out_channels: {self.teacher.config['out_channels']} "
+                             f"vs {student.config['out_channels']}")
+        check_same_latent_space(student.config, self.teacher.config, "the teacher", name="the student")
         self.student = student
         self.input_recipe = read_recipe(cfg.student) if cfg.student else {}
 

@@ -194,6 +194,23 @@ def save_vae(vae: AutoencoderKL, path: str | os.PathLike, recipe: dict | None = 
 # ---------------------------------------------------------------------------------- pipelines
 
 
+LATENT_SPACE_KEYS = ("latent_channels", "scaling_factor", "shift_factor")  # what a latent means to a VAE
+
+
+def check_same_latent_space(vae_config: Any, other_config: Any, what: str, name: str = "the VAE") -> None:
+    """ValueError unless a VAE reads the latents of `what` (e.g. "the pipeline's VAE"): the same
+    `latent_channels`, `scaling_factor` and `shift_factor` (z = (mean - shift) * scaling_factor;
+    a VAE of scaling factor 0.18215 against the toy's 0.923 would decode latents 5x too large)."""
+    get = lambda cfg, k: cfg.get(k) if isinstance(cfg, dict) else getattr(cfg, k, None)  # noqa: E731
+    for key in LATENT_SPACE_KEYS:
+        mine, theirs = get(vae_config, key), get(other_config, key)
+        if key == "shift_factor" and not mine and not theirs:
+            continue  # None and 0 are the same (no shift)
+        if mine != theirs:
+            raise ValueError(f"{name} has {key}={mine}, {what} has {theirs}: another latent space (it cannot "
+                             f"decode these latents; valid: a VAE with {key}={theirs})")
+
+
 def pipeline_with_vae(pipe: Any, vae: AutoencoderKL | str | os.PathLike):
     """A new pipeline of `pipe`'s class with the same components but `vae` (a module or anything
     `load_vae` accepts); `pipe` itself is not changed."""
@@ -202,9 +219,8 @@ def pipeline_with_vae(pipe: Any, vae: AutoencoderKL | str | os.PathLike):
     if "vae" not in getattr(pipe, "components", {}):
         raise ValueError(f"{type(pipe).__name__} has no 'vae' component to replace")
     old = pipe.vae
-    if old is not None and vae.config.latent_channels != old.config.latent_channels:
-        raise ValueError(f"the VAE has latent_channels={vae.config.latent_channels}, the pipeline's "
-                         f"{old.config.latent_channels}: it cannot decode this pipeline's latents")
+    if old is not None:
+        check_same_latent_space(vae.config, old.config, "the pipeline's VAE")
     if old is not None:
         vae = moved_like(vae, old)
     return type(pipe)(**{**pipe.components, "vae": vae})
@@ -216,8 +232,5 @@ def save_pipeline_with_vae(source: str | os.PathLike, vae: AutoencoderKL, out: s
     _, src = resolve_source(source)
     own = src / "vae" / "config.json" if src is not None else None
     if own is not None and own.is_file():
-        channels = read_json(own).get("latent_channels")
-        if channels is not None and vae.config.latent_channels != channels:
-            raise ValueError(f"the VAE has latent_channels={vae.config.latent_channels}, the pipeline's "
-                             f"{channels}: it cannot decode this pipeline's latents")
+        check_same_latent_space(vae.config, read_json(own), "the pipeline's VAE")
     return save_pipeline_with(source, out, {"vae": lambda dest: save_vae(vae, dest)})

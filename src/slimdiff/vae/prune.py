@@ -40,9 +40,10 @@ import math
 import torch
 from torch import nn
 
-from slimdiff.io import is_pipeline_source
+from slimdiff.io import check_disjoint, is_pipeline_source
+from slimdiff.unet import resolve_source
 from slimdiff.vae.model import (SlimAutoencoderKL, decoder_params, decoder_widths, load_vae, moved_like,
-                                save_pipeline_with_vae, save_vae)
+                                save_pipeline_with_vae, save_vae, vae_dir)
 
 IMPORTANCES = ("l1", "group-l1")
 
@@ -210,6 +211,8 @@ def prune_vae(source: str, out: str, config: VaePruneConfig | None = None) -> di
     from slimdiff import __version__
 
     config = config or VaePruneConfig()
+    root = resolve_source(source)[1] if is_pipeline_source(str(source)) else vae_dir(source)
+    check_disjoint(out, {"MODEL": root})  # never written over, into or around the model it reads
     teacher = load_vae(source)
     student, info = prune_decoder(teacher, config)
     recipe = {"teacher": str(source), **info, "slimdiff_version": __version__}
