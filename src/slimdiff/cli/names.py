@@ -7,8 +7,8 @@ registry, so a new preset or criterion that is not added here fails the suite.
 """
 
 PRESETS = ("bk-base", "bk-small", "bk-tiny", "snapfusion",  # slimdiff.unet.presets.PRESETS (SD teachers)
-           "md", "md-lite",  # (plug-in: slimdiff.modules.mobilediffusion)
-           "bk-sdxl", "koala-1b", "koala-700m", "ssd-1b", "vega")  # (SDXL teachers)
+           "bk-sdxl", "koala-1b", "koala-700m", "ssd-1b", "vega",  # (SDXL teachers)
+           "md", "md-lite")  # (plug-in: slimdiff.modules.mobilediffusion, registered at its import)
 ASSEMBLIES = ("M1", "M2", "M3")  # slimdiff.unet.assemble.ASSEMBLIES
 CRITERIA = ("output", "magnitude", "random")  # slimdiff.prune.criteria.CRITERIA
 SEARCHES = ("laptop", "evolve")  # slimdiff.prune.search.SEARCHES
