@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -407,8 +409,9 @@ def report(args, rows: list[dict], threads: int) -> None:
         table.append(row)
     lines = verdict(rows)
     plot(rows, out.with_suffix(".png"))
-    header = (f"# Fewer steps end to end (issues 9, 20)\n\n`python bench/bench_steps.py {' '.join(sys.argv[1:])}`  \n"
+    header = (f"# Fewer steps end to end (issues 9, 20)\n\n`python bench/bench_steps.py {shlex.join(sys.argv[1:])}`  \n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'cpu'}, "
+              f"load average {os.getloadavg()[0]:.2f} (1 min) at the end, "
               f"torch threads {threads}, {args.eval_images} test images, {args.latency_repeats} timed rounds, "
               f"training {args.train_steps} steps at batch {args.batch_size}\n\n")
     atomic_write(out.with_suffix(".md"), header + markdown_table(table) + "\n\n" + "\n".join(f"- {v}" for v in lines)
