@@ -48,3 +48,6 @@ def test_the_choice_names_are_the_registries():
     assert names.CRITERIA == tuple(CRITERIA) and names.SEARCHES == tuple(SEARCHES)
     assert names.VAE_IMPORTANCES == tuple(IMPORTANCES)
     assert names.REPLACEMENTS == tuple(mobilediffusion.REPLACEMENTS)
+    from slimdiff.toy import JUDGES
+
+    assert names.JUDGES == tuple(JUDGES)

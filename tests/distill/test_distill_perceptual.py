@@ -51,6 +51,7 @@ def test_judge_features_are_one_level():
 
     feats = JudgeFeatures(Judge())(torch.rand(2, 3, 8, 8))
     assert len(feats) == 1 and feats[0].shape == (2, 4)
+    assert JudgeFeatures.load().judge.version == "v2"  # the perceptual loss keeps the softness-sensitive judge
 
 
 def test_sas_terms_train(make_config, vgg_file, tmp_path):

@@ -14,7 +14,7 @@ from slimdiff.sample import load as sample_load
 
 @pytest.fixture
 def fake_judge_loaded(monkeypatch, fake_judge):
-    monkeypatch.setattr(evaluation, "shared_judge", lambda: fake_judge)
+    monkeypatch.setattr(evaluation, "shared_judge", lambda version=None: fake_judge)
 
 
 def test_cli_scheduler_choices_match_the_library():
@@ -73,6 +73,22 @@ def test_evaluate_cli_json_table_and_grid(tiny_pipe_dir, tmp_path, fake_judge_lo
     assert main(args + ["--json", str(tmp_path / "b.json"), "--no-grid"]) == 0
     b = json.loads((tmp_path / "b.json").read_text())
     assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+
+
+def test_evaluate_cli_judge_version_is_used_and_recorded(tiny_pipe_dir, tmp_path, monkeypatch, fake_judge, capsys):
+    """`--judge V` scores with the shipped judge V (features and PCA travel with it) and says so."""
+    asked = []
+    monkeypatch.setattr(evaluation, "shared_judge", lambda version=None: asked.append(version) or fake_judge)
+    monkeypatch.setattr(fake_judge, "version", "v2", raising=False)
+    args = ["evaluate", str(tiny_pipe_dir), "--num-images", "2", "--steps", "1", "--world", "toy", "--no-grid"]
+    assert main(args + ["--judge", "v2", "--json", str(tmp_path / "a.json")]) == 0
+    assert asked == ["v2"] and json.loads((tmp_path / "a.json").read_text())["settings"]["judge"] == "v2"
+    assert main(args) == 0 and asked[-1] is None  # None: the package's default judge
+    with pytest.raises(SystemExit):
+        main(args + ["--judge", "v9"])
+    assert "invalid choice: 'v9'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"judge_version 'v9' is not one of \['v2', 'v3'\]"):
+        evaluation.evaluate(str(tiny_pipe_dir), num_images=2, steps=1, toy=True, judge_version="v9")
 
 
 def test_evaluate_cli_missing_weights_message(tiny_pipe_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ def test_compare_same_model_twice_is_identical_and_unmarked(tiny_pipe, fake_judg
     assert "psnr_to_teacher" not in a  # the teacher row carries no fidelity to itself
     assert b["marks"] == {} and all(lo == hi == 0 for lo, hi in b["diff_ci"].values())
     assert len(out["images"]["a"]) == 2 and out["settings"]["baseline"] == "a"
+    assert out["settings"]["judge"] == "FakeJudge"  # which judge scored (a shipped one: its version)
     assert "| model |" in out["markdown"] and "paired difference" in out["markdown"]
     write(out, tmp_path / "c.json", tmp_path / "c.md")
     assert (tmp_path / "c.md").read_text().startswith("| model |")

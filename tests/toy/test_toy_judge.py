@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from slimdiff.toy import world
+from slimdiff.toy import JUDGES, world
 from slimdiff.toy.judge import HEADS, Judge, summarize
 
 
-@pytest.fixture(scope="module")
-def judge():
+@pytest.fixture(scope="module", params=list(JUDGES))
+def judge(request):
+    """Every shipped judge version must read rendered scenes and see broken ones."""
     from slimdiff.toy.judge import load_judge
 
-    return load_judge()
+    return load_judge(version=request.param)
 
 
 def test_judge_reads_rendered_test_scenes(judge):
@@ -73,3 +74,27 @@ def test_score_counts_attributes_per_caption():
     assert set(HEADS) >= set(two.attributes())
     with pytest.raises(ValueError, match="2 images but 1 scenes"):
         judge.score(torch.zeros(2, 3, 64, 64), [one])
+
+
+def test_judge_versions_switch_with_their_own_features_and_pca():
+    """Each shipped judge loads by version with its own weights and feature basis; the default is one of them."""
+    from slimdiff.eval.config import EvalConfig
+    from slimdiff.eval.toy import features, shared_judge
+    from slimdiff.toy import DEFAULT_JUDGE, JUDGES, judge_path
+    from slimdiff.toy.judge import load_judge
+
+    judges = {v: load_judge(version=v) for v in JUDGES}
+    assert [j.version for j in judges.values()] == list(JUDGES) and load_judge().version == DEFAULT_JUDGE
+    assert load_judge(judge_path("v2")).version == str(judge_path("v2"))
+    images = world.to_tensor(world.render_batch(world.sample_scenes("test", 4, seed=0)))
+    v2, v3 = judges["v2"], judges["v3"]
+    assert not torch.equal(v2.features(images), v3.features(images))
+    assert not torch.equal(v2.pca["mean"], v3.pca["mean"])  # judge-FID / KID standardise with the judge's own basis
+    assert torch.equal(features(v3, images), features(load_judge(version="v3"), images))
+    assert shared_judge("v3") is shared_judge("v3") and shared_judge(None) is shared_judge(DEFAULT_JUDGE)
+    with pytest.raises(ValueError, match=r"judge version 'v9' is not one of \['v2', 'v3'\]"):
+        load_judge(version="v9")
+    with pytest.raises(ValueError, match="a judge path or a version, not both"):
+        load_judge(judge_path("v2"), version="v2")
+    with pytest.raises(ValueError, match=r"judge_version 'v1' is not one of"):
+        EvalConfig(judge_version="v1")

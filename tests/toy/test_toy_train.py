@@ -61,3 +61,20 @@ def test_resume_never_unpickles_code_and_names_damaged_files(tmp_path):
     (tmp_path / "judge.ckpt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="judge.ckpt"):
         run(cfg, tmp_path, stage="judge", resume=True)
+
+
+def test_judge_stage_fine_tunes_from_judge_init_and_records_the_degradation(tmp_path):
+    """judge_init starts from a shipped judge: at learning rate 0 its weights come back unchanged
+    (BatchNorm's running statistics still move); recipe.json says the degradation used."""
+    from safetensors.torch import load_file
+
+    from slimdiff.toy import judge_path
+
+    cfg = ToyTrainConfig(judge_init="v2", judge_steps=1, judge_batch=4, judge_pool=8, judge_pca_scenes=32, judge_lr=0.0)
+    run(cfg, tmp_path, stage="judge")
+    start, tuned = load_file(str(judge_path("v2") / "model.safetensors")), load_file(str(tmp_path / "judge" / "model.safetensors"))
+    weights = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert weights and all(torch.equal(start[k], tuned[k]) for k in weights)
+    recipe = json.loads((tmp_path / "judge" / "recipe.json").read_text())["recipe"]
+    assert recipe["judge_init"] == "v2" and recipe["judge_degrade"]["p"] == 0.75
+    assert ToyTrainConfig(**recipe).judge_degrade == cfg.judge_degrade  # the recipe reads back

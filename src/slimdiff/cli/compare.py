@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiff.cli.names import JUDGES
 from slimdiff.toy.world import SPLITS  # light: numpy only
 
 
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--vae", nargs="+", metavar="DIR",
                    help="decode with this VAE (a prune-vae / distill-vae output): one for every model, or one per "
                         "model with '-' for the model's own")
+    p.add_argument("--judge", choices=JUDGES, help="the toy judge's version (default: the package's)")
     p.add_argument("--json", help="write the full results as JSON to this file")
     p.add_argument("--md", help="write the markdown table to this file")
     p.set_defaults(func=run, outputs=("json", "md"),
@@ -56,7 +58,8 @@ def run(args) -> int:
         vae = [None if v == "-" else v for v in vae] if len(vae) > 1 else (None if vae[0] == "-" else vae[0])
     result = compare(args.models, names=args.names, split=args.split, num_images=args.num_images,
                      steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                     baseline=args.baseline, teacher=teacher, reference=not args.no_reference, vae=vae)
+                     baseline=args.baseline, teacher=teacher, reference=not args.no_reference, vae=vae,
+                     judge=args.judge)
     print(result["markdown"])
     write(result, args.json, args.md)
     for label, path in (("results", args.json), ("table", args.md)):

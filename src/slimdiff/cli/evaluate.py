@@ -8,6 +8,7 @@ from pathlib import Path
 from slimdiff.cli.checks import nonnegative_float, nonnegative_int, positive_int
 from slimdiff.cli.generate import SCHEDULER_NAMES, add_sampling_options
 
+from slimdiff.cli.names import JUDGES
 from slimdiff.toy.world import SPLITS  # light: numpy only
 
 
@@ -34,6 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="toy-world scoring or your own --prompts (default: auto, from the tokenizer)")
     p.add_argument("--prompts", help="prompts file, one per line (models outside the toy world)")
     p.add_argument("--reference", action="store_true", help="also score rendered images (the toy ceiling)")
+    p.add_argument("--judge", choices=JUDGES, help="the toy judge's version (default: the package's; "
+                   "recorded in the results' settings)")
     p.add_argument("--inception-weights", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--ref-images", help="folder of reference images for FID")
     p.add_argument("--fid-dims", type=int, default=2048, choices=(64, 192, 768, 2048),
@@ -83,7 +86,7 @@ def run(args) -> int:
         seed=args.seed, batch_size=args.batch_size, scheduler=args.scheduler, toy=toy, prompts=prompts,
         ref_images=args.ref_images, inception_weights=args.inception_weights, clip_dir=args.clip_dir,
         grid=grid, reference=args.reference, base=args.base, device=args.device, fid_dims=args.fid_dims,
-        images_dir=args.save_images, vae=args.vae,
+        images_dir=args.save_images, vae=args.vae, judge_version=args.judge,
     )
     if args.accelerate:
         result["settings"].update(model=args.model, accelerate=args.accelerate)

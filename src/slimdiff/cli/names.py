@@ -14,3 +14,4 @@ CRITERIA = ("output", "magnitude", "random")  # slimdiff.prune.criteria.CRITERIA
 SEARCHES = ("laptop", "evolve")  # slimdiff.prune.search.SEARCHES
 REPLACEMENTS = ("separable", "cross_only", "trim")  # slimdiff.modules.mobilediffusion.REPLACEMENTS
 VAE_IMPORTANCES = ("l1", "group-l1")  # slimdiff.vae.prune.IMPORTANCES
+JUDGES = ("v2", "v3")  # slimdiff.toy.JUDGES (the toy judge's versions)

@@ -93,7 +93,8 @@ class JudgeFeatures(nn.Module):
 
     @classmethod
     def load(cls) -> "JudgeFeatures":
-        return cls(load_judge())
+        # v2, whatever the evaluations' default: v3 is trained to ignore softness, which a perceptual loss must see
+        return cls(load_judge(version="v2"))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return [self.judge.features(images)]

@@ -80,7 +80,8 @@ def compare(
 student's recipe, else the world's); a sequence gives one value (or None) per model. `reference`: add
     the rendered ceiling row. `extra`: more columns per model name (e.g. params, latency).
     `keep_images`: also return the first k images of each model as `images` {name: [PIL]} (not JSON).
-    `contrasts`: pairs of model names (a, b) whose paired difference a - b gets an interval too.
+    `judge`: the judge, or a shipped judge's version (`slimdiff.toy.JUDGES`; None: the default), recorded
+    in `settings["judge"]`. `contrasts`: pairs of model names (a, b) whose paired difference a - b gets an interval too.
     `vae`: decode with this VAE (a `slimdiff.vae.load_vae` argument, e.g. a prune-vae / distill-vae
     output), one for all models or a sequence with one per model (None: the model's own).
     Returns {"rows": [...], "markdown": str, "settings": {...}}; each row holds the metrics,
@@ -115,7 +116,7 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
             raise ValueError(f"{name} is not a model of the toy world (its tokenizer is not the toy's): compare "
                              f"scores with the toy world's judge; score it with `slimdiff evaluate {name} --prompts "
                              f"FILE` instead")
-    judge = judge if judge is not None else shared_judge()
+    judge = shared_judge(judge) if judge is None or isinstance(judge, str) else judge
     scenes = world.sample_scenes(split, num_images, seed)
     prompts = [world.caption(s) for s in scenes]
     rendered = to_tensor([world.render(s) for s in scenes])
@@ -165,7 +166,8 @@ student's recipe, else the world's); a sequence gives one value (or None) per mo
                                         for a, b in contrasts], "settings": {"split": split, "num_images": num_images, "seed": seed,
                                        "baseline": names[baseline],
                                        "teacher": names[teacher] if teacher is not None else None,
-                                       "bootstrap_draws": len(idx), "confidence": stats.CONFIDENCE}}
+                                       "bootstrap_draws": len(idx), "confidence": stats.CONFIDENCE,
+                                       "judge": getattr(judge, "version", None) or type(judge).__name__}}
     out["markdown_contrasts"] = contrasts_markdown(out)
     out["markdown"] = markdown(out, extra_columns=list(dict.fromkeys(k for v in (extra or {}).values() for k in v)))
     out["prompts"] = prompts

@@ -17,6 +17,7 @@ from slimdiff.eval import metrics
 from slimdiff.eval.inception import resolve_weights
 from slimdiff.report.images import image_files
 from slimdiff.sample import SCHEDULERS
+from slimdiff.toy import JUDGES
 
 PathLike = Union[str, os.PathLike]
 
@@ -37,6 +38,7 @@ class EvalConfig:
     clip_dir: PathLike | None = None  # CLIP score: a local transformers CLIP directory
     fid_dims: int = 2048  # FID's Inception layer (2048 = pool3; 64 / 192 / 768 as pytorch-fid's --dims)
     reference: bool = False  # toy: add the rendered ceiling's figures
+    judge_version: str | None = None  # toy: the judge (a name in slimdiff.toy.JUDGES); None: DEFAULT_JUDGE
     grid: PathLike | None = None  # write a PNG grid of the first grid_rows prompts here
     grid_rows: int = 16  # rows of that grid
     images_dir: PathLike | None = None  # also write every image as PNG here
@@ -51,6 +53,8 @@ class EvalConfig:
                              f"grid_rows={self.grid_rows}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; valid names: {', '.join(SCHEDULERS)}")
+        if self.judge_version is not None and self.judge_version not in JUDGES:
+            raise ValueError(f"judge_version {self.judge_version!r} is not one of {list(JUDGES)}")
         if self.ref_images is not None and self.inception_weights is None:
             raise ValueError("ref_images was given but not inception_weights: FID needs both")
         if self.inception_weights is not None:

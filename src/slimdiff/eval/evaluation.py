@@ -61,7 +61,8 @@ def evaluate(
     batch, so a 30K-image run does not hold its images. Non-toy models need `prompts`.
     `grid`: a PNG of the first `grid_rows` prompts. `images_dir`: also write every image as PNG.
     `device`: where the pipeline and the metric networks run (default: the pipeline's).
-    `world`, `judge`: replacements for `slimdiff.toy.world` and `load_judge()` (tests).
+    `judge_version`: which shipped judge scores the toy world (`slimdiff.toy.JUDGES`; recorded in
+    `settings["judge"]`); `world`, `judge`: replacements for `slimdiff.toy.world` and the judge (tests).
     `return_images`: also return the generated images, `(result, images)` (e.g. for a report grid).
     `teacher_images`: the teacher's images for the same prompts and seeds (toy: adds the fidelity
     metrics `psnr_to_teacher`, `feature_cos_to_teacher`; `slimdiff.eval.compare` passes them).
@@ -88,7 +89,7 @@ def evaluate(
                 "the toy world's prompts are its scenes' captions: pass toy=False to use your own prompts"
             )
         world = world if world is not None else toy_world
-        judge = judge if judge is not None else shared_judge()
+        judge = judge if judge is not None else shared_judge(c.judge_version)
         if split not in world.SPLITS:
             raise ValueError(f"split {split!r} is not one of {list(world.SPLITS)}")
         scenes = world.sample_scenes(split, num_images, seed)
@@ -161,6 +162,7 @@ def evaluate(
         "batch_size": batch_size,
         "resolution": resolution,
         "judge_resolution": list(rendered.shape[-2:]) if toy else None,
+        "judge": (getattr(judge, "version", None) or type(judge).__name__) if toy else None,  # which judge scored
     }
     result["timing"] = {"generate_s": gen_seconds, "s_per_image": gen_seconds / num_images}
     if toy:

@@ -28,6 +28,7 @@ import torch
 
 from slimdiff.eval import stats
 from slimdiff.report.images import to_tensor
+from slimdiff.toy import DEFAULT_JUDGE, JUDGES
 from slimdiff.toy import world as toy_world
 from slimdiff.toy.judge import load_judge
 from slimdiff.toy.judge import summarize as judge_summary
@@ -35,10 +36,15 @@ from slimdiff.toy.judge import summarize as judge_summary
 FAMILY_KEYS = ("count", "layout", "colour", "shape", "size")
 
 
-@functools.lru_cache(maxsize=1)
-def shared_judge():
-    """The shipped judge, loaded once per process (searches evaluate many times)."""
-    return load_judge()
+def shared_judge(version: str | None = None):
+    """The shipped judge `version` (a name in `slimdiff.toy.JUDGES`; None: `DEFAULT_JUDGE`), loaded
+    once per process (searches evaluate many times); its features and PCA basis travel with it."""
+    return _shared_judge(DEFAULT_JUDGE if version is None else version)
+
+
+@functools.lru_cache(maxsize=len(JUDGES))
+def _shared_judge(version: str):
+    return load_judge(version=version)
 
 
 def _judge(judge):

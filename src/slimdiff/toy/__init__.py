@@ -31,9 +31,22 @@ def pipeline_path() -> Path:
 register_named_pipeline("toy", pipeline_path)  # `load_unet("toy")`, `slimdiff evaluate toy`, ...
 
 
-def judge_path() -> Path:
-    """The shipped judge weights directory (model.safetensors)."""
-    path = ASSETS / "judge"
+# judge version -> its weights directory under assets/ (model.safetensors, pca.safetensors, recipe.json)
+JUDGES: dict[str, str] = {
+    "v2": "judge",  # the first judge of the v2 world: mild augmentation (3x3 blur, jitter, faint noise)
+    "v3": "judge-v3",  # v2 fine-tuned 200 steps on randomly blurred / resampled / noised renders (toy.degrade)
+}
+# the judge evaluations use unless told (`EvalConfig.judge_version`, `--judge`): v2, since v3 reads clean
+# renders 1.3 points less often all-correct and blobs 2 points less often as blobs (docs/bench/judge.md)
+DEFAULT_JUDGE = "v2"
+
+
+def judge_path(version: str | None = None) -> Path:
+    """The shipped weights directory of judge `version` (a name in `JUDGES`; None: `DEFAULT_JUDGE`)."""
+    version = DEFAULT_JUDGE if version is None else version
+    if version not in JUDGES:
+        raise ValueError(f"judge version {version!r} is not one of {list(JUDGES)}")
+    path = ASSETS / JUDGES[version]
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the toy judge is missing from the package: {path} has no model.safetensors")
+        raise FileNotFoundError(f"the toy judge {version} is missing from the package: {path} has no model.safetensors")
     return path

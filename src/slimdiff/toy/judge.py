@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimdiff.io import atomic_path
-from slimdiff.toy import judge_path, world
+from slimdiff.toy import DEFAULT_JUDGE, judge_path, world
 
 # head name -> class names (the label space of each attribute)
 HEADS: dict[str, tuple[str, ...]] = {"count": world.COUNTS, "layout": world.LAYOUTS}
@@ -59,6 +59,7 @@ class Judge(nn.Module):
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(cin * side * side, feature_dim), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, len(v)) for k, v in HEADS.items()})
         self.pca: dict[str, torch.Tensor] | None = None  # judge-FID's fixed projection (see load_judge)
+        self.version: str | None = None  # a name in slimdiff.toy.JUDGES, or the weights' path (load_judge)
 
     @staticmethod
     def _prepare(images: torch.Tensor) -> torch.Tensor:
@@ -191,15 +192,23 @@ def save_judge(judge: Judge, path: str | Path) -> Path:
     return path
 
 
-def load_judge(path: str | Path | None = None) -> Judge:
-    """The judge in eval mode; `path` defaults to the weights shipped in `slimdiff/toy/assets/judge`.
+def load_judge(path: str | Path | None = None, version: str | None = None) -> Judge:
+    """The judge in eval mode: the weights in `path`, or the shipped judge `version` (a name in
+    `slimdiff.toy.JUDGES`; None: `DEFAULT_JUDGE`). `judge.version` says which (the name, or the path).
 
     `judge.pca` is the fixed PCA of its features used by judge-FID (`pca.safetensors`; None
     when absent, and then `slimdiff.eval.toy.pca_basis` fits it on rendered train scenes).
     """
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else judge_path()
+    if path is not None and version is not None:
+        raise ValueError(f"give a judge path or a version, not both (path={path}, version={version!r})")
+    if path is None:
+        version = DEFAULT_JUDGE if version is None else version
+        path = judge_path(version)
+    else:
+        version = str(path)
+        path = Path(path)
     file = path / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"judge weights not found: {file} (train them with `slimdiff toy train --stage judge`)")
@@ -209,4 +218,5 @@ def load_judge(path: str | Path | None = None) -> Judge:
     except (RuntimeError, OSError) as e:  # a v1 judge, or a damaged file
         raise ValueError(f"{file} is not a judge of this toy world ({str(e).splitlines()[0][:120]})") from None
     judge.pca = load_file(str(path / "pca.safetensors")) if (path / "pca.safetensors").is_file() else None
+    judge.version = version
     return judge.eval()
