@@ -122,7 +122,23 @@ def model_rows() -> list[dict]:
     return rows
 
 
-ALL = {"solvers": solver_rows, "start": start_rows, "train": train_rows, "models": model_rows}
+def judge_rows() -> list[dict]:
+    """The bench's headline rows scored by both shipped judges (v2, the default; v3, trained on degraded
+    renders) on the same images: does softness explain a few-step student's deficit?"""
+    trailing = dict(scheduler="ddim", overrides=dict(timestep_spacing="trailing"))
+    rows = [dict(name="[judges] reference: teacher DPM-Solver++ 2M 25", steps=25, scheduler="dpm"),
+            dict(name="[judges] teacher DDIM trailing 8", steps=8, **trailing),
+            dict(name="[judges] teacher DDIM trailing 4", steps=4, **trailing)]
+    for label, path, counts in (("SnapFusion", "runs/bench_steps/snapfusion-{n}", (8, 4)),
+                                ("LCM", "runs/bench_steps/lcm", (8, 4)),
+                                ("LCM-LoRA", "runs/bench_steps/lcm-lora", (8, 4)),
+                                ("bk-small + LCM", "runs/bench_steps/bk-small-lcm", (8, 4)),
+                                ("PCM 4 phases", "runs/bench_steps/pcm", (4,))):
+        rows += [dict(name=f"[judges] {label} {n}", steps=n, model=path.format(n=n), guidance=None) for n in counts]
+    return [dict(r, judges=["v3"]) for r in rows]
+
+
+ALL = {"solvers": solver_rows, "start": start_rows, "train": train_rows, "models": model_rows, "judge": judge_rows}
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -167,11 +183,14 @@ def measure(row: dict, n: int, work: Path) -> dict:
                               seed=0, return_images=True, progress=False)
     scenes = world.sample_scenes("test", n, 0)
     per = shared_judge().per_image(to_tensor(images), scenes)
+    other = {v: shared_judge(v).per_image(to_tensor(images), scenes)["all_correct"].astype(int).tolist()
+             for v in row.get("judges", [])}  # the same images, another judge
     keys = ("all_correct", "alignment_score", "kid", "judge_fid")
     return {**{k: v for k, v in row.items() if k not in ("run",)}, "images": n,
             "guidance_used": result.get("guidance"),
             "scores": {k: [result[k], *result["ci"][k]] for k in keys if k in result},
             "all_correct_per_image": per["all_correct"].astype(int).tolist(),
+            **({"all_correct_per_image_by_judge": other} if other else {}),
             "scheduler_config": {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")},
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_average": os.getloadavg()[0], "threads": torch.get_num_threads()}
@@ -192,7 +211,7 @@ def load_results(part: str | None = None) -> dict:
 
 def settings_of(row: dict) -> dict:
     return {k: row.get(k) for k in ("steps", "scheduler", "overrides", "train", "finetune", "max_steps", "guidance",
-                                    "model")}
+                                    "model", "judges")}
 
 
 # ---------------------------------------------------------------------------------- report
@@ -207,12 +226,13 @@ def paired(a: list[int], b: list[int]) -> tuple[float, float, float]:
 
 def report(results: dict) -> str:
     lines = ["# Why the step-distilled students fell below the teacher (issue 20, diagnosis)", "",
-             "`python bench/diagnose_steps.py --part solvers start train` then `--report`; "
+             "`python bench/diagnose_steps.py --part solvers start train models judge` (each part alone works; `--only TEXT` picks rows) then `--report`; "
              "toy world, test split, seed 0, guidance 5. all-correct [95% bootstrap CI]; "
              "Δ: paired difference to the teacher's DDIM trailing path at the same steps [95% CI], "
              "`*` where it excludes 0.", "",
              "| row | images | all-correct | Δ vs teacher DDIM trailing, same steps | alignment score | KID "
-             "| load avg | date |", "|:---|---:|:---|:---|:---|:---|---:|:---|"]
+             "| all-correct, judge v3 (same images) | v3 - v2 (paired) | load avg | date |",
+             "|:---|---:|:---|:---|:---|:---|:---|:---|---:|:---|"]
     for name, r in results.items():
         s = r["scores"]
         fmt = lambda k: f"{s[k][0]:.3f} [{s[k][1]:.3f}, {s[k][2]:.3f}]" if k in s else ""  # noqa: E731
@@ -221,8 +241,16 @@ def report(results: dict) -> str:
         if base is not None and base is not r and base["images"] == r["images"]:
             m, lo, hi = paired(r["all_correct_per_image"], base["all_correct_per_image"])
             delta = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if lo > 0 or hi < 0 else "")
+        v3 = (r.get("all_correct_per_image_by_judge") or {}).get("v3")
+        v3_cell = v3_delta = ""
+        if v3 is not None:
+            m3 = np.asarray(v3, float)
+            idx = stats.draws(len(m3), seed=0)
+            v3_cell = "{:.3f} [{:.3f}, {:.3f}]".format(m3.mean(), *stats.interval(m3[idx].mean(1)))
+            d, lo, hi = paired(v3, r["all_correct_per_image"])
+            v3_delta = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if lo > 0 or hi < 0 else "")
         lines.append(f"| {name} | {r['images']} | {fmt('all_correct')} | {delta} | {fmt('alignment_score')} "
-                     f"| {fmt('kid')} | {r['load_average']:.2f} | {r['date']} |")
+                     f"| {fmt('kid')} | {v3_cell} | {v3_delta} | {r['load_average']:.2f} | {r['date']} |")
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"threads as in the JSON (`threads`)."]
     return "\n".join(lines) + "\n"
