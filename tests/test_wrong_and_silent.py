@@ -159,7 +159,10 @@ def test_a_lone_height_or_width_is_kept(tiny_pipe):
 
 def test_demo_refuses_an_impossible_step_count_before_any_stage(tmp_path, capsys):
     out = tmp_path / "demo"
-    err = one_line_error(["demo", "--step-distill", "64", "--out", str(out)], capsys)
+    err = one_line_error(["demo", "--step-distill", "64", "--out", str(out)], capsys)  # LCM (the default): its grid
+    assert "DemoConfig.step_distill=64 is invalid" in err and "at most solver_steps=50" in err, err
+    assert not out.exists()
+    err = one_line_error(["demo", "--step-distill", "64", "--step-method", "snapfusion", "--out", str(out)], capsys)
     assert "DemoConfig.step_distill=64 is invalid" in err and "choose steps among" in err, err
     assert not out.exists()
 

@@ -131,7 +131,10 @@ class DemoConfig:
         """`step_distill` against the model's noise schedule now, not after pruning and distilling: the
         method's config checks N (LCM: at most its grid; SnapFusion: the step trainer's own test,
         `train.maths.step_paths`, on the model's scheduler config)."""
-        cfg = self.step_config("student", Path(self.out))
+        try:
+            cfg = self.step_config("student", Path(self.out))
+        except ValueError as e:
+            raise ValueError(f"DemoConfig.step_distill={self.step_distill} is invalid: {e}") from None
         if not isinstance(cfg, StepDistillConfig):
             return
         _, path = resolve_source(self.model)

@@ -109,6 +109,7 @@ class CountingVAE(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(1))
+        self.config = type("C", (), {"latent_channels": 1})()
         self.calls = 0
 
     def encode(self, x):
@@ -125,7 +126,7 @@ class CountingText(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.emb = torch.nn.Embedding(50, 3)
-        self.config = type("C", (), {"use_attention_mask": False})()
+        self.config = type("C", (), {"use_attention_mask": False, "hidden_size": 3})()
         self.calls = 0
 
     def forward(self, ids, attention_mask=None):
@@ -147,12 +148,13 @@ def test_cache_stores_encodings_and_skips_both_encoders(tmp_path):
     cache = EncodingCache(tmp_path, ds.fingerprint, vae, text)
     cached_ds, enc = CachedDataset(ds, cache), BatchEncoder(vae, tokenizer, text, cache)
     m1, t1 = enc([cached_ds[i] for i in range(3)])
-    assert m1.shape == (3, 2, 4, 4) and t1.shape == (3, 2, 3) and vae.calls == text.calls == 1
+    # each item is encoded alone (its encoding then does not depend on the batch it came in)
+    assert m1.shape == (3, 2, 4, 4) and t1.shape == (3, 2, 3) and vae.calls == text.calls == 3
     assert all(cache.has(i) for i in range(3))
     items = [cached_ds[i] for i in range(3)]
     assert "pixel_values" not in items[0]  # a cached item is not loaded at all
     m2, t2 = enc(items)
-    assert vae.calls == text.calls == 1 and torch.equal(m1, m2) and torch.equal(t1, t2)
+    assert vae.calls == text.calls == 3 and torch.equal(m1, m2) and torch.equal(t1, t2)
     # another encoder (different weights) or data set uses another cache key
     with torch.no_grad():
         vae.w.fill_(2.0)

@@ -21,7 +21,7 @@ from slimdiff.unet import SlimUNet2DConditionModel, list_units, load_unet, to_sl
 class ParamsLUT:
     """A deterministic stand-in for the latency table: 1 ms per 1,000 parameters of a unit, 1 ms of stem."""
 
-    def breakdown(self, model):
+    def breakdown(self, model, inner: bool = False):  # (LatencyLUT's signature; no inner blocks here)
         return {u.name: u.params / 1000 for u in model.units()} | {"other": 1.0}
 
     def predict(self, model):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimdiff.unet import get_module
+from slimdiff.unet import get_module, num_params
 from slimdiff.unet import list_units as unet_units
 
 
@@ -65,9 +65,9 @@ def transformer_parts(unit: ProfiledUnit) -> tuple[ProfiledUnit, list[ProfiledUn
         return None
     inner = []
     for k, block in enumerate(blocks):
-        width = block.attn1.to_q.in_features  # (B, H*W, width) tokens
+        width = (block.attn1 or block.attn2).to_q.in_features  # (B, H*W, width) tokens (a cross-only block: attn2)
         inner.append(ProfiledUnit(f"{unit.name}.tblock.{k}", "tblock", unit.block, unit.level, width, width,
-                                  sum(p.numel() for p in block.parameters()), unit.cross_attention_dim, block))
+                                  num_params(block), unit.cross_attention_dim, block))
     shell_params = unit.params - sum(b.params for b in inner)
     shell = ProfiledUnit(f"{unit.name}.shell", "tshell", unit.block, unit.level, unit.in_channels,
                          unit.out_channels, shell_params, None, unit.module)
