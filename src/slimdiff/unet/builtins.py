@@ -42,22 +42,11 @@ SD21_BASE_CONFIG = dict(
 # SDXL-base 1.0 (Podell et al. 2023, section 2.1): 3 levels, no attention at the first,
 # Transformer depths (-, 2, 10) and 10 in the mid block, 2,567,463,684 parameters.
 SDXL_CONFIG = dict(
+    SD15_CONFIG,  # the shared settings (stem, norms, activation, padding); what differs:
     sample_size=128,  # 1024px / VAE factor 8
-    in_channels=4,
-    out_channels=4,
-    center_input_sample=False,
-    flip_sin_to_cos=True,
-    freq_shift=0,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn",
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    act_fn="silu",
-    norm_num_groups=32,
-    norm_eps=1e-5,
     cross_attention_dim=2048,  # CLIP ViT-L (768) + OpenCLIP bigG (1280) hidden states, concatenated
     attention_head_dim=(5, 10, 20),  # heads per block: 64 channels per head
     transformer_layers_per_block=(1, 2, 10),  # the first entry is unused (DownBlock2D)
