@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher", default="toy", help="the toy pipeline (or a pipeline with the toy tokenizer)")
     p.add_argument("--bk-small", help="a distilled bk-small output dir (default: prune + distill one in --work)")
     p.add_argument("--distill-steps", type=int, default=2000, help="bk-small distillation steps when built here")
+    p.add_argument("--bk-tiny-gri", help="a distilled bk-tiny + GRI (64x64, 32x32) output dir (default: prune + "
+                   "distill one in --work with the demo's distillation settings, as bench_asdm.py's 1.95x row)")
     p.add_argument("--train-steps", type=int, default=2000, help="optimiser steps per step-distilled student")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, cosine with 5%% warm-up")
@@ -105,6 +107,33 @@ def distilled_bk_small(args) -> str:
     return str(out)
 
 
+def distilled_bk_tiny_gri(args) -> str:
+    """bk-tiny with GRI attention at the toy's 8x8 and 4x4 levels (SD's 64x64 and 32x32; window 2, reduction 2:
+    bench_asdm.py's "1.95x" architecture, 1.95x per step at sd15-arch 512 px), distilled with the demo's
+    settings (600 steps, batch 64, normalized feature KD), as bench_asdm.py builds it."""
+    if args.bk_tiny_gri:
+        return args.bk_tiny_gri
+    from slimdiff.demo import demo_distill_settings
+    from slimdiff.modules import GRISettings, apply_gri
+
+    work = Path(args.work)
+    pruned, out = work / "bk-tiny-gri", work / "bk-tiny-gri-kd"
+    gri = GRISettings(window=2, reduction=2, levels=(0, 1))
+
+    def prune():
+        student, recipe = apply_preset(load_unet(args.teacher), "bk-tiny")
+        student = apply_gri(student, gri)
+        save_student(student, pruned, args.teacher, {**recipe, "gri": {"window": 2, "reduction": 2, "levels": [0, 1]}})
+
+    settings = dict(teacher=args.teacher, **demo_distill_settings(seed=args.seed))
+    run_or_reuse(Stage("bk-tiny-gri", {"teacher": args.teacher, "preset": "bk-tiny", "gri_levels": [0, 1]}, prune,
+                       output=pruned), work, print)
+    run_or_reuse(Stage("bk-tiny-gri-kd", settings, output=out, run=lambda: distill(DistillConfig(
+        student=str(pruned), out=str(out), checkpoint_every=150, resume="latest",
+        cache_dir=str(work / "cache"), **settings))), work, print)
+    return str(out)
+
+
 def step_student(args, name: str, student: str, steps: int, **settings) -> str:
     """`student` step-distilled to `steps` sampling steps into work/NAME (reused with the same settings)."""
     out = Path(args.work) / name
@@ -136,13 +165,14 @@ def consistency_rows(args, wanted) -> list[dict]:
     rows = []
     specs = [("LCM", "toy", dict(method="lcm")), ("LCM-LoRA", "toy", dict(method="lcm", lora_rank=args.lora_rank)),
              ("PCM", "toy", dict(method="pcm", phases=4, steps=4)),
-             ("bk-small + LCM", "bk", dict(method="lcm"))]
+             ("bk-small + LCM", "bk", dict(method="lcm")),
+             ("bk-tiny GRI + LCM", "bk-tiny-gri", dict(method="lcm"))]
     for label, student, settings in specs:
         counts = [settings["phases"]] if settings["method"] == "pcm" else [8, 4, 2, 1]
         names = [f"{label} {n}" for n in counts]
         if not any(wanted(n) for n in names):
             continue
-        student = distilled_bk_small(args) if student == "bk" else args.teacher
+        student = {"bk": distilled_bk_small, "bk-tiny-gri": distilled_bk_tiny_gri}.get(student, lambda a: a.teacher)(args)
         slug = label.replace(" + ", "-").replace(" ", "-").lower()
         model = consistency_student(args, slug, student, **settings)
         rows += [dict(name=name, model=model, steps=n, kind="slimdiff")

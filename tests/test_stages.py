@@ -3,7 +3,7 @@
 import pytest
 
 from slimdiff.io import read_json
-from slimdiff.stages import Stage, differences, run_or_reuse
+from slimdiff.stages import Stage, differences, run_or_reuse, stage_seconds
 
 
 def test_run_then_reuse_then_rerun_with_other_settings(tmp_path):
@@ -17,7 +17,9 @@ def test_run_then_reuse_then_rerun_with_other_settings(tmp_path):
         return Stage("make", {"value": value}, run, output=output)
 
     assert run_or_reuse(make(1), tmp_path, log.append) == "ran"
-    assert read_json(tmp_path / "make.stage.json") == {"settings": {"value": 1}, "finished": True}
+    saved = read_json(tmp_path / "make.stage.json")
+    assert saved["settings"] == {"value": 1} and saved["finished"] is True and saved["seconds"] >= 0
+    assert stage_seconds("make", tmp_path) == saved["seconds"] and stage_seconds("other", tmp_path) is None
     assert run_or_reuse(make(1), tmp_path, log.append) == "reused"
     assert calls == [1]
     assert run_or_reuse(make(2), tmp_path, log.append) == "ran"

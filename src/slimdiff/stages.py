@@ -6,7 +6,8 @@
 
 A stage's settings (JSON-able: everything its output depends on) are written atomically beside
 its output, as `out_dir/NAME.stage.json` = {"settings": ..., "finished": false} before `run` and
-{"settings": ..., "finished": true} once it has returned. A rerun:
+{"settings": ..., "finished": true, "seconds": S} once it has returned (S: the wall time of the run that
+finished it; a resumed stage's earlier runs are not counted). A rerun:
 - reuses the output when it finished with the same settings (and `output` is there);
 - runs again when it did not finish: with the same settings, `run` may resume its own partial work
   (a distillation's checkpoints); with other settings (or a finished output made with other
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -81,6 +83,15 @@ def run_or_reuse(stage: Stage, out_dir: str | Path, log: Callable[[str], None] |
         return "reused"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"settings": dict(stage.settings), "finished": False})
+    t0 = time.perf_counter()
     stage.run()
-    write_json(path, {"settings": dict(stage.settings), "finished": True})
+    write_json(path, {"settings": dict(stage.settings), "finished": True, "seconds": time.perf_counter() - t0})
     return "ran"
+
+
+def stage_seconds(name: str, out_dir: str | Path) -> float | None:
+    """The wall seconds of the run that finished stage `name` in `out_dir`; None when unfinished or not
+    recorded (a stage finished before the time was recorded)."""
+    path = Path(out_dir) / f"{name}.stage.json"
+    saved = read_json(path) if path.is_file() else {}
+    return saved.get("seconds") if saved.get("finished") else None

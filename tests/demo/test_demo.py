@@ -30,6 +30,9 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
               "pruned/recipe.json", "distill/recipe.json", "distill/train_log.jsonl"):
         assert (out / f).is_file(), f
     assert "| teacher |" in (out / "report.md").read_text()
+    # every stage's wall time, recorded by the run that made it, and said in the report
+    assert set(report["stage_seconds"]) == {"profile", "prune", "distill", "step-distill", "evaluate"}
+    assert all(v > 0 for v in report["stage_seconds"].values()) and "Stage wall times" in (out / "report.md").read_text()
     # the optional stage: the distilled student step-distilled to 4 steps, sampled with them
     step = report["step-distilled"]
     config = json.loads((out / "step-distill" / "config.json").read_text())  # LCM adds the w projection only
@@ -54,6 +57,7 @@ def test_demo_config_rejects_bad_values():
         DemoConfig(preset="bk-huge")
     with pytest.raises(ValueError, match="distill_steps"):
         DemoConfig(distill_steps=0)
+    assert DemoConfig().step_distill == 8 and DemoConfig().step_method == "lcm"  # the default demo: LCM to 8 steps
     with pytest.raises(ValueError, match="step_distill=0"):
         DemoConfig(step_distill=0)
     with pytest.raises(ValueError, match="StepDistillConfig.steps=3"):  # 16 teacher steps cannot give 3
@@ -62,3 +66,20 @@ def test_demo_config_rejects_bad_values():
         DemoConfig(step_distill=64).step_config("runs/x", Path("runs/x"))
     with pytest.raises(ValueError, match="step_method='dmd'"):
         DemoConfig(step_method="dmd")
+
+
+@pytest.mark.parametrize("argv, expected", [([], 8), (["--step-distill", "4"], 4), (["--no-step-distill"], None)])
+def test_demo_cli_includes_the_step_stage_by_default(argv, expected, monkeypatch):
+    import slimdiff.demo
+    from slimdiff.cli import main
+
+    seen = []
+
+    def fake_run_demo(config, **_):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(slimdiff.demo, "run_demo", fake_run_demo)
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", "runs/never-written", *argv])
+    assert seen[0].step_distill == expected

@@ -30,8 +30,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the toy pipeline's)")
     p.add_argument("--guidance", type=nonnegative_float, default=None, help="CFG scale (default: the toy pipeline's)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data, noise and evaluation (default 0)")
-    p.add_argument("--step-distill", type=positive_int, default=None, metavar="N",
-                   help="also distill the student to N sampling steps (--step-method; ~8 min more), e.g. 8")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--step-distill", type=positive_int, default=None, metavar="N",
+                       help="distill the student to N sampling steps (--step-method; default 8, ~5 min)")
+    steps.add_argument("--no-step-distill", action="store_true",
+                       help="leave the step-distillation stage out (the three-model demo)")
     p.add_argument("--step-method", choices=["lcm", "snapfusion"], default=None,
                    help="how: lcm (default: latent consistency distillation, one U-Net call a step) or snapfusion")
     p.add_argument("--step-distill-train-steps", type=positive_int, default=None,
@@ -41,14 +44,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from slimdiff.demo import DemoConfig, run_demo
+    from slimdiff.demo import DEFAULT_STEP_DISTILL, DemoConfig, run_demo
 
     given = ("batch_size", "learning_rate", "feat_loss")  # the others: DemoConfig's defaults
     distill = {k: getattr(args, k) for k in given if getattr(args, k) is not None}
     config = DemoConfig(
         out=args.out, model=args.model, preset=args.preset, quick=args.quick, distill_steps=args.distill_steps,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        step_distill=args.step_distill, step_distill_train_steps=args.step_distill_train_steps,
+        step_distill=None if args.no_step_distill else (args.step_distill or DEFAULT_STEP_DISTILL),
+        step_distill_train_steps=args.step_distill_train_steps,
         **({"step_method": args.step_method} if args.step_method else {}), **distill,
     )
     summary = run_demo(config)
