@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -151,9 +152,9 @@ def consistency_student(args, name: str, student: str, **settings) -> str:
     A LoRA trains at 10x the learning rate of a full student (few parameters; LCM-LoRA's practice)."""
     out = Path(args.work) / name
     lr = args.lr * (10 if settings.get("lora_rank") else 1)
-    cfg = dict(teacher=args.teacher, student=student, max_steps=args.train_steps, batch_size=args.batch_size,
-               learning_rate=lr, lr_scheduler="cosine", lr_warmup_steps=args.train_steps // 20, seed=args.seed,
-               **settings)
+    steps = settings.pop("max_steps", args.train_steps)  # a row may train longer than --train-steps
+    cfg = dict(teacher=args.teacher, student=student, max_steps=steps, batch_size=args.batch_size,
+               learning_rate=lr, lr_scheduler="cosine", lr_warmup_steps=steps // 20, seed=args.seed, **settings)
     run_or_reuse(Stage(name, cfg, output=out, run=lambda: consistency_distill(ConsistencyConfig(
         out=str(out), checkpoint_every=100, cache_dir=str(Path(args.work) / "cache"), resume="latest", **cfg))),
         Path(args.work), print)
@@ -164,16 +165,19 @@ def consistency_rows(args, wanted) -> list[dict]:
     """LCM (full, LoRA) and PCM students: one LCM model samples at 8, 4, 2 and 1 steps; PCM at its phases."""
     rows = []
     specs = [("LCM", "toy", dict(method="lcm")), ("LCM-LoRA", "toy", dict(method="lcm", lora_rank=args.lora_rank)),
-             ("PCM", "toy", dict(method="pcm", phases=4, steps=4)),
+             *[("PCM", "toy", dict(method="pcm", phases=m, steps=m)) for m in (8, 4, 2)],
              ("bk-small + LCM", "bk", dict(method="lcm")),
+             ("bk-small + LCM-LoRA", "bk", dict(method="lcm", lora_rank=args.lora_rank)),
+             ("bk-small + LCM (4x training)", "bk", dict(method="lcm", max_steps=4 * args.train_steps)),
              ("bk-tiny GRI + LCM", "bk-tiny-gri", dict(method="lcm"))]
     for label, student, settings in specs:
-        counts = [settings["phases"]] if settings["method"] == "pcm" else [8, 4, 2, 1]
+        counts = [settings["phases"]] if settings["method"] == "pcm" else [8, 5, 4, 2, 1]  # one LCM model: any N
         names = [f"{label} {n}" for n in counts]
         if not any(wanted(n) for n in names):
             continue
         student = {"bk": distilled_bk_small, "bk-tiny-gri": distilled_bk_tiny_gri}.get(student, lambda a: a.teacher)(args)
-        slug = label.replace(" + ", "-").replace(" ", "-").lower()
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+        slug += f"-{settings['phases']}" if settings.get("phases", 4) != 4 else ""  # PCM 4 keeps its old name
         model = consistency_student(args, slug, student, **settings)
         rows += [dict(name=name, model=model, steps=n, kind="slimdiff")
                  for name, n in zip(names, counts) if wanted(name)]
