@@ -151,7 +151,7 @@ def consistency_student(args, name: str, student: str, **settings) -> str:
     """`student` consistency-distilled (LCM / PCM, full or LoRA) into work/NAME (reused with the same settings).
     A LoRA trains at 10x the learning rate of a full student (few parameters; LCM-LoRA's practice)."""
     out = Path(args.work) / name
-    lr = args.lr * (10 if settings.get("lora_rank") else 1)
+    lr = args.lr * settings.pop("lr_scale", 10 if settings.get("lora_rank") else 1)
     steps = settings.pop("max_steps", args.train_steps)  # a row may train longer than --train-steps
     cfg = dict(teacher=args.teacher, student=student, max_steps=steps, batch_size=args.batch_size,
                learning_rate=lr, lr_scheduler="cosine", lr_warmup_steps=steps // 20, seed=args.seed, **settings)
@@ -169,6 +169,8 @@ def consistency_rows(args, wanted) -> list[dict]:
              ("bk-small + LCM", "bk", dict(method="lcm")),
              ("bk-small + LCM-LoRA", "bk", dict(method="lcm", lora_rank=args.lora_rank)),
              ("bk-small + LCM (4x training)", "bk", dict(method="lcm", max_steps=4 * args.train_steps)),
+             ("bk-small + LCM (4x training, lr / 5)", "bk", dict(method="lcm", max_steps=4 * args.train_steps,
+                                                                  lr_scale=0.2)),
              ("bk-tiny GRI + LCM", "bk-tiny-gri", dict(method="lcm"))]
     for label, student, settings in specs:
         counts = [settings["phases"]] if settings["method"] == "pcm" else [8, 5, 4, 2, 1]  # one LCM model: any N
