@@ -26,8 +26,8 @@ Distribution matching (DMD eq. 7-8; DMD2 sec. 4). t ~ U[t_min T, t_max T], x_t =
 Fake score (DMD2 sec. 4.2, the two time-scale update rule): in each micro-step, between the sample and its
 loss, `fake_ratio` updates of f on the generator's samples x (detached), each with its own t ~ U{0..T-1} and
 noise, the teacher's denoising loss mse(f(x_t, t, w), target) (target: eps / v / x0 as the teacher predicts),
-with its own AdamW (`fake_learning_rate`), clipping and (several processes) averaged gradients. The sanity identity: when f is
-the teacher and w = 1, x0_fake = x0_real and the generator's gradient is zero.
+with its own AdamW (`fake_learning_rate`), clipping and (several processes) averaged gradients. The sanity
+identity: when f is the teacher and w = 1, x0_fake = x0_real and the generator's gradient is zero.
 GAN (optional, DMD2 sec. 4.3; `lambda_gan` > 0): a head on the fake score's mid-block features of x_t
 (B, C, h, w) -> a logit (B,); f and the head learn softplus(D(fake)) + softplus(-D(real)) on noised generator
 samples and noised data latents (weight `lambda_gan_fake`); the generator adds lambda_gan softplus(-D(x_t)).
