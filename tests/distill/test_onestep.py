@@ -165,6 +165,16 @@ def test_resume_after_kill_equals_an_uninterrupted_run_for_every_network(make_dm
     assert recipe["sampling"]["sampling_steps"] == [1, 2]
 
 
+def test_generator_terms_leave_the_fake_score_and_head_untouched(make_dmd, tmp_path):
+    """The generator's DMD and GAN terms read the fake score and the head but put no gradient into them (only
+    their own update trains them), and they are trainable again after the step."""
+    trainer = OneStepTrainer(make_dmd(tmp_path / "o", max_steps=1, lambda_gan=0.1), progress=False)
+    trainer.run()
+    for net in (trainer.fake, trainer.head):
+        assert all(q.grad is None and q.requires_grad for q in net.parameters())
+    assert trainer.fake_optimizer.state_dict()["state"][0]["step"].item() == 2  # fake_ratio updates in the step
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 
