@@ -1,4 +1,4 @@
-"""`slimdiff step-distill`: fewer sampling steps (SnapFusion's step distillation, LCM, PCM).
+"""`slimdiff step-distill`: fewer sampling steps (SnapFusion's step distillation, LCM, PCM, DMD2).
 
     slimdiff step-distill --teacher toy --student toy --method lcm --out runs/lcm        # samples at 1, 2, 4, 8
     slimdiff step-distill --teacher toy --student toy --method lcm --lora-rank 16 --out runs/lcm-lora
@@ -6,6 +6,7 @@
     slimdiff step-distill --teacher toy --student toy --steps 8 --out runs/s8            # SnapFusion 32 -> 8
     slimdiff step-distill --teacher toy --student runs/bk-small-kd --steps 4 --schedule progressive --out runs/s4
     slimdiff step-distill --teacher toy --student toy --steps 8 --guidance-embed --cfg-prob 1 --out runs/s8w
+    slimdiff step-distill --teacher toy --student runs/lcm --method dmd2 --steps 1 --out runs/dmd2  # one step
     slimdiff generate runs/s8 "a small red circle"      # the recipe's 8 steps and guidance
 
 Models, data, optimisation and bookkeeping flags are `slimdiff distill`'s (same trainer).
@@ -44,17 +45,30 @@ _SNAPFUSION = [
     ("--student-prediction", "student_prediction",
      dict(choices=["epsilon", "v_prediction", "sample"], help="what the student predicts")),
 ]
+_SOLVER_STEPS = ("--solver-steps", "solver_steps", dict(type=int, help="lcm/pcm: the teacher's DDIM grid; dmd2: "
+                                                                       "LCMScheduler's grid (default 50)"))
 _CONSISTENCY = [
     ("--phases", "phases", dict(type=int, help="pcm: number of phases = sampling steps (default 1)")),
-    ("--solver-steps", "solver_steps", dict(type=int, help="lcm/pcm: the teacher's DDIM grid (default 50)")),
+    _SOLVER_STEPS,
     ("--lora-rank", "lora_rank", dict(type=int, metavar="R", help="lcm/pcm: train a rank-R LoRA (peft) instead of "
                                       "the whole U-Net")),
     ("--lora-alpha", "lora_alpha", dict(type=float, help="LoRA alpha (default: the rank)")),
     ("--loss", "loss", dict(choices=["huber", "l2"], help="lcm/pcm distance (default huber)")),
     ("--target-decay", "target_decay", dict(type=float, help="lcm/pcm target network EMA (default 0.95)")),
 ]
-_OPTIONS = _SHARED + _SNAPFUSION + _CONSISTENCY + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
-METHODS = ("snapfusion", "lcm", "pcm")
+_DMD = [
+    _SOLVER_STEPS,
+    ("--fake-ratio", "fake_ratio", dict(type=int, help="dmd2: fake-score updates per generator step (default 5)")),
+    ("--fake-lr", "fake_learning_rate", dict(type=float, help="dmd2: the fake score's learning rate (default --lr)")),
+    ("--gan-weight", "lambda_gan", dict(type=float, help="dmd2: the generator's GAN term (default 0: no head)")),
+    ("--gan-fake-weight", "lambda_gan_fake", dict(type=float, help="dmd2: the head's loss in the fake score's "
+                                                                     "update (default 0.01)")),
+]
+_OPTIONS = _SHARED + _SNAPFUSION + _CONSISTENCY + _DMD[1:] + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
+METHODS = ("snapfusion", "lcm", "pcm", "dmd2")
+# each method's own flags; the others' are refused
+_OWN = {"snapfusion": _SHARED + _SNAPFUSION, "lcm": _SHARED + _CONSISTENCY, "pcm": _SHARED + _CONSISTENCY,
+        "dmd2": [o for o in _SHARED if o[1] != "guidance_embed"] + _DMD}
 
 
 def add_parser(subparsers) -> None:
@@ -70,7 +84,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--method", choices=METHODS, default="snapfusion",
                    help="snapfusion (default): k teacher DDIM steps -> 1; lcm: latent consistency distillation "
-                        "(LCMScheduler, any step count); pcm: phased consistency (--phases M, M steps)")
+                        "(LCMScheduler, any step count); pcm: phased consistency (--phases M, M steps); dmd2: "
+                        "distribution matching, a one-step generator (--steps 1; 2, 4 by backward simulation)")
     add_options(p, _OPTIONS)
     p.set_defaults(func=run, outputs=("out",),
                    inputs=("teacher", "student", "pipeline", "data", "perceptual_weights"))
@@ -80,8 +95,9 @@ def config_from_args(args: argparse.Namespace):
     """The method's validated config; a flag of another method is refused in one line."""
     values = {"teacher": args.teacher, "student": args.student, "data": args.data, "out": args.out,
               **option_values(args, _OPTIONS)}
-    other = _CONSISTENCY if args.method == "snapfusion" else _SNAPFUSION
-    foreign = sorted(flag for flag, f, _ in other if f in values)
+    own = {flag for flag, _, _ in _OWN[args.method]}
+    every = _SHARED + _SNAPFUSION + _CONSISTENCY + _DMD
+    foreign = sorted({flag for flag, f, _ in every if flag not in own and f in values})
     if foreign:
         raise ValueError(f"{', '.join(foreign)} do not apply to --method {args.method}")
     if "guidance_range" in values:
@@ -90,6 +106,10 @@ def config_from_args(args: argparse.Namespace):
         from slimdiff.distill.step import StepDistillConfig
 
         return StepDistillConfig(**values)
+    if args.method == "dmd2":
+        from slimdiff.distill.onestep import OneStepConfig
+
+        return OneStepConfig(**values)
     from slimdiff.distill.lcm import ConsistencyConfig
 
     if args.method == "pcm" and "steps" not in values:
@@ -101,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.method == "snapfusion":
         from slimdiff.distill.step import step_distill as train
+    elif args.method == "dmd2":
+        from slimdiff.distill.onestep import one_step_distill as train
     else:
         from slimdiff.distill.lcm import consistency_distill as train
 

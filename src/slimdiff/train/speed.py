@@ -23,8 +23,10 @@ The options (`DistillConfig` fields, applied by `slimdiff.distill.kd`; which are
 from __future__ import annotations
 
 import contextlib
+import resource
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -169,3 +171,12 @@ def compile_model(model: nn.Module, backend: str) -> nn.Module:
 
 def about_run(device: torch.device) -> str:
     return f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def peak_memory() -> dict:
+    """The process's peak memory so far: resident set (CPU, MB) and, on CUDA, the allocator's peak (MB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+    found = {"peak_rss_mb": round(rss, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        found["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return found

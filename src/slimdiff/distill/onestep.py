@@ -1,0 +1,398 @@
+"""One-step generation: DMD2's distribution matching (Yin et al. 2024, "Improved Distribution Matching
+Distillation for Fast Image Synthesis"), written from the paper.
+
+    from slimdiff.distill.onestep import OneStepConfig, one_step_distill
+    one_step_distill(OneStepConfig(teacher="toy", student="runs/lcm", out="runs/dmd2"))      # 1 step
+    one_step_distill(OneStepConfig(teacher="toy", student="toy", steps=4, out="runs/dmd2-4"))  # 4 (and 2, 1)
+    StableDiffusionPipeline.from_pretrained("runs/dmd2/pipeline")(prompt, num_inference_steps=1, guidance_scale=5)
+
+Notation as `slimdiff.train.maths` (a_t = sqrt(ab_t), s_t = sqrt(1 - ab_t), z_t = a_t x0 + s_t eps).
+Three U-Nets: the generator G (the student, trained; reads w through `time_cond_proj_dim` as LCM's students
+do, so one U-Net call per step), the real score (the frozen teacher, classifier-free guided at w) and the fake
+score f (a copy of the teacher, reading w, zero-initialised w projection; trained on G's samples).
+
+Generator sample (K = `steps`; t_0 > ... > t_{K-1}: LCMScheduler's K timesteps on its `solver_steps` grid, so
+the pipeline samples exactly as trained). x = c_skip(t_i) z + c_out(t_i) x0_G(z, t_i, w), LCMScheduler's
+boundary scalings (c_out(999) = 1 - 2.5e-9). K = 1: z ~ N(0, I) at t_0 = 999. K > 1 (DMD2 sec. 4.5, "backward
+simulation"): row i ~ U{0..K-1} starts from noise and runs G for i steps without gradient, re-noising its x0
+to t_{j+1} with fresh noise (what LCMScheduler does when sampling), then the step at t_i keeps its gradient.
+
+Distribution matching (DMD eq. 7-8; DMD2 sec. 4). t ~ U[t_min T, t_max T], x_t = a_t x + s_t eps (x detached):
+    x0_real = the teacher's guided x0 at (x_t, t, w)      (w out(c) - (w - 1) out(null))
+    x0_fake = the fake score's x0 at (x_t, t, w)
+    grad = (x0_fake - x0_real) / mean_{C,h,w} |x - x0_real|            (per row; the score difference
+           s_fake - s_real = a_t (x0_fake - x0_real) / s_t^2, normalised by DMD's weighting)
+    loss_dmd = 0.5 mean (x - sg(x - grad))^2      (its gradient w.r.t. x is grad / numel: the KL's direction)
+Fake score (DMD2 sec. 4.2, the two time-scale update rule): in each micro-step, between the sample and its
+loss, `fake_ratio` updates of f on the generator's samples x (detached), each with its own t ~ U{0..T-1} and
+noise, the teacher's denoising loss mse(f(x_t, t, w), target) (target: eps / v / x0 as the teacher predicts),
+with its own AdamW (`fake_learning_rate`), clipping and (several processes) averaged gradients. The sanity
+identity: when f is the teacher and w = 1, x0_fake = x0_real and the generator's gradient is zero.
+GAN (optional, DMD2 sec. 4.3; `lambda_gan` > 0): a head on the fake score's mid-block features of x_t
+(B, C, h, w) -> a logit (B,); f and the head learn softplus(D(fake)) + softplus(-D(real)) on noised generator
+samples and noised data latents (weight `lambda_gan_fake`); the generator adds lambda_gan softplus(-D(x_t)).
+DMD's regression term on teacher noise-image pairs is not built (DMD2 drops it; issue 21 lists it as open).
+
+Output (`out/`): the generator and recipe.json (`one_step_distill`: the settings; `sampling`: steps, guidance,
+LCMScheduler, one U-Net call a step; `sampling_steps`: the step counts whose timesteps G was trained at), and
+`out/pipeline/`, a plain StableDiffusionPipeline with `LCMScheduler`. Checkpoints (the core's, pickle-free)
+hold the generator, its optimiser, LR schedule and EMA, and (`fake.json` + `fake.safetensors`) the fake score,
+the GAN head and their optimiser; a run resumes exactly after kill -9.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import LCMScheduler
+from torch import nn
+
+from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.features import FeatureRecorder, block_names
+from slimdiff.distill.guidance import add_guidance_embedding, guided_output
+from slimdiff.distill.kd import DistillResult, KdTrainer
+from slimdiff.distill.lcm import boundary_scalings
+from slimdiff.recipe import read_recipe, write_recipe
+from slimdiff.sample import fill_sampling
+from slimdiff.train import checkpoint as ckpt
+from slimdiff.train.speed import peak_memory
+from slimdiff.train.maths import alpha_sigma, embed_dim, guidance_embedding, task_target, to_x0_eps
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class OneStepConfig(DistillConfig):
+    """`DistillConfig` (models, data, optimisation, bookkeeping) plus DMD2's settings."""
+
+    out: str = "runs/dmd2"
+    method: str = "dmd2"  # the one method built (UFOGen: issue 21's documented alternative, not built)
+    steps: int = 1  # K generator steps (1; 2 or 4 with backward simulation); samples at K and at its sub-grids
+    solver_steps: int = 50  # LCMScheduler's original_inference_steps: the grid the K timesteps are taken from
+    guidance_min: float | None = None  # w ~ U[min, max] fed to G, the real and the fake score;
+    guidance_max: float | None = None  # None: both the world's sampling guidance (toy 5, else 7.5)
+    guidance: float | None = None  # sampling guidance written to the recipe (None: the middle of the range)
+    guidance_embed_dim: int = 256  # LCM's w_embedding_dim (an LCM student already has it)
+    fake_ratio: int = 5  # fake-score updates per generator micro-step (DMD2's TTUR: 5)
+    fake_learning_rate: float | None = None  # the fake score's AdamW rate (None: learning_rate, as DMD2)
+    t_min: float = 0.02  # the DMD gradient's t ~ U[t_min T, t_max T] (DMD2: 0.02, 0.98)
+    t_max: float = 0.98
+    lambda_gan: float = 0.0  # the generator's GAN term (0: no head; DMD2 uses a small weight, e.g. 1e-3)
+    lambda_gan_fake: float = 0.01  # the head's classification loss in the fake score's update (lambda_gan > 0)
+    lambda_task: float = 0.0  # must stay 0: DMD's terms are the only loss
+    lambda_out: float = 0.0
+    lambda_feat: float = 0.0
+    caption_dropout: float = 0.0  # the generator samples without CFG: no unconditional rows needed
+
+    def __post_init__(self):
+        super().__post_init__()
+
+        def bad(field: str, valid: str):
+            raise ValueError(f"OneStepConfig.{field}={getattr(self, field)!r} is invalid: {valid}")
+
+        if self.method != "dmd2":
+            bad("method", "choose 'dmd2' (UFOGen is not built)")
+        self.check_ints(("steps", "solver_steps", "guidance_embed_dim"), 1)
+        if isinstance(self.fake_ratio, bool) or not isinstance(self.fake_ratio, int) or self.fake_ratio < 1:
+            bad("fake_ratio", "an integer >= 1 (fake-score updates per generator step; DMD2: 5)")
+        if self.steps > self.solver_steps:
+            bad("steps", f"at most solver_steps={self.solver_steps}: the generator's steps are LCMScheduler's "
+                         f"timesteps on that grid")
+        if self.fake_learning_rate is not None and not self.fake_learning_rate > 0:
+            bad("fake_learning_rate", "None (= learning_rate) or a positive number")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"OneStepConfig t range [{self.t_min}, {self.t_max}] is invalid: 0 <= t_min < t_max <= 1")
+        for name in ("lambda_gan", "lambda_gan_fake"):
+            if not getattr(self, name) >= 0:
+                bad(name, ">= 0")
+        lo, hi = self.guidance_min, self.guidance_max
+        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
+            raise ValueError(f"OneStepConfig guidance range [{lo}, {hi}] is invalid: give both or neither, "
+                             f"1 <= guidance_min <= guidance_max")
+        if self.guidance is not None and self.guidance < 1.0:
+            bad("guidance", "None or >= 1")
+
+    def _check_loss_weights(self) -> None:
+        extra = {n: getattr(self, n) for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc")}
+        if any(v != 0 for v in extra.values()):
+            raise ValueError(f"OneStepConfig: {extra} must all be 0; DMD2 trains on its own terms only")
+
+
+def one_step_distill(config: OneStepConfig, teacher: nn.Module | None = None, student: nn.Module | None = None,
+                     pipeline: Any = None, progress: bool = True) -> DistillResult:
+    """Train a `config.steps`-step generator from `student` against `teacher` (module doc); outputs in `config.out`."""
+    return OneStepTrainer(config, teacher, student, pipeline, progress).run()
+
+
+# ---------------------------------------------------------------------------------- the maths
+# x, x0 (B, C, h, w)
+
+
+def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
+    """DMD's per-row normalised score difference (x0_fake - x0_real) / mean |x - x0_real| (B, C, h, w), finite."""
+    weight = (x - x0_real).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)  # (B, 1, 1, 1)
+    return torch.nan_to_num((x0_fake - x0_real) / weight)
+
+
+def dmd_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """0.5 mean (x - sg(x - grad))^2: its value is 0.5 mean grad^2, its gradient w.r.t. x is grad / x.numel()."""
+    return 0.5 * F.mse_loss(x.float(), (x - grad).detach().float())
+
+
+def gan_losses(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(discriminator, generator) non-saturating logistic losses: softplus(D(fake)) + softplus(-D(real)) and
+    softplus(-D(fake)), means over rows."""
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean(), F.softplus(-fake_logits).mean()
+
+
+def generator_timesteps(scheduler_config: dict, steps: int, solver_steps: int) -> Tensor:
+    """LCMScheduler's `steps` timesteps (descending, (K,) long) on its `solver_steps` grid: what the pipeline runs."""
+    sched = LCMScheduler.from_config({**scheduler_config, "original_inference_steps": solver_steps})
+    sched.set_timesteps(steps)
+    return sched.timesteps.long()
+
+
+def trained_step_counts(scheduler_config: dict, steps: int, solver_steps: int) -> list[int]:
+    """The step counts n <= `steps` whose LCMScheduler timesteps are all ones the generator was trained at."""
+    trained = set(generator_timesteps(scheduler_config, steps, solver_steps).tolist())
+    return [n for n in range(1, steps + 1)
+            if set(generator_timesteps(scheduler_config, n, solver_steps).tolist()) <= trained]
+
+
+def state_memory_gb(generator_params: int, fake_params: int, teacher_params: int, teacher_bytes: int = 2,
+                    ema: bool = False) -> float:
+    """GB (1e9 bytes) of the three U-Nets' weights and optimiser states: the generator and the fake score each hold
+    float32 weights, gradients and AdamW's two moments (16 bytes a parameter; an EMA adds 4), the frozen teacher its
+    weights (`teacher_bytes`: 2 in fp16). Activations come on top."""
+    return (generator_params * (16 + 4 * ema) + fake_params * 16 + teacher_params * teacher_bytes) / 1e9
+
+
+class GanHead(nn.Module):
+    """A logit per row from mid-block features (B, C, h, w): conv 3x3, SiLU, conv 1x1, spatial mean. No
+    normalisation: the toy's and the tiny tests' mid blocks are 1x1, where a group norm would erase them."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(), nn.Conv2d(channels, 1, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.float()).mean(dim=(1, 2, 3))  # (B,)
+
+
+# ---------------------------------------------------------------------------------- the trainer
+
+
+class OneStepTrainer(KdTrainer):
+    """`KdTrainer` (set-up, data, loop, outputs) with DMD2's generator loss, a fake score and its optimiser."""
+
+    name = "one-step-distill"
+
+    def __init__(self, config: OneStepConfig, teacher=None, student=None, pipeline=None, progress=True):
+        if not isinstance(config, OneStepConfig):
+            raise ValueError(f"OneStepTrainer needs a OneStepConfig, got {type(config).__name__}")
+        self.fake = self.head = self.fake_optimizer = None
+        super().__init__(config, teacher, student, pipeline, progress)
+        cfg = self.cfg
+        self.teacher_pred = self.prediction_type
+        self.timesteps = generator_timesteps(self.parts.scheduler_config, cfg.steps, cfg.solver_steps).to(self.device)
+        world = fill_sampling(self.parts.pipeline, None, None, self.parts.toy_world)[1]
+        self.w_range = (cfg.guidance_min, cfg.guidance_max) if cfg.guidance_min is not None else (world, world)
+        self.sample_guidance = cfg.guidance if cfg.guidance is not None else sum(self.w_range) / 2
+
+    def _guidance_dim(self) -> None:
+        return None  # the KD path feeds no w; `_micro_step` feeds each network its own
+
+    def _prepare_student(self, student: nn.Module) -> nn.Module:
+        return add_guidance_embedding(student, self.cfg.guidance_embed_dim)
+
+    def prepare(self, model: nn.Module, trainable: list) -> None:
+        """The fake score (a w-reading copy of the teacher), the GAN head, their AdamW; then the core's prepare."""
+        cfg = self.cfg
+        self.fake = add_guidance_embedding(copy.deepcopy(self.teacher).float(), cfg.guidance_embed_dim)
+        self.fake.to(self.device).train().requires_grad_(True)
+        params = list(self.fake.parameters())
+        if cfg.lambda_gan > 0:
+            names = block_names(self.fake)
+            where = "mid" if "mid" in names else [n for n in names if n.startswith("down.")][-1]
+            self.recorder = FeatureRecorder(self.fake, [where], "GAN head feature")
+            h = self.resolution // 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
+            with torch.no_grad():  # the feature width, from one batch-1 call
+                x = torch.zeros(1, self.fake.config.in_channels, h, h, device=self.device)
+                t = torch.zeros(1, dtype=torch.long, device=self.device)
+                self.fake(x, t, encoder_hidden_states=self.empty_text.float())
+            with torch.random.fork_rng(devices=[]):  # the head's initial weights: a function of the seed
+                torch.manual_seed(cfg.seed)
+                self.head = GanHead(self.recorder.pop()[where].shape[1]).to(self.device)
+            self.gan_feature = where
+            params += list(self.head.parameters())
+        self.fake_params = params
+        lr = cfg.fake_learning_rate if cfg.fake_learning_rate is not None else cfg.learning_rate
+        self.fake_optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                                weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        super().prepare(model, trainable)
+        if self.resume_dir is not None:
+            state = ckpt.load_state(self.resume_dir, "fake")
+            self.fake.load_state_dict(state["fake"])
+            if self.head is not None:
+                self.head.load_state_dict(state["head"])
+            opt = state["optimizer"]  # JSON made the per-parameter state's keys strings: torch wants the indices
+            self.fake_optimizer.load_state_dict({**opt, "state": {int(k): v for k, v in opt["state"].items()}})
+
+    def _checkpoint_states(self) -> dict[str, dict]:
+        fake = {"fake": self.fake.state_dict(), "optimizer": self.fake_optimizer.state_dict(),
+                **({"head": self.head.state_dict()} if self.head is not None else {})}
+        return {**super()._checkpoint_states(), "fake": fake}
+
+    def close(self) -> None:
+        if getattr(self, "head", None) is not None:
+            self.recorder.remove()
+        super().close()
+
+    # ------------------------------------------------------------------------------ one step
+
+    def _x0(self, model: nn.Module, z: Tensor, t: Tensor, text: Tensor, w: Tensor) -> Tensor:
+        """x0 of a w-reading U-Net's output at (z, t) (the teacher's prediction type)."""
+        emb = guidance_embedding(w, self.cfg.guidance_embed_dim).to(z)
+        out = model(z, t, encoder_hidden_states=text, timestep_cond=emb).sample.float()
+        return to_x0_eps(self.teacher_pred, z, out, *alpha_sigma(self.alphas_cumprod[t]))[0]
+
+    def _generate(self, model: nn.Module, z: Tensor, t: Tensor, text: Tensor, w: Tensor) -> Tensor:
+        """The generator's sample at (z, t): c_skip z + c_out x0_G (LCMScheduler's denoised output)."""
+        c_skip, c_out = boundary_scalings(t)
+        return c_skip * z + c_out * self._x0(model, z, t, text, w)
+
+    def _generator_input(self, noise: Tensor, text: Tensor, w: Tensor, g: torch.Generator, rows: slice
+                         ) -> tuple[Tensor, Tensor]:
+        """(z, t) of each row: noise at t_0, or (K > 1) backward simulation to step i ~ U{0..K-1} without gradient."""
+        K, G = len(self.timesteps), noise.shape[0] * self.world
+        if K == 1:
+            return noise, self.timesteps[:1].expand(noise.shape[0])
+        step = torch.randint(0, K, (G,), generator=g)[rows].to(self.device)  # (b,)
+        renoise = torch.randn(K - 1, G, *noise.shape[1:], generator=g)[:, rows].to(self.device)
+        z = noise
+        with torch.no_grad():
+            for j in range(int(step.max())):
+                x = self._generate(self.model, z, self.timesteps[j].expand(z.shape[0]), text, w)
+                a, s = alpha_sigma(self.alphas_cumprod[self.timesteps[j + 1]].expand(z.shape[0]))
+                z = torch.where((step > j).view(-1, 1, 1, 1), a * x + s * renoise[j], z)
+        return z, self.timesteps[step]
+
+    def _fake_update(self, x: Tensor, real: Tensor, text: Tensor, w: Tensor, g: torch.Generator, rows: slice
+                     ) -> dict[str, Tensor]:
+        """One update of the fake score (and GAN head) on generator samples x (detached): the denoising loss
+        (+ the head's classification loss). Returns the detached terms."""
+        cfg, G = self.cfg, x.shape[0] * self.world
+        t = torch.randint(0, self.num_train_timesteps, (G,), generator=g)[rows].to(self.device)
+        eps = torch.randn(G, *x.shape[1:], generator=g)[rows].to(self.device)
+        a, s = alpha_sigma(self.alphas_cumprod[t])
+        emb = guidance_embedding(w, cfg.guidance_embed_dim).to(x)
+        with self.accelerator.autocast():
+            out = self.fake(a * x + s * eps, t, encoder_hidden_states=text, timestep_cond=emb).sample.float()
+        target = task_target(self.teacher_pred, x, eps, t, self.alphas_cumprod)
+        terms = {"loss_fake": F.mse_loss(out, target.float())}
+        total = terms["loss_fake"]
+        if self.head is not None:  # the head judges noised generator samples against noised data (same t, eps)
+            fake_logits = self.head(self.recorder.pop()[self.gan_feature])
+            with self.accelerator.autocast():
+                self.fake(a * real + s * eps, t, encoder_hidden_states=text, timestep_cond=emb)
+            real_logits = self.head(self.recorder.pop()[self.gan_feature])
+            terms["loss_gan_d"] = gan_losses(real_logits, fake_logits)[0]
+            total = total + cfg.lambda_gan_fake * terms["loss_gan_d"]
+        self.fake_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grads = [p.grad for p in self.fake_params if p.grad is not None]
+        if self.world > 1:  # the processes' gradients averaged, as DDP does for the generator
+            for p in grads:
+                p.copy_(self.accelerator.reduce(p, reduction="mean"))
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.fake_params, cfg.max_grad_norm)
+        self.fake_optimizer.step()
+        self.fake_optimizer.zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _micro_step(self, items: list[dict], position: int) -> dict[str, Tensor]:
+        """Numbered steps: 1 randomness, 2 the generator's sample, 3 the fake score's updates, 4 DMD (+ GAN)."""
+        cfg = self.cfg
+        # 1. encodings and randomness (all from the micro-step's generator g: exact resume)
+        latents, noise, text, _, g, rows = self.data.sample(items, position)
+        lo, hi = self.w_range
+        w = (lo + (hi - lo) * torch.rand(latents.shape[0] * self.world, generator=g))[rows].to(self.device)
+        # 2. the generator's sample x (B, C, h, w), with its gradient
+        z, t_gen = self._generator_input(noise, text, w, g, rows)
+        x = self._generate(self.model, z, t_gen, text, w)
+        # 3. the fake score follows the generator: fake_ratio updates on x (detached)
+        fake_terms: dict[str, Tensor] = {}
+        for _ in range(cfg.fake_ratio):
+            for k, v in self._fake_update(x.detach(), latents, text, w, g, rows).items():
+                fake_terms[k] = fake_terms.get(k, 0.0) + v / cfg.fake_ratio
+        # 4. the distribution-matching gradient at a noised x (real: the guided teacher; fake: the fake score)
+        G = latents.shape[0] * self.world
+        T = self.num_train_timesteps
+        t = torch.randint(int(cfg.t_min * T), int(cfg.t_max * T), (G,), generator=g)[rows].to(self.device)
+        eps = torch.randn(G, *x.shape[1:], generator=g)[rows].to(self.device)
+        a, s = alpha_sigma(self.alphas_cumprod[t])
+        x_t = a * x.detach() + s * eps
+        frozen = [m for m in (self.fake, self.head) if m is not None]
+        for m in frozen:  # the generator's terms read the fake score (and head) but do not train them
+            m.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                out, _ = guided_output(self.teacher, x_t.to(self.dtype), t, text.to(self.dtype),
+                                       self.empty_text.to(self.dtype), w, embed_dim(self.teacher))
+                x0_real = to_x0_eps(self.teacher_pred, x_t, out.float(), a, s)[0]
+                with self.accelerator.autocast():
+                    x0_fake = self._x0(self.fake, x_t, t, text, w)
+            loss = dmd_loss(x, dmd_gradient(x.detach(), x0_real, x0_fake))
+            terms = {"loss_dmd": loss.detach(), **fake_terms}
+            if self.head is not None:  # the generator's GAN term, through the frozen fake score's features
+                self.recorder.pop()
+                with self.accelerator.autocast():
+                    self.fake(a * x + s * eps, t, encoder_hidden_states=text,
+                              timestep_cond=guidance_embedding(w, cfg.guidance_embed_dim).to(x))
+                terms["loss_gan_g"] = F.softplus(-self.head(self.recorder.pop()[self.gan_feature])).mean()
+                loss = loss + cfg.lambda_gan * terms["loss_gan_g"]
+        finally:
+            for m in frozen:
+                m.requires_grad_(True)
+        terms["loss"] = loss
+        return terms
+
+    # ------------------------------------------------------------------------------ outputs
+
+    def _scheduler(self) -> LCMScheduler:
+        accepted = inspect.signature(LCMScheduler.__init__).parameters  # (the source may be another scheduler's)
+        config = {k: v for k, v in self.parts.scheduler_config.items() if k in accepted}
+        config.update(prediction_type=self.teacher_pred, original_inference_steps=self.cfg.solver_steps,
+                      clip_sample=False, thresholding=False)
+        return LCMScheduler.from_config(config)
+
+    def _recipe(self, losses: dict, steps_per_sec: float) -> dict:
+        prior = self.parts.input_recipe.get("distill")
+        recipe = super()._recipe(losses, steps_per_sec)
+        recipe["one_step_distill"] = {**recipe.pop("distill"), "method": self.cfg.method,
+                                      "guidance_range": list(self.w_range), "timesteps": self.timesteps.tolist(),
+                                      "fake_params": sum(q.numel() for q in self.fake_params),
+                                      "peak_memory": peak_memory()}
+        if prior is not None:  # the student's own distillation stays where it was
+            recipe["distill"] = prior
+            recipe["distill_history"] = recipe["distill_history"][:-1]
+            if not recipe["distill_history"]:
+                del recipe["distill_history"]
+        recipe["sampling"] = {"steps": self.cfg.steps, "guidance": self.sample_guidance, "scheduler": "LCMScheduler",
+                              "prediction_type": self.teacher_pred, "guidance_embedded": True,
+                              "unet_calls_per_step": 1, "sampling_steps": trained_step_counts(
+                                  self.parts.scheduler_config, self.cfg.steps, self.cfg.solver_steps)}
+        return recipe
+
+    def _save_pipeline(self, student: nn.Module, scheduler: Any = None) -> Path | None:
+        out = super()._save_pipeline(student, scheduler or self._scheduler())
+        if out is not None:
+            write_recipe(out, read_recipe(self.out))
+        return out
+
