@@ -1,8 +1,8 @@
 """FSDP2 across 2 CPU processes (gloo), launched once with examples/accelerate_fsdp2.yaml, for
 `distill` (EMA on) and `step-distill` (SnapFusion progressive: the stage teacher is gathered from
 the shards; LCM: the target network is sharded like the student): the student, its optimiser state
-and its averages are sharded; losses and weights equal a 1-process run with the same global batch
-within 1e-5; a run resumed from a sharded checkpoint ends bit for bit as the uninterrupted one
+and its averages are sharded; losses equal a 1-process run with the same global batch within 1e-5
+(weights: `WEIGHTS_TOL`); a run resumed from a sharded checkpoint ends bit for bit as the uninterrupted one
 (see slimdiff.train.sharded).
 
 One launch runs every command (`RUNS`, through `slimdiff.cli.main`) so the two processes start,
@@ -32,6 +32,10 @@ RUNS = {
                     "8", "--schedule", "progressive"],  # stages 4 -> 2: stage 1 starts at step 1
     "lcm": ["step-distill", "--method", "lcm", "--teacher", "{pipe}", "--student", "{pipe}"],  # target net: EMA 0.95
 }
+# the weights after 3 AdamW steps at lr 1e-3: the losses agree within 1e-5, but AdamW's update g / (sqrt(v) + eps)
+# of a near-zero gradient turns rounding-level differences of the reduction order into update differences of a
+# fraction of the lr (progressive step-distill: 8.9e-5 measured 2026-12-03); `distill` averages them with EMA 0.9
+WEIGHTS_TOL = {"distill": 1e-5, "progressive": 2e-4, "lcm": 2e-4}
 LAUNCHED = """
 import json, sys
 from slimdiff.cli import main
@@ -94,7 +98,7 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(launched, name, tmp_pa
     for a, b in zip(records(one), records(two)):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (a, b)
     w1, w2 = weights(one), weights(two)
-    assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < WEIGHTS_TOL[name]
     # 3. resumed from the step-1 shards: the uninterrupted run's log and weights, bit for bit
     assert records(back) == records(two)[1:]  # a new --out: its log starts at step 2
     w3 = weights(back)
