@@ -39,7 +39,8 @@ and the fused student in out/ and out/pipeline/.
 Output (`out/`): the student and recipe.json (`consistency_distill`: the settings; `sampling`: steps,
 guidance, scheduler), and `out/pipeline/`, a plain StableDiffusionPipeline with `LCMScheduler` (LCM:
 samples at any step count, 1, 2, 4, 8, ...) or `TCDScheduler` (PCM: M steps). The loop, resume,
-checkpoints (the target network's weights included), log, cache and processes are the training core's.
+checkpoints (the target network's weights included), log, cache and processes are the training core's;
+under FSDP2 the target network is sharded like the student (`slimdiff.train.sharded.shard_like`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.recipe import read_recipe, write_recipe
 from slimdiff.sample import fill_sampling
 from slimdiff.train import checkpoint as ckpt
+from slimdiff.train import sharded
 from slimdiff.train.ema import EMA
 from slimdiff.train.maths import alpha_sigma, ddim_step, embed_dim, guidance_embedding, to_x0_eps
 
@@ -254,12 +256,26 @@ class ConsistencyTrainer(KdTrainer):
         if self.target is not None:
             self.target.to(self.device)
         super().prepare(model, trainable)
-        if self.resume_dir is not None and self.target is not None:
+        if self.resume_dir is not None and self.target is not None and not self.fsdp2:
             self.target_ema.load_state_dict(ckpt.load_state(self.resume_dir, "target"))
+
+    def _on_wrapped(self) -> None:
+        """FSDP2: the target network is sharded as the student is, and its EMA rebuilt over the
+        sharded parameters (each process averages its shard; the shard files hold it)."""
+        if self.target is None or not self.fsdp2:
+            return
+        sharded.shard_like(self.target, self.accelerator.unwrap_model(self.model))
+        names = [n for n, q in self.accelerator.unwrap_model(self.model).named_parameters() if q.requires_grad]
+        self.target_ema = EMA(self.trainable, self.cfg.target_decay, warmup=False,
+                              into=[self.target.get_parameter(n) for n in names])
+
+    def _sharded_emas(self) -> dict:
+        return {**super()._sharded_emas(), "target": self.target_ema if self.target is not None else None}
 
     def _checkpoint_states(self) -> dict[str, dict]:
         states = super()._checkpoint_states()
-        return {**states, "target": self.target_ema.state_dict()} if self.target is not None else states
+        return {**states, "target": self.target_ema.state_dict()} if self.target is not None and not self.fsdp2 \
+            else states
 
     def _on_step_end(self, step: int) -> None:
         if self.target is not None:

@@ -67,6 +67,7 @@ from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.sample import fill_sampling
 from slimdiff.io import atomic_path, named_pipeline, read_json
 from slimdiff.recipe import read_recipe, recipe_path, write_recipe
+from slimdiff.train import sharded
 from slimdiff.train.maths import (GUIDANCE_RANGE, PREDICTION_TYPES, STUDENT_PREDICTION, alpha_sigma, ddim_step,
                                   embed_dim, guidance_embedding, prediction_of, sampler_for, step_paths,
                                   to_x0_eps)
@@ -262,8 +263,9 @@ class StepTrainer(KdTrainer):
             return
         student = self.accelerator.unwrap_model(self.model)
         path = self._stage_file(j)
-        if step == self.bounds[j]:
-            state = {k: v.detach().float().cpu().contiguous() for k, v in student.state_dict().items()}
+        if step == self.bounds[j]:  # (FSDP2: the full weights gathered, every process takes part)
+            full = sharded.full_state_dict(self.model) if self.fsdp2 else student.state_dict()
+            state = {k: v.detach().float().cpu().contiguous() for k, v in full.items()}
             if self.accelerator.is_main_process:
                 with atomic_path(path) as tmp:
                     save_file(state, str(tmp))
@@ -272,7 +274,8 @@ class StepTrainer(KdTrainer):
             raise FileNotFoundError(f"resuming inside progressive stage {j}: its teacher {path} is missing")
         else:
             state = load_file(str(path))
-        teacher = type(student).from_config({k: v for k, v in student.config.items() if not k.startswith("_")})
+        kind = type(self.plain) if self.fsdp2 else type(student)  # (FSDP2 changed the student's class)
+        teacher = kind.from_config({k: v for k, v in student.config.items() if not k.startswith("_")})
         # (a fresh module: none of the student's hooks, e.g. stochastic depth)
         teacher.load_state_dict(state)
         self.teacher = teacher.requires_grad_(False).eval().to(self.device, self.dtype)

@@ -15,7 +15,7 @@ steps with accumulation and clipping (`optimizer_step`), the LR schedule, the EM
 and progress bar (`finish_step`), atomic checkpoints without pickles and exact resume
 (`slimdiff.train.checkpoint`), the non-finite stop, the per-phase profile (`--profile-steps`),
 the loss plot. Hooks a method may override: `batches` (what a micro-batch is), `_on_step_start`, `_on_step_end`,
-`_start_message`, `_make_optimizer`, `_finalize`, `close`.
+`_start_message`, `_make_optimizer`, `_on_wrapped`, `_sharded_emas`, `_finalize`, `close`.
 
 Determinism. Everything random in micro-step p (= step * grad_accum + micro) is drawn from
 generators seeded with (seed, p) for the whole *global* batch (`random_generator`), and each
@@ -143,12 +143,13 @@ class Trainer:
         params = dict(acc.unwrap_model(self.model).named_parameters())
         self.trainable = trainable = [params[n] for n in trainable_names]
         self.ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay else None  # sharded like the parameters
+        self._on_wrapped()
         ckpt.install_portable_model_hooks(acc)
         if self.resume_dir is None:
             return
         try:
             if self.fsdp2:
-                sharded.load(self.resume_dir, acc, self.model, self.optimizer, self.ema)
+                sharded.load(self.resume_dir, acc, self.model, self.optimizer, self._sharded_emas())
             else:
                 acc.load_state(str(self.resume_dir))
             self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
@@ -169,6 +170,14 @@ class Trainer:
     def batches(self, sampler: GlobalBatchSampler) -> Iterator:
         """Hook: the micro-batches, one per index list of `sampler` (default: the index lists)."""
         return iter(sampler)
+
+    def _on_wrapped(self) -> None:
+        """Hook: called in `prepare` once the model is wrapped (sharded under FSDP2) and the EMA built,
+        before a checkpoint is loaded (e.g. shard a target network like the student)."""
+
+    def _sharded_emas(self) -> dict[str, EMA | None]:
+        """Hook: the averages each process's FSDP2 shard file holds, by name (default: the EMA)."""
+        return {"ema": self.ema}
 
     def _on_step_start(self, step: int) -> None:
         """Hook: called before optimiser step `step` (0-based), also the first step of a resumed run."""
@@ -259,7 +268,7 @@ class Trainer:
         return {"lr_scheduler": self.lr_scheduler.state_dict(), **ema}
 
     def _write_shards(self, directory: Path) -> None:
-        sharded.save(directory, self.accelerator, self.model, self.optimizer, self.ema)
+        sharded.save(directory, self.accelerator, self.model, self.optimizer, self._sharded_emas())
 
     def _check_finite_weights(self, step: int) -> None:
         """Stop before NaN / inf weights are saved (a checkpoint or the result)."""

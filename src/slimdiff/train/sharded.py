@@ -9,9 +9,11 @@
   `enable_fsdp2_on_cpu` sets the state accelerate sets on GPUs (FSDP version 2 only): the model is
   then sharded by accelerate's own `fsdp2_prepare_model`, as on GPUs.
 - The parameters become DTensors sharded on dim 0 across the processes; the optimiser state and
-  the EMA (`slimdiff.train.ema`, built from the sharded parameters) are sharded alike.
+  the EMA (`slimdiff.train.ema`, built from the sharded parameters) are sharded alike. A consistency
+  model's target network (`slimdiff.distill.lcm`) is sharded as the student (`shard_like`), its EMA
+  kept in place on its shards; a progressive stage's teacher is the gathered `full_state_dict`.
 - Checkpoints: each process writes its own shard, `shard-<rank>-of-<world>.{json,safetensors}`
-  (its slice of every parameter, buffer, optimiser state and EMA tensor), with `checkpoint.save_state`:
+  (its slice of every parameter, buffer, optimiser state and averaged tensor), with `checkpoint.save_state`:
   nothing is pickled (accelerate's sharded save is torch.distributed.checkpoint, whose `.metadata`
   is read back with `pickle.load`). A sharded checkpoint resumes with the same number of processes.
 - The result: the full weights gathered (`get_model_state_dict(full_state_dict=True)`) into a plain
@@ -87,9 +89,7 @@ def meta_copy(model: nn.Module) -> nn.Module:
 def gathered(model: nn.Module, plain: nn.Module) -> nn.Module:
     """`plain` (a `meta_copy` of `model` before sharding) holding `model`'s full weights; every
     process takes part and gets them."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    full = full_state_dict(model)
     device = next(iter(full.values())).device
     plain = plain.to_empty(device=device)
     plain.load_state_dict(full)
@@ -103,16 +103,18 @@ def shard_name(rank: int, world: int) -> str:
     return f"shard-{rank}-of-{world}"
 
 
-def save(directory: Path, accelerator, model: nn.Module, optimizer, ema) -> None:
-    """This process's shard of the model, the optimiser state and the EMA (every process calls it)."""
+def save(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any]) -> None:
+    """This process's shard of the model, the optimiser state and each EMA of `emas` (name -> EMA or
+    None; the trainer's "ema", a consistency model's "target"); every process calls it."""
     state = {"model": {k: local(v) for k, v in model.state_dict().items()},
              "optimizer": local(optimizer.state_dict()),
-             "ema": {**ema.state_dict(), "shadow": local(ema.shadow)} if ema is not None else None}
+             **{name: {**ema.state_dict(), "shadow": local(ema.shadow)} if ema is not None else None
+                for name, ema in emas.items()}}
     Path(directory).mkdir(parents=True, exist_ok=True)
     save_state(directory, shard_name(accelerator.process_index, accelerator.num_processes), state)
 
 
-def load(directory: Path, accelerator, model: nn.Module, optimizer, ema) -> None:
+def load(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any]) -> None:
     """Put this process's shard back (the checkpoint must have been written by as many processes)."""
     name = shard_name(accelerator.process_index, accelerator.num_processes)
     if not (Path(directory) / f"{name}.json").is_file():
@@ -128,11 +130,41 @@ def load(directory: Path, accelerator, model: nn.Module, optimizer, ema) -> None
         opt["state"] = {int(i): {k: _like(v, params[int(i)]) for k, v in s.items()}
                         for i, s in opt["state"].items()}
         optimizer.load_state_dict(opt)
-        if ema is not None:
-            saved = state["ema"]
+        for key, ema in emas.items():
+            if ema is None:
+                continue
+            saved = state.get(key)
+            if saved is None:
+                raise ValueError(f"--resume {directory}: {name}.json holds no {key!r} state (was the run's "
+                                 f"EMA / target network setting changed?)")
             ema.decay, ema.num_updates = saved["decay"], saved["num_updates"]
             for s, t in zip(ema.shadow, saved["shadow"], strict=True):
                 local(s).copy_(t)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of an FSDP2 `model`; every process takes part and gets it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def shard_like(module: nn.Module, reference: nn.Module) -> nn.Module:
+    """Shard `module` (a plain copy of the FSDP2 model `reference`, same structure) as `reference` is:
+    each submodule `reference` holds as an FSDP unit becomes one of `module`'s, on the same mesh, so
+    their parameters are DTensors placed alike (e.g. a target network whose parameters an EMA of the
+    student's sharded parameters updates in place). Frozen: used under no_grad, every process calls it."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    names = [n for n, m in reference.named_modules() if isinstance(m, FSDPModule)]
+    mesh = next(p for p in reference.parameters() if hasattr(p, "device_mesh")).device_mesh
+    for n in sorted(names, key=lambda n: -n.count(".") if n else 1):  # the innermost first, the root last
+        fully_shard(module.get_submodule(n), mesh=mesh, reshard_after_forward=True)
+    for (n, p), q in zip(module.named_parameters(), reference.parameters(), strict=True):
+        if getattr(p, "placements", None) != getattr(q, "placements", None) or p.shape != q.shape:
+            raise ValueError(f"shard_like: {n} is placed {getattr(p, 'placements', None)}, its reference "
+                             f"{getattr(q, 'placements', None)}")
+    return module
 
 
 def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
