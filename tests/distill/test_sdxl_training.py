@@ -183,3 +183,19 @@ def test_the_sdxl_refiner_is_refused_in_one_line(tiny_sdxl_dir):
     pipe.text_encoder = None  # as the refiner: the second encoder only
     with pytest.raises(ValueError, match="without text_encoder .*refiner.* not supported"):
         check_trainable_pipeline(pipe)
+
+
+def test_under_bf16_the_time_ids_stay_float32(tiny_sdxl_dir, tmp_path):
+    """The teacher runs in bfloat16 (which would round a 683 px size to 684); its time ids stay float32."""
+    pipe = load_pipeline(str(tiny_sdxl_dir))
+    dtypes = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: dtypes.append((kwargs["added_cond_kwargs"]["time_ids"].dtype,
+                                               kwargs["encoder_hidden_states"].dtype)), with_kwargs=True)
+    cfg = DistillConfig(**settings(tiny_sdxl_dir, tmp_path / "bf16", teacher=None, student=None, max_steps=1,
+                                   mixed_precision="bf16", lambda_feat=0.0))
+    try:
+        distill(cfg, teacher=pipe.unet, student=load_pipeline(str(tiny_sdxl_dir)).unet, pipeline=pipe, progress=False)
+    finally:
+        hook.remove()
+    assert dtypes == [(torch.float32, torch.bfloat16)]  # the one training step (no feature KD: no dry run)

@@ -54,7 +54,10 @@ class Conditioning:
         return self._of({k: v[index] for k, v in self._tensors().items()})
 
     def to(self, device=None, dtype=None) -> "Conditioning":
-        return self._of({k: v.to(device=device, dtype=dtype) for k, v in self._tensors().items()})
+        """On `device`, in `dtype`; `time_ids` stay float32 (sizes in pixels: bfloat16 would round 683 to
+        684; the U-Net embeds them in float32 and casts the embedding)."""
+        return self._of({k: v.to(device=device, dtype=None if k == "time_ids" else dtype)
+                         for k, v in self._tensors().items()})
 
     def expand(self, n: int) -> "Conditioning":
         """A 1-row conditioning as n rows (views)."""
