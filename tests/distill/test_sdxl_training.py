@@ -20,7 +20,7 @@ from slimdiff.distill.lcm import ConsistencyConfig, consistency_distill
 from slimdiff.distill.step import StepDistillConfig, step_distill
 from slimdiff.sample import load_pipeline
 from slimdiff.train.parts import check_trainable_pipeline
-from slimdiff.unet import remove_units, slim_view
+from slimdiff.unet import remove_units, slim_view, to_diffusers
 
 # the SD resume test's kill-and-resume helpers (tests are not a package: loaded by path)
 _spec = importlib.util.spec_from_file_location("resume_defaults", Path(__file__).with_name("test_resume_defaults.py"))
@@ -122,6 +122,8 @@ def test_self_attention_pairs_follow_the_inheritance(tiny_sdxl_dir):
     assert pairs["down.1.layer.0.attn.transformer_blocks.0.attn1"] == "down.1.layer.0.attn.transformer_blocks.1.attn1"
     assert pairs["down.1.layer.1.attn.transformer_blocks.1.attn1"] == "down.1.layer.1.attn.transformer_blocks.1.attn1"
     assert "down.1.layer.0.attn.transformer_blocks.1.attn1" not in pairs  # the student has one block there
+    # exported to plain diffusers (its paths are diffusers'), the recipe's record of slim names still pairs it
+    assert self_attention_map(to_diffusers(student), teacher, {"inheritance": student.inheritance}) == pairs
 
 
 @pytest.mark.parametrize("method", ["step-distill", "lcm"])

@@ -240,18 +240,24 @@ def self_attention_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[s
     inheritance = getattr(student, "inheritance", None) or {}
     if not any(k != v for k, v in inheritance.items()):
         inheritance = (recipe or {}).get("inheritance") or {}
-    s_paths = {id(m): n for n, m in student.named_modules()}
-    t_paths = {id(m): n for n, m in teacher.named_modules()}
-    t_by_path = {}  # a teacher self-attention's module path, in its own and in slim naming -> feature name
-    for name, module in self_attentions(teacher).items():
-        unit, rest = name.split(".transformer_blocks.")
-        t_by_path[t_paths[id(module)]] = t_by_path[f"{name_to_path(unit)}.transformer_blocks.{rest}"] = name
+    t_by_path = {path: name for name, paths in _attention_paths(teacher).items() for path in paths}
     out = {}
-    for name, module in self_attentions(student).items():
-        source = inheritance.get(f"{s_paths[id(module)]}.to_q.weight")
+    for name, paths in _attention_paths(student).items():
+        source = next((inheritance[k] for k in (f"{p}.to_q.weight" for p in paths) if k in inheritance), None)
         found = t_by_path.get(source.removesuffix(".to_q.weight")) if source else None
         if found is None and not source and name in t_by_path.values():
             found = name
         if found is not None:
             out[name] = found
+    return out
+
+
+def _attention_paths(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """Feature name of each self-attention -> its module path in `model` and in slim naming (an
+    inheritance record names slim tensors; an exported student or a diffusers teacher has diffusers paths)."""
+    paths = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for name, module in self_attentions(model).items():
+        unit, rest = name.split(".transformer_blocks.")
+        out[name] = (paths[id(module)], f"{name_to_path(unit)}.transformer_blocks.{rest}")
     return out
