@@ -117,11 +117,11 @@ def test_distill_with_self_attention_features_saves_a_plain_sdxl_pipeline(distil
 def test_self_attention_pairs_follow_the_inheritance(tiny_sdxl_dir):
     """A student without a unit's first inner block: its block 0 came from the teacher's block 1."""
     teacher = load_pipeline(str(tiny_sdxl_dir)).unet
-    student = remove_units(slim_view(teacher), ["down.1.layer.0.attn.tblock.0"])
+    student = remove_units(slim_view(teacher), ["up.0.layer.1.attn.tblock.0"])
     pairs = self_attention_map(student, teacher)
-    assert pairs["down.1.layer.0.attn.transformer_blocks.0.attn1"] == "down.1.layer.0.attn.transformer_blocks.1.attn1"
-    assert pairs["down.1.layer.1.attn.transformer_blocks.1.attn1"] == "down.1.layer.1.attn.transformer_blocks.1.attn1"
-    assert "down.1.layer.0.attn.transformer_blocks.1.attn1" not in pairs  # the student has one block there
+    assert pairs["up.0.layer.1.attn.transformer_blocks.0.attn1"] == "up.0.layer.1.attn.transformer_blocks.1.attn1"
+    assert pairs["up.0.layer.2.attn.transformer_blocks.1.attn1"] == "up.0.layer.2.attn.transformer_blocks.1.attn1"
+    assert "up.0.layer.1.attn.transformer_blocks.1.attn1" not in pairs and len(pairs) == 11  # 12 blocks, 1 removed
     # exported to plain diffusers (its paths are diffusers'), the recipe's record of slim names still pairs it
     assert self_attention_map(to_diffusers(student), teacher, {"inheritance": student.inheritance}) == pairs
 
