@@ -55,3 +55,18 @@ def test_training_commands_run_on_sdxl(tiny_sdxl_dir, tmp_path, command):
         assert len(list(out.rglob("*.safetensors"))) == 4
     else:
         assert {"text_encoder_2", "tokenizer_2", "unet"} <= {p.name for p in (out / "pipeline").iterdir()}
+
+
+def test_distill_vae_on_sdxl_keeps_every_component(tiny_sdxl_dir, tmp_path):
+    """The decoder distiller's latents come from the SDXL pipeline's own sampler (both text encoders)."""
+    import slimdiff.vae  # noqa: F401  (the pruned VAE class, for diffusers' loader)
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    assert main(["prune-vae", str(tiny_sdxl_dir), "--ratio", "0.5", "--out", str(tmp_path / "half")]) == 0
+    out = tmp_path / "out"
+    assert main(["distill-vae", "--teacher", str(tiny_sdxl_dir), "--student", str(tmp_path / "half"), "--prompts",
+                 str(prompts), "--num-latents", "4", "--eval-latents", "2", "--gen-steps", "2", "--max-steps", "2",
+                 "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    written = {p.name for p in (out / "pipeline").iterdir()}
+    assert {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"} <= written
