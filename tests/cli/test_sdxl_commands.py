@@ -1,5 +1,6 @@
 """The commands on a `StableDiffusionXLPipeline` (issue 23 item 4), on diffusers' tiny SDXL: each
-runs and keeps every component, or refuses in one line that names the reason."""
+runs and keeps every component, or refuses in one line that names the reason (training: the
+refiner, `tests/distill/test_sdxl_training.py`)."""
 
 import json
 
@@ -40,10 +41,32 @@ def test_prune_vae_keeps_the_second_text_encoder(tiny_sdxl_dir, tmp_path):
     assert image.shape == (32, 32, 3)
 
 
-@pytest.mark.parametrize("command", ["distill", "step-distill"])
-def test_training_on_sdxl_is_refused_in_one_line(tiny_sdxl_dir, tmp_path, capsys, command):
-    argv = [command, "--teacher", str(tiny_sdxl_dir), "--student", str(tiny_sdxl_dir), "--data", "toy",
-            "--out", str(tmp_path / "out"), "--max-steps", "1"]
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slimdiff")]  # not the loaders' bars
-    assert len(err) == 1 and "StableDiffusionXLPipeline is not supported" in err[0] and "time ids" in err[0]
+@pytest.mark.parametrize("command", ["distill", "step-distill", "cache"])
+def test_training_commands_run_on_sdxl(tiny_sdxl_dir, tmp_path, command):
+    """Each writes a whole SDXL pipeline (both text encoders) or the cache `distill --cache-dir` reads."""
+    out = tmp_path / "out"
+    common = ["--teacher", str(tiny_sdxl_dir), "--data", "toy", "--toy-size", "4", "--batch-size", "2", "--quiet"]
+    argv = {"cache": ["cache", *common, "--cache-dir", str(out)],
+            "distill": ["distill", *common, "--student", str(tiny_sdxl_dir), "--out", str(out), "--max-steps", "1"],
+            "step-distill": ["step-distill", *common, "--student", str(tiny_sdxl_dir), "--out", str(out),
+                             "--max-steps", "1", "--steps", "2", "--teacher-steps", "4"]}[command]
+    assert main(argv) == 0
+    if command == "cache":
+        assert len(list(out.rglob("*.safetensors"))) == 4
+    else:
+        assert {"text_encoder_2", "tokenizer_2", "unet"} <= {p.name for p in (out / "pipeline").iterdir()}
+
+
+def test_distill_vae_on_sdxl_keeps_every_component(tiny_sdxl_dir, tmp_path):
+    """The decoder distiller's latents come from the SDXL pipeline's own sampler (both text encoders)."""
+    import slimdiff.vae  # noqa: F401  (the pruned VAE class, for diffusers' loader)
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    assert main(["prune-vae", str(tiny_sdxl_dir), "--ratio", "0.5", "--out", str(tmp_path / "half")]) == 0
+    out = tmp_path / "out"
+    assert main(["distill-vae", "--teacher", str(tiny_sdxl_dir), "--student", str(tmp_path / "half"), "--prompts",
+                 str(prompts), "--num-latents", "4", "--eval-latents", "2", "--gen-steps", "2", "--max-steps", "2",
+                 "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    written = {p.name for p in (out / "pipeline").iterdir()}
+    assert {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"} <= written

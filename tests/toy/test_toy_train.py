@@ -78,3 +78,39 @@ def test_judge_stage_fine_tunes_from_judge_init_and_records_the_degradation(tmp_
     recipe = json.loads((tmp_path / "judge" / "recipe.json").read_text())["recipe"]
     assert recipe["judge_init"] == "v2" and recipe["judge_degrade"]["p"] == 0.75
     assert ToyTrainConfig(**recipe).judge_degrade == cfg.judge_degrade  # the recipe reads back
+
+
+def test_micro_run_of_the_sdxl_toy_world_and_resume(tmp_path):
+    """`topology="sdxl"`: two text encoders, pooled text and time ids; the export loads as a plain
+    StableDiffusionXLPipeline whose own encode_prompt feeds the U-Net what training fed it."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from slimdiff.toy.tokenizer import build_tokenizer
+    from slimdiff.toy.train import TOY_XL, _build_text_encoders, _condition
+
+    cfg = {**TOY_XL, **dict(vae_steps=1, vae_batch=2, num_latents=8, unet_steps=2, unet_batch=4, checkpoint_every=1,
+                            vae_channels=(8, 8, 8, 8), text_hidden=16, text_layers=2, text_heads=2,
+                            unet_channels=(16, 16, 32), unet_heads=2, unet_groups=8, unet_depths=(1, 1, 2))}
+    run(ToyTrainConfig(**cfg), tmp_path, stage="vae")
+    run(ToyTrainConfig(**cfg), tmp_path, stage="unet")
+    run(ToyTrainConfig(**{**cfg, "unet_steps": 3}), tmp_path, stage="unet", resume=True)
+    assert torch.load(tmp_path / "unet.ckpt", weights_only=True)["step"] == 3
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.unet.config.addition_embed_type == "text_time" and pipe.unet.config.transformer_layers_per_block == [1, 1, 2]
+    # what the recipe trains on = what the pipeline samples with
+    encoders = _build_text_encoders(ToyTrainConfig(**cfg))
+    for key, enc in (("text", pipe.text_encoder), ("text_2", pipe.text_encoder_2)):
+        encoders[key].load_state_dict(enc.state_dict())
+    caption = "a small red circle on the left"
+    tok = build_tokenizer()([caption], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = _condition(encoders, tok)
+        emb, _, pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours["encoder_hidden_states"], emb, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours["added_cond_kwargs"]["text_embeds"], pooled, rtol=0, atol=1e-6)
+    ids = pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), dtype=torch.float32,
+                                 text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    assert torch.equal(ours["added_cond_kwargs"]["time_ids"], ids)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(caption, num_inference_steps=2, height=64, width=64, output_type="np").images
+    assert out.shape == (1, 64, 64, 3)

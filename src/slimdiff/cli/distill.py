@@ -63,6 +63,8 @@ OPTIONS = [
                                     "(a name alone: same on both); default: every down/up block")),
     ("--feat-presampler", "feat_presampler", dict(choices=["proj_out", "unit"], help="bk-tiny down.2 feature: "
                                                   "proj_out (BK-SDM, default) or the last unit's output")),
+    ("--feat-kind", "feat_kind", dict(choices=["block", "self_attn"], help="default feature map: block outputs "
+                                      "(BK-SDM, default) or every Transformer block's self-attention (KOALA)")),
     ("--perceptual-net", "perceptual_net", dict(choices=["auto", "judge", "vgg16"], help="default auto: the judge "
                                                 "on the toy world, else vgg16")),
     ("--perceptual-weights", "perceptual_weights", dict(metavar="FILE", help="torchvision-format VGG16 weights")),

@@ -13,11 +13,18 @@ cache or the disk cache, in any batch, before and after a resume.
     ds = CachedDataset(dataset, cache)             # cached items skip loading the image
     enc = BatchEncoder(vae, tokenizer, text_encoder, cache)
     moments, text = enc(items)                     # (B, 2C, h, w), (B, L, D); each item encoded alone
+    moments, text, added = enc.encode(items)       # added: None, or SDXL's {"text_embeds", "time_ids"}
+
+SDXL (`text_encoder_2`, `tokenizer_2` given): the text is both encoders' penultimate hidden states
+concatenated (B, L, D1 + D2) and an entry also holds `pooled`, the second encoder's projected
+embedding (P,), and `time_ids` (6,) float32, the item's size/crop conditioning (`"time_ids"` of the
+data set's item; an item without them is taken as an R x R original, uncropped), as
+`StableDiffusionXLPipeline.encode_prompt` and diffusers' train_text_to_image_sdxl build them.
 
 Cache layout: `DIR/<key>/<index // 1000>/<index>.safetensors` with tensors `moments` and
-`text`; `<key>` hashes the data set fingerprint and the encoders (config + weight checksums +
-dtype), so a different data set, resolution or encoder never reads stale entries. Each file is
-written atomically; processes write disjoint indices.
+`text` (SDXL: also `pooled`, `time_ids`); `<key>` hashes the data set fingerprint and the encoders
+(config + weight checksums + dtype), so a different data set, resolution or encoder never reads
+stale entries. Each file is written atomically; processes write disjoint indices.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from slimdiff.data.common import time_ids
 from slimdiff.io import atomic_path, read_json, write_json
 
 
@@ -55,8 +63,10 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 
 class EncodingCache:
     def __init__(self, root: str | Path, dataset_fingerprint: str, vae: torch.nn.Module,
-                 text_encoder: torch.nn.Module):
+                 text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module | None = None):
         key_src = f"{dataset_fingerprint}|vae={module_fingerprint(vae)}|text={module_fingerprint(text_encoder)}"
+        if text_encoder_2 is not None:  # SDXL
+            key_src += f"|text2={module_fingerprint(text_encoder_2)}"
         self.key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
         self.dir = Path(root) / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +76,11 @@ class EncodingCache:
         self.dtype = next(vae.parameters()).dtype  # what the encoders give
         # shapes of an entry: moments (2C, h, w), text (L, D); h, w, L recorded with the first entry
         self.shapes = read_json(self.about).get("shapes") or {}
-        self.widths = {"moments": (0, 2 * vae.config.latent_channels), "text": (1, text_encoder.config.hidden_size)}
+        # name -> (dimensions, the dimension of known width, that width)
+        self.widths = {"moments": (3, 0, 2 * vae.config.latent_channels), "text": (2, 1, text_encoder.config.hidden_size)}
+        if text_encoder_2 is not None:
+            self.widths.update(text=(2, 1, text_encoder.config.hidden_size + text_encoder_2.config.hidden_size),
+                               pooled=(1, 0, text_encoder_2.config.projection_dim), time_ids=(1, 0, 6))
 
     def path(self, index: int) -> Path:
         return self.dir / f"{index // 1000:05d}" / f"{index:08d}.safetensors"
@@ -91,28 +105,30 @@ class EncodingCache:
 
     def problem(self, entry: dict[str, torch.Tensor]) -> str | None:
         """What is wrong with a loaded entry, or None."""
-        if set(entry) != {"moments", "text"}:
-            return f"tensors {sorted(entry)}, expected ['moments', 'text']"
+        if set(entry) != set(self.widths):
+            return f"tensors {sorted(entry)}, expected {sorted(self.widths)}"
         for name, t in entry.items():
-            dim, width = self.widths[name]
+            ndim, dim, width = self.widths[name]
             expected = self.shapes.get(name)
-            if t.dtype != self.dtype:
-                return f"{name} is {t.dtype}, the encoders give {self.dtype}"
+            dtype = torch.float32 if name == "time_ids" else self.dtype  # sizes in pixels stay exact
+            if t.dtype != dtype:
+                return f"{name} is {t.dtype}, the encoders give {dtype}"
             if expected and list(t.shape) != expected:
                 return f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}"
-            if t.dim() != 3 - dim or t.shape[dim] != width:
-                return f"{name} has shape {tuple(t.shape)}, expected {3 - dim} dimensions, dimension {dim} = {width}"
+            if t.dim() != ndim or t.shape[dim] != width:
+                return f"{name} has shape {tuple(t.shape)}, expected {ndim} dimensions, dimension {dim} = {width}"
             if not torch.isfinite(t).all():
                 return f"{name} holds NaN or infinite values"
         return None
 
-    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
+    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor, **added: torch.Tensor) -> None:
+        """Item `index`'s encodings; `added`: SDXL's `pooled` and `time_ids`."""
+        entry = {"moments": moments, "text": text, **added}
         if not self.shapes:  # the first entry's shapes: later loads must match them
-            self.shapes = {"moments": list(moments.shape), "text": list(text.shape)}
+            self.shapes = {k: list(v.shape) for k, v in entry.items()}
             write_json(self.about, {**read_json(self.about), "shapes": self.shapes})
         with atomic_path(self.path(index)) as tmp:
-            save_file({"moments": moments.detach().cpu().contiguous(), "text": text.detach().cpu().contiguous()},
-                      str(tmp))
+            save_file({k: v.detach().cpu().contiguous() for k, v in entry.items()}, str(tmp))
 
 
 class MemoryCache:
@@ -130,10 +146,11 @@ class MemoryCache:
     def load(self, index: int) -> dict[str, torch.Tensor]:
         return dict(self.items[index])
 
-    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor) -> None:
-        size = (moments.numel() * moments.element_size() + text.numel() * text.element_size())
+    def save(self, index: int, moments: torch.Tensor, text: torch.Tensor, **added: torch.Tensor) -> None:
+        entry = {"moments": moments, "text": text, **added}
+        size = sum(v.numel() * v.element_size() for v in entry.values())
         if index not in self.items and self.bytes + size <= self.max_bytes:
-            self.items[index] = {"moments": moments.detach().clone(), "text": text.detach().clone()}
+            self.items[index] = {k: v.detach().clone() for k, v in entry.items()}
             self.bytes += size
 
 
@@ -153,10 +170,14 @@ class CachedDataset(Dataset):
 
 
 class BatchEncoder:
-    """items (list of data-set dicts) -> latent moments (B, 2C, h, w) and text embeddings (B, L, D)."""
+    """items (list of data-set dicts) -> latent moments (B, 2C, h, w) and text embeddings (B, L, D);
+    SDXL (`tokenizer_2`, `text_encoder_2`): also the pooled text (B, P) and the time ids (B, 6)."""
 
-    def __init__(self, vae, tokenizer, text_encoder, cache: EncodingCache | MemoryCache | None = None, timer=None):
+    def __init__(self, vae, tokenizer, text_encoder, cache: EncodingCache | MemoryCache | None = None, timer=None,
+                 tokenizer_2=None, text_encoder_2=None):
         self.vae, self.tokenizer, self.text_encoder, self.cache = vae, tokenizer, text_encoder, cache
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
+        self.sdxl = text_encoder_2 is not None
         self.device = next(vae.parameters()).device
         self.dtype = next(vae.parameters()).dtype
         self.timer = timer if timer is not None else (lambda phase: contextlib.nullcontext())  # phase -> context
@@ -173,18 +194,39 @@ class BatchEncoder:
         return self.text_encoder(ids, attention_mask=mask)[0]
 
     @torch.no_grad()
+    def encode_captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{"text": (B, L, D)}; SDXL as `StableDiffusionXLPipeline.encode_prompt` (clip_skip None): "text" the
+        two encoders' penultimate hidden states concatenated (B, L, D1 + D2), "pooled" the second's
+        projected embedding (B, P)."""
+        if not self.sdxl:
+            return {"text": self.encode_text(captions)}
+        states = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            out = encoder(ids.to(self.device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+        return {"text": torch.cat(states, dim=-1), "pooled": out[0]}
+
+    @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> latent moments (B, 2C, H/f, W/f) (mean, logvar)."""
         return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters
 
-    @torch.no_grad()
     def __call__(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(moments (B, 2C, h, w), text (B, L, D)) of `items` (`encode`)."""
+        return self.encode(items)[:2]
+
+    @torch.no_grad()
+    def encode(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(moments, text, added): added is None, or SDXL's U-Net keywords {"text_embeds": (B, P),
+        "time_ids": (B, 6)}. Items already encoded (from the cache) are not encoded again."""
         if self.cache is not None:  # items a DataLoader worker loaded before the cache had them
             items = [{"index": it["index"], **self.cache.load(it["index"])}
                      if "moments" not in it and self.cache.has(it["index"]) else it for it in items]
-        todo = [k for k, it in enumerate(items) if "moments" not in it]
-        moments: list[torch.Tensor | None] = [it.get("moments") for it in items]
-        texts: list[torch.Tensor | None] = [it.get("text") for it in items]
+        names = ("moments", "text", "pooled", "time_ids") if self.sdxl else ("moments", "text")
+        entries = [{n: it[n] for n in names} if "moments" in it else None for it in items]
+        todo = [k for k, e in enumerate(entries) if e is None]
         if todo:
             # each item alone: the encoders are not batch-invariant (the toy VAE on the CPU: 1.4e-5
             # between an item encoded alone and in a batch of 64), so an item's encoding must not
@@ -193,13 +235,28 @@ class BatchEncoder:
             with self.timer("vae encode"):
                 new_m = torch.cat([self.encode_images(items[k]["pixel_values"][None]) for k in todo])  # (n, 2C, h, w)
             with self.timer("text encoder"):
-                new_t = torch.cat([self.encode_text([items[k]["caption"]]) for k in todo])  # (n, L, D)
+                new_t = [self.encode_captions([items[k]["caption"]]) for k in todo]  # each {"text": (1, L, D), ...}
             for j, k in enumerate(todo):
-                moments[k], texts[k] = new_m[j], new_t[j]
+                entry = {"moments": new_m[j], **{n: v[0] for n, v in new_t[j].items()}}
+                if self.sdxl:
+                    entry["time_ids"] = item_time_ids(items[k])
+                entries[k] = entry
                 if self.cache is not None:
-                    self.cache.save(items[k]["index"], new_m[j], new_t[j])
-        return (torch.stack([m.to(self.device) for m in moments]),
-                torch.stack([t.to(self.device) for t in texts]))
+                    self.cache.save(items[k]["index"], **entry)
+        moments, text = (torch.stack([e[n].to(self.device) for e in entries]) for n in ("moments", "text"))
+        if not self.sdxl:
+            return moments, text, None
+        added = {"text_embeds": torch.stack([e["pooled"].to(self.device) for e in entries]),
+                 "time_ids": torch.stack([e["time_ids"].to(self.device) for e in entries])}
+        return moments, text, added
+
+
+def item_time_ids(item: dict) -> torch.Tensor:
+    """An item's SDXL time ids (6,) float32: its own `"time_ids"`, else those of an R x R image, uncropped."""
+    if "time_ids" in item:
+        return torch.as_tensor(item["time_ids"], dtype=torch.float32)
+    r = item["pixel_values"].shape[-1]
+    return time_ids((r, r), (0, 0), (r, r))
 
 
 def fill_cache(dataset: Dataset, encoder: BatchEncoder, batch_size: int, progress: bool = True) -> int:

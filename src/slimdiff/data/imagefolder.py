@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from slimdiff.data.common import image_to_tensor
+from slimdiff.data.common import image_time_ids, image_to_tensor
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 
@@ -85,8 +85,8 @@ class ImageFolderDataset(Dataset):
         path, caption = self.items[i]
         try:
             with Image.open(path) as image:
-                pixels = image_to_tensor(image, self.resolution)
+                pixels, ids = image_to_tensor(image, self.resolution), image_time_ids(*image.size, self.resolution)
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt data
             raise ValueError(f"data item {i}: {path} is not a readable image ({type(e).__name__}: {e}); "
                              f"replace or remove it (a distill run resumes from its last checkpoint)") from None
-        return {"index": i, "pixel_values": pixels, "caption": caption}
+        return {"index": i, "pixel_values": pixels, "caption": caption, "time_ids": ids}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from slimdiff.data.common import image_to_tensor
+from slimdiff.data.common import image_time_ids, image_to_tensor
 from slimdiff.toy import pipeline_path, world
 
 
@@ -31,7 +31,8 @@ class ToyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.world.render(self.scenes[i])  # uint8 (64, 64, 3)
-        return {"index": i, "pixel_values": image_to_tensor(image, self.resolution), "caption": self.captions[i]}
+        return {"index": i, "pixel_values": image_to_tensor(image, self.resolution), "caption": self.captions[i],
+                "time_ids": image_time_ids(image.shape[1], image.shape[0], self.resolution)}
 
 
 WORLD = "toy"  # the toy world's name wherever a model, pipeline or data source is named

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from slimdiff.data.common import IMAGE_EXTENSIONS, image_to_tensor
+from slimdiff.data.common import IMAGE_EXTENSIONS, image_time_ids, image_to_tensor
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -151,11 +151,11 @@ class WebDatasetShards(Dataset):
         f.seek(offset)
         try:
             with Image.open(io.BytesIO(f.read(size))) as image:
-                pixels = image_to_tensor(image, self.resolution)
+                pixels, ids = image_to_tensor(image, self.resolution), image_time_ids(*image.size, self.resolution)
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt data
             raise ValueError(f"data item {i}: sample {self.keys[i]!r} of {self.shards[shard]} is not a readable "
                              f"image ({type(e).__name__}: {e})") from None
-        return {"index": i, "pixel_values": pixels, "caption": caption}
+        return {"index": i, "pixel_values": pixels, "caption": caption, "time_ids": ids}
 
     def __getstate__(self):  # open files are not picklable (DataLoader workers, spawn)
         state = dict(self.__dict__)

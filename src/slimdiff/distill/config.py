@@ -15,6 +15,7 @@ from typing import ClassVar
 from slimdiff.train.config import TrainConfig
 
 FEAT_LOSSES = ("plain", "normalized")  # BK-SDM sum_k MSE | LAPTOP-Diff sum_k ||dF||^2 / ||F_T||^2
+FEAT_KINDS = ("block", "self_attn")  # the default feature map: BK-SDM's block outputs | KOALA's self-attentions
 
 
 @dataclasses.dataclass
@@ -47,6 +48,9 @@ class DistillConfig(TrainConfig):
     feat_loss: str = "plain"  # "plain" (BK-SDM) | "normalized" (LAPTOP-Diff); also used by the mid loss
     feat_map: dict[str, str] | None = None  # student name -> teacher name; None: block map (recipe/inheritance)
     feat_presampler: str = "proj_out"  # blocks differing in sampler (bk-tiny down.2): "proj_out" (BK-SDM) | "unit"
+    # default feature map: "block" every down/up block's output (BK-SDM) | "self_attn" every Transformer
+    # block's self-attention output, paired through the inheritance (KOALA, arXiv 2312.04005, section 3.2)
+    feat_kind: str = "block"
 
     # --- trainable set ---------------------------------------------------------------------
     # units/layers/blocks kept fixed (incubation); None: the student recipe's `assemble.freeze`
@@ -94,6 +98,8 @@ class DistillConfig(TrainConfig):
             bad("feat_loss", f"choose one of {list(FEAT_LOSSES)}")
         if self.feat_presampler not in ("proj_out", "unit"):
             bad("feat_presampler", "choose 'proj_out' (BK-SDM) or 'unit'")
+        if self.feat_kind not in FEAT_KINDS:
+            bad("feat_kind", f"choose one of {list(FEAT_KINDS)} (block outputs, BK-SDM; self-attention outputs, KOALA)")
         if self.feat_map is not None:
             if not isinstance(self.feat_map, dict) or not self.feat_map:
                 bad("feat_map", "give a non-empty dict student name -> teacher name, or None for the block map")

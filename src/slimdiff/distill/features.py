@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from slimdiff.unet import block_names, get_module, list_units, module_names, module_output_tensor
+from slimdiff.unet.structure import name_to_path
 
 # feature of a block pair where only one side has the sampler (bk-tiny's down.2):
 # "proj_out": the last Transformer unit's pre-residual output projection, BK-SDM's hook
@@ -215,3 +216,48 @@ def check_shapes(student_feats: Mapping[str, torch.Tensor], teacher_feats: Mappi
     if bad:
         raise ValueError(f"{what} shapes differ between student and teacher: {'; '.join(bad)}. "
                          f"Give a mapping of same-shaped modules with --feat-map STUDENT=TEACHER ...")
+
+
+def self_attentions(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Transformer block's self-attention, by feature name `<unit>.transformer_blocks.k.attn1`."""
+    out = {}
+    for unit in list_units(model):
+        if unit.kind == "attn":
+            for k, block in enumerate(getattr(get_module(model, unit.name), "transformer_blocks", None) or []):
+                if hasattr(block, "attn1"):
+                    out[f"{unit.name}.transformer_blocks.{k}.attn1"] = block.attn1
+    return out
+
+
+def self_attention_map(student: nn.Module, teacher: nn.Module, recipe: Mapping[str, Any] | None = None
+                       ) -> dict[str, str]:
+    """KOALA's feature KD (Lee et al. 2023, arXiv 2312.04005, section 3.2: self-attention is the feature
+    that matters most): the output (B, HW, C) of every student Transformer block's self-attention
+    (`attn1`) paired with the teacher's self-attention it inherited its weights from (the student's
+    or its recipe's `inheritance`, in slim or diffusers naming), else the teacher's of the same name
+    (a student that kept each unit's first blocks pairs them with the teacher's first, KOALA's
+    "SA-bottom"). Student self-attentions with no teacher counterpart are left out."""
+    inheritance = getattr(student, "inheritance", None) or {}
+    if not any(k != v for k, v in inheritance.items()):
+        inheritance = (recipe or {}).get("inheritance") or {}
+    t_by_path = {path: name for name, paths in _attention_paths(teacher).items() for path in paths}
+    out = {}
+    for name, paths in _attention_paths(student).items():
+        source = next((inheritance[k] for k in (f"{p}.to_q.weight" for p in paths) if k in inheritance), None)
+        found = t_by_path.get(source.removesuffix(".to_q.weight")) if source else None
+        if found is None and not source and name in t_by_path.values():
+            found = name
+        if found is not None:
+            out[name] = found
+    return out
+
+
+def _attention_paths(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """Feature name of each self-attention -> its module path in `model` and in slim naming (an
+    inheritance record names slim tensors; an exported student or a diffusers teacher has diffusers paths)."""
+    paths = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for name, module in self_attentions(model).items():
+        unit, rest = name.split(".transformer_blocks.")
+        out[name] = (paths[id(module)], f"{name_to_path(unit)}.transformer_blocks.{rest}")
+    return out

@@ -3,7 +3,9 @@
 Shared by the few-step distillers (`slimdiff.distill.step`, `slimdiff.distill.lcm`). w is diffusers'
 guidance scale: the guided output is w out(c) - (w - 1) out(null) (w = 1: no guidance); a
 guidance-embedded U-Net reads emb(w - 1) through `time_cond_proj_dim` (Meng et al. 2023, as LCM).
-Tensors: z (B, C, h, w); t (B,); text (B, L, D); null_text (1, L, D); w (B,).
+Tensors: z (B, C, h, w); t (B,); w (B,); text: a `slimdiff.sample.Conditioning` of B rows (B, L, D;
+SDXL: also text_embeds, time_ids), null_text: the unconditional input, 1 row (without time ids: each
+guided row keeps its own, as SDXL's pipeline pairs the negative branch with the same size/crop ids).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimdiff.sample.conditioning import Conditioning
 from slimdiff.train.maths import guidance_embedding
 
 Tensor = torch.Tensor
@@ -22,21 +25,21 @@ def cfg_combine(cond: Tensor, uncond: Tensor, w: Tensor) -> Tensor:
     return w * cond - (w - 1) * uncond
 
 
-def guided_output(model: nn.Module, z: Tensor, t: Tensor, text: Tensor, null_text: Tensor, w: Tensor,
+def guided_output(model: nn.Module, z: Tensor, t: Tensor, text: Conditioning, null_text: Conditioning, w: Tensor,
                   dim: int | None) -> tuple[Tensor, Tensor]:
     """(guided, conditional) U-Net outputs at guidance w (B,), in one model call.
 
     Guidance-embedded (`dim`: the embedding width): one pass reading emb(w - 1); it is guided and conditional at once.
-    Otherwise the rows with w != 1 run again on `null_text` (1, L, D) in the same batch and are
+    Otherwise the rows with w != 1 run again on `null_text` in the same batch and are
     combined by `cfg_combine`; rows with w = 1 return the conditional output unchanged.
     """
     if dim is not None:
-        out = model(z, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, dim).to(z)).sample
+        out = model(z, t, **text.kwargs(), timestep_cond=guidance_embedding(w, dim).to(z)).sample
         return out, out
     g = (w != 1).nonzero().flatten()  # (m,) guided rows
     b = z.shape[0]
-    out = model(torch.cat([z, z[g]]), torch.cat([t, t[g]]),
-                encoder_hidden_states=torch.cat([text, null_text.expand(len(g), -1, -1).to(text)])).sample
+    both = Conditioning.cat([text, text.select(g).where(None, null_text)])  # (b + m) rows
+    out = model(torch.cat([z, z[g]]), torch.cat([t, t[g]]), **both.kwargs()).sample
     cond = out[:b]
     uncond = torch.zeros_like(cond)
     uncond[g] = out[b:]

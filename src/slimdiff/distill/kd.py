@@ -9,7 +9,8 @@ perceptual), with frozen parts (incubation) and stochastic depth. The loop, resu
 EMA, log and multi-process are `slimdiff.train.loop`'s. The student is the only wrapped model;
 the teacher is frozen, cast to the mixed-precision dtype and never wrapped; feature hooks sit on
 unwrapped modules. A guidance-embedded teacher (LCM-style `time_cond_proj_dim`) and its student
-both read emb(w - 1) with w ~ U[2, 14] drawn per example, as step distillation trains them.
+both read emb(w - 1) with w ~ U[2, 14] drawn per example, as step distillation trains them. An SDXL
+pipeline's pooled text and time ids reach teacher and student with the text (`text.kwargs()`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from slimdiff import __version__
 from slimdiff.data import build_dataset
 from slimdiff.data.toy import WORLD
 from slimdiff.distill.config import DistillConfig
-from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
+from slimdiff.distill.features import (FeatureRecorder, check_shapes, default_feature_map, resolve_block_map,
+                                       self_attention_map)
 from slimdiff.distill.losses import feature_distance, feature_kd, mse, perceptual_loss
 from slimdiff.distill.perceptual import load_perceptual_net
 from slimdiff.distill.stochastic_depth import StochasticDepth
@@ -77,8 +79,8 @@ class KdTrainer(Trainer):
 
     def __init__(self, config: DistillConfig, teacher=None, student=None, pipeline=None, progress: bool = True):
         super().__init__(config, progress)
-        self._caller = CallerState([teacher, getattr(pipeline, "vae", None), getattr(pipeline, "text_encoder", None)],
-                                   student)
+        self._caller = CallerState([teacher, *(getattr(pipeline, k, None) for k in ("vae", "text_encoder",
+                                                                                    "text_encoder_2"))], student)
         self.s_rec = self.t_rec = self.stochastic = None
         self.student = student
         try:
@@ -122,7 +124,7 @@ class KdTrainer(Trainer):
         # 7. frozen parts on the device: teacher in the mixed-precision dtype, encoders too
         p = self.parts
         self.teacher.requires_grad_(False).eval().to(self.device, self.dtype)
-        for m in (p.vae, p.text_encoder):
+        for m in filter(None, (p.vae, p.text_encoder, p.text_encoder_2)):
             m.requires_grad_(False).eval().to(self.device, self.dtype)
         self.student.to(self.device).train()
         for m in (self.teacher, self.student):
@@ -137,8 +139,8 @@ class KdTrainer(Trainer):
             self.perc_net = load_perceptual_net(cfg.perceptual_net, cfg.perceptual_weights, p.toy_world)
             self.perc_net.to(self.device, self.dtype).requires_grad_(False).eval()
         # 9. encoders (+ cache) and a dry run: feature shapes, units stochastic depth may skip
-        self.data = LatentBatches(cfg, base, p.vae, p.tokenizer, p.text_encoder, self)
-        self.dataset, self.empty_text = self.data.dataset, self.data.empty_text  # (1, L, D): the empty caption
+        self.data = LatentBatches(cfg, base, p, self)
+        self.dataset, self.empty_text = self.data.dataset, self.data.empty_text  # 1 row: the unconditional input
         self.stochastic = StochasticDepth(self.student, cfg.stochastic_depth) if cfg.stochastic_depth > 0 else None
         self._dry_run()
         # 10. optimiser (trainable parameters only), LR schedule, EMA; wrap the student; resume (the core's)
@@ -153,7 +155,8 @@ class KdTrainer(Trainer):
         p = self.parts
         if self.dtype != torch.float32 and (teacher is not None or pipeline is not None):
             # the frozen parts are cast below; copy the caller's own modules so theirs stay float32
-            p.teacher, p.vae, p.text_encoder = (copy.deepcopy(m) for m in (p.teacher, p.vae, p.text_encoder))
+            p.teacher, p.vae, p.text_encoder, p.text_encoder_2 = (copy.deepcopy(m) for m in (
+                p.teacher, p.vae, p.text_encoder, p.text_encoder_2))
         p.student = self._prepare_student(p.student)
         self.teacher, self.student = p.teacher, p.student
         self.guidance_dim = self._guidance_dim()
@@ -182,10 +185,12 @@ class KdTrainer(Trainer):
         self.block_map, self.block_map_source = resolve_block_map(self.student, self.teacher, self.parts.input_recipe)
         self.feat_map: dict[str, str] = {}
         if cfg.lambda_feat > 0:
-            self.feat_map = dict(cfg.feat_map) if cfg.feat_map else \
+            self.feat_map = dict(cfg.feat_map) if cfg.feat_map else self_attention_map(
+                self.student, self.teacher, self.parts.input_recipe) if cfg.feat_kind == "self_attn" else \
                 default_feature_map(self.block_map, self.student, self.teacher, cfg.feat_presampler)
             if not self.feat_map:
-                raise ValueError(f"no student block has a teacher counterpart (block map from "
+                raise ValueError(f"no student {'self-attention' if cfg.feat_kind == 'self_attn' else 'block'} has a "
+                                 f"teacher counterpart (block map from "
                                  f"{self.block_map_source}: {self.block_map}); give --feat-map STUDENT=TEACHER ...")
         self.mid_map: dict[str, str] = {}
         if cfg.lambda_mid > 0:
@@ -228,16 +233,16 @@ class KdTrainer(Trainer):
         h = self.resolution // (2 ** (len(self.parts.vae.config.block_out_channels) - 1))
         x = torch.randn(1, c, h, h, generator=g).to(self.device)
         t = torch.tensor([self.num_train_timesteps // 2], device=self.device)
-        text = self.empty_text.float()
+        text = self.data.probe_text.to(dtype=torch.float32)
         cond = self._guidance(torch.ones(1), x)  # w = 1
         with self.accelerator.autocast():
             if self.stochastic is not None:
-                self.stochastic.probe(lambda: self.student(x, t, encoder_hidden_states=text, **cond))
+                self.stochastic.probe(lambda: self.student(x, t, **text.kwargs(), **cond))
             else:
-                self.student(x, t, encoder_hidden_states=text, **cond)
+                self.student(x, t, **text.kwargs(), **cond)
         s_feats = self.s_rec.pop() if self.s_rec else {}
         if self.t_rec is not None:
-            self.teacher(x.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype),
+            self.teacher(x.to(self.dtype), t, **text.to(dtype=self.dtype).kwargs(),
                          **{k: v.to(self.dtype) for k, v in cond.items()})
             t_feats = self.t_rec.pop()
             check_shapes(s_feats, t_feats, self.feat_map, "feature")
@@ -278,7 +283,7 @@ class KdTrainer(Trainer):
             if rec is not None:
                 rec.pop()  # drop what gradient-checkpointing recomputation may have left
         with self.timer("student forward"):
-            pred_s = self.model(x_t, t, encoder_hidden_states=text, **cond).sample  # (b, C, h, w)
+            pred_s = self.model(x_t, t, **text.kwargs(), **cond).sample  # (b, C, h, w)
         s_feats = self.s_rec.pop() if self.s_rec else {}
         pred_t = t_feats = None
         if cfg.needs_teacher:
@@ -293,7 +298,7 @@ class KdTrainer(Trainer):
         cfg = self.cfg
         cond = {k: v.to(self.dtype) for k, v in (cond or {}).items()}
         with speed.teacher_context(self.device, cfg.teacher_inference_mode, cfg.teacher_dtype):
-            pred_t = self.teacher(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), **cond).sample
+            pred_t = self.teacher(x_t.to(self.dtype), t, **text.to(dtype=self.dtype).kwargs(), **cond).sample
         t_feats = self.t_rec.pop() if self.t_rec else {}
         if cfg.teacher_inference_mode:  # tensors a loss may save for backward (inference tensors may not be)
             t_feats = {k: speed.to_normal_float(v, True) for k, v in t_feats.items()}
@@ -373,20 +378,14 @@ class KdTrainer(Trainer):
             "teacher": cfg.teacher if cfg.teacher is not None else "in memory",
             "student_init": cfg.student if cfg.student is not None else "in memory",
             "pipeline": self.parts.pipeline_source,
-            "prediction_type": self.prediction_type,
-            "resolution": self.resolution,
-            "block_map": self.block_map,
-            "block_map_source": self.block_map_source,
-            "feature_map": self.feat_map,
-            "mid_map": self.mid_map,
+            "prediction_type": self.prediction_type, "resolution": self.resolution,
+            "block_map": self.block_map, "block_map_source": self.block_map_source,
+            "feature_map": self.feat_map, "mid_map": self.mid_map,
             "stochastic_depth_units": self.stochastic.units if self.stochastic else [],
-            "trainable_params": self.trainable_params,
-            "frozen": self.frozen,
-            "num_processes": self.world,
+            "trainable_params": self.trainable_params, "frozen": self.frozen, "num_processes": self.world,
             "global_batch": cfg.batch_size * self.world * cfg.grad_accum,
             "dataset_size": self.dataset_size,
-            "steps": cfg.max_steps,
-            "final_losses": losses,
+            "steps": cfg.max_steps, "final_losses": losses,
             "steps_per_sec": steps_per_sec,
             "ema": self.ema is not None,
             "slimdiff_version": __version__,

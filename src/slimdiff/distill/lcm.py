@@ -283,9 +283,10 @@ class ConsistencyTrainer(KdTrainer):
 
     # ------------------------------------------------------------------------------ one step
 
-    def _f(self, model: nn.Module, z: Tensor, t: Tensor, text: Tensor, cond: dict, edge: Tensor) -> Tensor:
-        """The consistency function at (z, t): LCM's c_skip z + c_out x0_hat, or PCM's DDIM jump to `edge`."""
-        out = model(z, t, encoder_hidden_states=text, **cond).sample.float()
+    def _f(self, model: nn.Module, z: Tensor, t: Tensor, text, cond: dict, edge: Tensor) -> Tensor:
+        """The consistency function at (z, t): LCM's c_skip z + c_out x0_hat, or PCM's DDIM jump to `edge`;
+        `text`: a `Conditioning`."""
+        out = model(z, t, **text.kwargs(), **cond).sample.float()
         a, s = alpha_sigma(self.alphas_cumprod[t])
         x0, eps = to_x0_eps(self.teacher_pred, z, out, a, s)
         if self.cfg.method == "lcm":
@@ -308,8 +309,8 @@ class ConsistencyTrainer(KdTrainer):
         cond = {"timestep_cond": guidance_embedding(w, cfg.guidance_embed_dim).to(z_t)} if cfg.embedded else {}
         # 2. the teacher's guided DDIM step t -> t' and the target f_theta-(z_t', t') (no grad)
         with torch.no_grad():
-            out, _ = guided_output(self.teacher, z_t.to(self.dtype), t, text.to(self.dtype),
-                                   self.null_text.to(self.dtype), w, embed_dim(self.teacher))
+            out, _ = guided_output(self.teacher, z_t.to(self.dtype), t, text.to(dtype=self.dtype),
+                                   self.null_text.to(dtype=self.dtype), w, embed_dim(self.teacher))
             x0, eps = to_x0_eps(self.teacher_pred, z_t, out.float(), a_t, s_t)
             z_prev = ddim_step(x0, eps, *alpha_sigma(self.alphas_cumprod[t_prev]))
             target_net = self.target if self.target is not None else self.model

@@ -305,8 +305,8 @@ class StepTrainer(KdTrainer):
         with torch.no_grad():
             z = z_t
             for j in range(self.path_t.shape[1]):
-                out, _ = guided_output(self.teacher, z.to(self.dtype), self.path_t[idx, j], text.to(self.dtype),
-                                       self.null_text.to(self.dtype), w, embed_dim(self.teacher))
+                out, _ = guided_output(self.teacher, z.to(self.dtype), self.path_t[idx, j], text.to(dtype=self.dtype),
+                                       self.null_text.to(dtype=self.dtype), w, embed_dim(self.teacher))
                 a, s = alpha_sigma(ab[:, j])
                 x0, eps = to_x0_eps(self.stage_teacher_pred, z, out.float(), a, s)
                 z = ddim_step(x0, eps, *alpha_sigma(ab[:, j + 1]))

@@ -19,10 +19,15 @@ from typing import Sequence
 
 import torch
 
+from slimdiff.data.common import time_ids
+
 
 @dataclasses.dataclass
 class Conditioning:
-    """The U-Net's text inputs for N prompts."""
+    """The U-Net's text inputs for N prompts (a trainer's micro-batch, a sampler's prompts).
+
+        unet(x_t, t, **cond.kwargs())                  # encoder_hidden_states (+ added_cond_kwargs: SDXL)
+    """
 
     encoder_hidden_states: torch.Tensor  # (N, L, D)
     added_cond_kwargs: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds (N, P), time_ids (N, 6)
@@ -30,15 +35,53 @@ class Conditioning:
     def __len__(self) -> int:
         return self.encoder_hidden_states.shape[0]
 
+    def kwargs(self) -> dict:
+        """The U-Net's keywords: `encoder_hidden_states` and, when there is added conditioning, `added_cond_kwargs`."""
+        if self.added_cond_kwargs is None:
+            return {"encoder_hidden_states": self.encoder_hidden_states}
+        return {"encoder_hidden_states": self.encoder_hidden_states, "added_cond_kwargs": self.added_cond_kwargs}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"encoder_hidden_states": self.encoder_hidden_states, **(self.added_cond_kwargs or {})}
+
+    @classmethod
+    def _of(cls, tensors: dict[str, torch.Tensor]) -> "Conditioning":
+        added = {k: v for k, v in tensors.items() if k != "encoder_hidden_states"}
+        return cls(tensors["encoder_hidden_states"], added or None)
+
     def select(self, index) -> "Conditioning":
         """Rows `index` (a slice or index tensor) of every tensor."""
-        added = None if self.added_cond_kwargs is None else {k: v[index] for k, v in self.added_cond_kwargs.items()}
-        return Conditioning(self.encoder_hidden_states[index], added)
+        return self._of({k: v[index] for k, v in self._tensors().items()})
 
     def to(self, device=None, dtype=None) -> "Conditioning":
-        added = None if self.added_cond_kwargs is None else \
-            {k: v.to(device=device, dtype=dtype) for k, v in self.added_cond_kwargs.items()}
-        return Conditioning(self.encoder_hidden_states.to(device=device, dtype=dtype), added)
+        """On `device`, in `dtype`; `time_ids` stay float32 (sizes in pixels: bfloat16 would round 683 to
+        684; the U-Net embeds them in float32 and casts the embedding)."""
+        return self._of({k: v.to(device=device, dtype=None if k == "time_ids" else dtype)
+                         for k, v in self._tensors().items()})
+
+    def expand(self, n: int) -> "Conditioning":
+        """A 1-row conditioning as n rows (views)."""
+        return self._of({k: v.expand(n, *v.shape[1:]) for k, v in self._tensors().items()})
+
+    @classmethod
+    def cat(cls, parts: Sequence["Conditioning"]) -> "Conditioning":
+        """Rows of `parts` one after the other, on the first part's device and dtypes."""
+        first = parts[0]._tensors()
+        return cls._of({k: torch.cat([p._tensors()[k].to(v) for p in parts]) for k, v in first.items()})
+
+    def where(self, mask: torch.Tensor | None, other: "Conditioning") -> "Conditioning":
+        """Rows of `other` (1 row or N) where `mask` (N,) bool is True (None: every row), else this one's.
+        A tensor `other` lacks is kept: an unconditional input without time ids keeps each row's own
+        (SDXL's pipeline pairs the negative prompt with the same size/crop ids)."""
+        mine, theirs = self._tensors(), other._tensors()
+        out = {}
+        for k, v in mine.items():
+            if k not in theirs:
+                out[k] = v
+                continue
+            o = theirs[k].to(v).expand_as(v)
+            out[k] = o if mask is None else torch.where(mask.view(-1, *[1] * (v.dim() - 1)).to(v.device), o, v)
+        return self._of(out)
 
 
 def is_sdxl_pipeline(pipe) -> bool:
@@ -53,7 +96,7 @@ def sdxl_time_ids(n: int, size_px: int, crop: tuple[int, int] = (0, 0),
     """(n, 6) float time ids (original h, w, crop top, left, target h, w) for square images of
     `size_px`, as `StableDiffusionXLPipeline.__call__` passes them by default (original = target)."""
     orig = original_px or size_px
-    return torch.tensor([[orig, orig, crop[0], crop[1], size_px, size_px]], dtype=torch.float32).expand(n, -1).clone()
+    return time_ids((orig, orig), crop, (size_px, size_px))[None].expand(n, -1).clone()
 
 
 @torch.no_grad()

@@ -1,10 +1,12 @@
 """Builders for the toy pipeline's components: text encoder, VAE, U-Net, schedulers, pipeline.
 
 Every builder takes its widths as arguments, so the shipped teacher (`slimdiff.toy.train`) and
-the tiny test fixtures (`slimdiff.testing`) are built by the same code. The U-Net always has
-SD-1.5's block topology (3 cross-attention down blocks + 1 plain, cross-attention mid block,
-1 plain + 3 cross-attention up blocks, 2 layers per down block), so every SD-1.5 preset and
-unit name applies unchanged.
+the tiny test fixtures (`slimdiff.testing`) are built by the same code. The U-Net has SD-1.5's
+block topology (3 cross-attention down blocks + 1 plain, cross-attention mid block, 1 plain + 3
+cross-attention up blocks, 2 layers per down block), so every SD-1.5 preset and unit name applies
+unchanged; or, for the SDXL toy world (`sdxl_unet_config`), SDXL-base's (3 levels, no attention at
+the first, Transformer depths (1, 2, 10) and 10 in the mid block, the pooled-text and time-id added
+conditioning), so every SDXL preset and unit name applies.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from slimdiff.io import read_json, write_json
 from slimdiff.toy.tokenizer import MAX_LENGTH, build_tokenizer
 
 SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+SDXL_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+SDXL_UP_BLOCKS = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 # SD-1.x's noise schedule (scaled-linear betas over 1000 steps, epsilon prediction)
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -70,15 +75,49 @@ def unet_config(
     )
 
 
+def sdxl_unet_config(
+    block_out_channels: Sequence[int],
+    cross_attention_dim: int,
+    pooled_dim: int,
+    attention_head_dim: int,
+    norm_num_groups: int,
+    sample_size: int,
+    depths: Sequence[int] = (1, 2, 10),
+    time_embed_dim: int = 8,
+) -> dict:
+    """A `UNet2DConditionModel` config with SDXL-base's topology at the given widths: `depths` are the
+    Transformer depths per level (the first unused: no attention there; the mid block takes the last),
+    `cross_attention_dim` the two text encoders' widths concatenated, `pooled_dim` the second's pooled
+    projection, `time_embed_dim` the sinusoid width per time id (SDXL: 256)."""
+    if len(block_out_channels) != 3 or len(depths) != 3:
+        raise ValueError(f"SDXL's topology has 3 levels: block_out_channels {tuple(block_out_channels)} and depths "
+                         f"{tuple(depths)} need 3 entries each")
+    bad = [c for c in block_out_channels if c % norm_num_groups or c % attention_head_dim]
+    if bad:
+        raise ValueError(f"block_out_channels {tuple(block_out_channels)}: {bad} not divisible by "
+                         f"norm_num_groups={norm_num_groups} and attention_head_dim={attention_head_dim}")
+    return dict(
+        sample_size=sample_size, in_channels=4, out_channels=4, down_block_types=SDXL_DOWN_BLOCKS,
+        up_block_types=SDXL_UP_BLOCKS, block_out_channels=tuple(block_out_channels), layers_per_block=2,
+        transformer_layers_per_block=tuple(depths), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim, flip_sin_to_cos=True, freq_shift=0,
+        act_fn="silu",
+    )
+
+
 def build_unet(config: dict, seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(**config)
 
 
 def build_text_encoder(
-    hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, seed: int = 0
-) -> CLIPTextModel:
-    """A tiny CLIP text transformer over the toy tokenizer's vocabulary."""
+    hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int, seed: int = 0,
+    with_projection: bool = False,
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A tiny CLIP text transformer over the toy tokenizer's vocabulary; `with_projection`: with the
+    pooled projection (hidden_size wide) SDXL's second text encoder feeds the added conditioning."""
     tok = build_tokenizer()
     config = CLIPTextConfig(
         vocab_size=len(tok),
@@ -94,7 +133,7 @@ def build_text_encoder(
         projection_dim=hidden_size,
     )
     torch.manual_seed(seed)
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def build_vae(block_out_channels: Sequence[int], norm_num_groups: int, latent_channels: int = 4,
@@ -140,17 +179,30 @@ def assemble_pipeline(unet, vae, text_encoder, tokenizer=None, scheduler=None) -
     )
 
 
-def save_pipeline(pipe: StableDiffusionPipeline, path: str | Path) -> Path:
+def assemble_xl_pipeline(unet, vae, text_encoder, text_encoder_2, scheduler=None) -> StableDiffusionXLPipeline:
+    """A `StableDiffusionXLPipeline` from the parts, the toy tokenizer for both encoders. Its unconditional
+    input is the empty caption's encoding (`force_zeros_for_empty_prompt=False`): what the toy recipe's
+    caption dropout trains."""
+    tok = build_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=scheduler if scheduler is not None else sample_scheduler(), force_zeros_for_empty_prompt=False,
+    )
+
+
+def save_pipeline(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, path: str | Path) -> Path:
     """`save_pretrained` as safetensors; returns the directory."""
     path = Path(path)
     pipe.save_pretrained(path, safe_serialization=True)
     # transformers 5 records its fast tokenizer as `TokenizersBackend`; name the class that both
     # transformers 4.x and 5.x know, so older installs load the directory too
-    for file, key in ((path / "model_index.json", "tokenizer"), (path / "tokenizer" / "tokenizer_config.json", "tokenizer_class")):
-        data = read_json(file)
-        if key == "tokenizer":
-            data[key] = ["transformers", "PreTrainedTokenizerFast"]
-        else:
-            data[key] = "PreTrainedTokenizerFast"
-        write_json(file, data)
+    for name in ("tokenizer", "tokenizer_2"):
+        if not (path / name).is_dir():
+            continue
+        index = read_json(path / "model_index.json")
+        index[name] = ["transformers", "PreTrainedTokenizerFast"]
+        write_json(path / "model_index.json", index)
+        config = read_json(path / name / "tokenizer_config.json")
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        write_json(path / name / "tokenizer_config.json", config)
     return path

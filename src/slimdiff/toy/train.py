@@ -14,6 +14,12 @@ Stages (each writes into `--out`, each resumable from its last checkpoint):
 3. `judge`: the attribute classifier (`slimdiff.toy.judge`) on rendered images of every split,
    degraded at random (blur, resample, noise: `judge_degrade`) so that softness is not misread.
 Every setting is in `ToyTrainConfig`, written to `recipe.json` in `--out` and in the pipeline.
+
+The SDXL toy world (`topology="sdxl"`, the settings `TOY_XL`; issue 23 item 5, not shipped yet):
+the `unet` stage trains a U-Net of SDXL-base's topology (`components.sdxl_unet_config`) with two text
+encoders, reading both encoders' penultimate hidden states concatenated, the second's pooled
+projection and the time ids of a 64 x 64 render (uncropped), and exports a `StableDiffusionXLPipeline`.
+It reuses a VAE and latent cache: copy the toy's `vae/` into `--out` and run `encode_latents`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from slimdiff.data.common import time_ids
 from slimdiff.eval.toy import pca_basis
 from slimdiff.io import atomic_path, read_json, to_jsonable, write_json
 from slimdiff.toy import JUDGES, components, world
@@ -37,6 +44,7 @@ from slimdiff.toy.tokenizer import build_tokenizer
 from slimdiff.train.ema import EMA  # the project's one EMA (used plain here: no warm-up of the decay)
 
 STAGES = ("vae", "unet", "judge", "all")
+TOPOLOGIES = ("sd15", "sdxl")
 
 
 @dataclasses.dataclass
@@ -59,7 +67,10 @@ class ToyTrainConfig:
     text_hidden: int = 64
     text_layers: int = 3
     text_heads: int = 4
-    # -- U-Net (SD-1.5 block topology)
+    # -- U-Net: "sd15" SD-1.5's block topology (the shipped toy) | "sdxl" SDXL-base's (two text encoders)
+    topology: str = "sd15"
+    unet_depths: tuple[int, ...] = (1, 2, 10)  # sdxl: Transformer depths per level (SDXL-base's)
+    time_embed_dim: int = 8  # sdxl: sinusoid width per time id (SDXL: 256)
     unet_channels: tuple[int, ...] = (32, 64, 96, 96)
     unet_heads: int = 4  # diffusers' `attention_head_dim` (heads per attention)
     unet_groups: int = 16  # GroupNorm groups
@@ -93,6 +104,9 @@ class ToyTrainConfig:
 
     def __post_init__(self):
         self.vae_channels, self.unet_channels = tuple(self.vae_channels), tuple(self.unet_channels)
+        self.unet_depths = tuple(self.unet_depths)
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {list(TOPOLOGIES)}, got {self.topology!r}")
         if isinstance(self.judge_degrade, dict):  # read back from recipe.json
             self.judge_degrade = DegradeConfig(**self.judge_degrade)
         positive = ["threads", "vae_groups", "vae_steps", "vae_batch", "num_latents", "text_hidden", "text_layers",
@@ -109,11 +123,18 @@ class ToyTrainConfig:
             raise ValueError(f"text_hidden={self.text_hidden} is not divisible by text_heads={self.text_heads}")
         if len(self.vae_channels) < 2:
             raise ValueError(f"vae_channels needs >= 2 widths, got {self.vae_channels}")
-        components.unet_config(self.unet_channels, self.text_hidden, self.unet_heads, self.unet_groups, 8)
+        _unet_config(self)  # checks the widths
 
     @property
     def latent_size(self) -> int:
         return world.IMAGE_SIZE >> (len(self.vae_channels) - 1)
+
+
+# the SDXL toy world's settings (issue 23 item 5): SDXL-base's topology (Transformer depths 2 and 10,
+# 10 in the mid block: every SDXL preset's unit names apply) at the toy's widths, two 64-wide text
+# encoders; a checkpoint every 250 steps, so that a locked chunk of under 20 minutes keeps its work
+TOY_XL = dict(topology="sdxl", unet_channels=(32, 64, 96), unet_heads=4, unet_groups=16, unet_depths=(1, 2, 10),
+              checkpoint_every=250)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,15 +181,38 @@ def _build_vae(cfg: ToyTrainConfig):
     return components.build_vae(cfg.vae_channels, norm_num_groups=cfg.vae_groups, sample_size=world.IMAGE_SIZE, seed=cfg.seed)
 
 
-def _build_text_encoder(cfg: ToyTrainConfig):
-    return components.build_text_encoder(cfg.text_hidden, cfg.text_layers, cfg.text_heads,
-                                         4 * cfg.text_hidden, seed=cfg.seed + 1)
+def _build_text_encoders(cfg: ToyTrainConfig) -> dict:
+    """{"text": the text encoder} (sdxl: and "text_2", the second, with its pooled projection)."""
+    def build(k):
+        return components.build_text_encoder(cfg.text_hidden, cfg.text_layers, cfg.text_heads, 4 * cfg.text_hidden,
+                                             seed=cfg.seed + 1 + 10 * k, with_projection=k == 1)
+
+    return {"text": build(0), "text_2": build(1)} if cfg.topology == "sdxl" else {"text": build(0)}
+
+
+def _unet_config(cfg: ToyTrainConfig) -> dict:
+    if cfg.topology == "sdxl":
+        return components.sdxl_unet_config(cfg.unet_channels, 2 * cfg.text_hidden, cfg.text_hidden, cfg.unet_heads,
+                                           cfg.unet_groups, cfg.latent_size, cfg.unet_depths, cfg.time_embed_dim)
+    return components.unet_config(cfg.unet_channels, cfg.text_hidden, cfg.unet_heads, cfg.unet_groups,
+                                  cfg.latent_size)
 
 
 def _build_unet(cfg: ToyTrainConfig):
-    conf = components.unet_config(cfg.unet_channels, cfg.text_hidden, cfg.unet_heads, cfg.unet_groups,
-                                  cfg.latent_size)
-    return components.build_unet(conf, seed=cfg.seed + 2)
+    return components.build_unet(_unet_config(cfg), seed=cfg.seed + 2)
+
+
+def _condition(encoders: dict, tok: torch.Tensor) -> dict:
+    """The U-Net's text keywords for token ids (B, 16): the encoder's last hidden states (B, 16, D); sdxl,
+    as `StableDiffusionXLPipeline.encode_prompt`: both encoders' penultimate states (B, 16, 2D), the second's
+    pooled projection (B, D) and the time ids of a 64 x 64 render, uncropped (B, 6)."""
+    if "text_2" not in encoders:
+        return {"encoder_hidden_states": encoders["text"](tok).last_hidden_state}
+    first, second = (encoders[k](tok, output_hidden_states=True) for k in ("text", "text_2"))
+    size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    return {"encoder_hidden_states": torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1),
+            "added_cond_kwargs": {"text_embeds": second.text_embeds,
+                                  "time_ids": time_ids(size, (0, 0), size)[None].expand(len(tok), -1)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,13 +304,13 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     empty_ids = build_tokenizer()("", padding="max_length", return_tensors="pt").input_ids  # (1, 16)
 
     # 1. models, optimiser, EMA, noise schedule
-    unet, text = _build_unet(cfg), _build_text_encoder(cfg)
-    params = list(unet.parameters()) + list(text.parameters())
+    models = {"unet": _build_unet(cfg), **_build_text_encoders(cfg)}  # sdxl: two text encoders
+    unet, encoders = models["unet"], {k: m for k, m in models.items() if k != "unet"}
+    params = [q for m in models.values() for q in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
 
-    ema = {"unet": EMA(unet.parameters(), cfg.ema_decay, warmup=False),
-           "text": EMA(text.parameters(), cfg.ema_decay, warmup=False)}
+    ema = {k: EMA(m.parameters(), cfg.ema_decay, warmup=False) for k, m in models.items()}
     noise_sched = components.train_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod  # (1000,)
     snr = alphas_cumprod / (1 - alphas_cumprod)  # SNR(t) = alpha_bar / (1 - alpha_bar)
@@ -274,14 +318,15 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
     step, ckpt = 0, out / "unet.ckpt"
     if resume and ckpt.exists():
         state = _load_ckpt(ckpt)
-        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
-        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
-        for key, model in (("unet", unet), ("text", text)):
+        for key, model in models.items():
+            model.load_state_dict(state[key])
             ema[key].shadow = [state["ema"][key][k].float() for k, _ in model.named_parameters()]
+        opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         step = state["step"]
         gen.set_state(state["gen"])
         print(f"unet: resumed from {ckpt} at step {step}")
-    unet.train(), text.train()
+    for m in models.values():
+        m.train()
 
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", dynamic_ncols=True)
     t_start, avg = time.time(), None
@@ -296,8 +341,7 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
         xt = noise_sched.add_noise(x0, eps, t)
         # 4. predict eps; loss weighted per sample by min(SNR, gamma) / SNR (Min-SNR, eq. 9)
-        cond = text(tok).last_hidden_state  # (B, 16, text_hidden)
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        pred = unet(xt, t, **_condition(encoders, tok)).sample  # text (B, 16, text_hidden; sdxl: 2 x, + added)
         per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma > 0:
             per_sample = per_sample * (snr[t].clamp(max=cfg.min_snr_gamma) / snr[t])
@@ -306,14 +350,15 @@ def train_unet(cfg: ToyTrainConfig, out: Path, resume: bool = False) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(), sched.step()
-        ema["unet"].update(unet.parameters()), ema["text"].update(text.parameters())
+        for key, model in models.items():
+            ema[key].update(model.parameters())
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         bar.update(1), bar.set_postfix(loss=f"{avg:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-            _save_ckpt(ckpt, {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+            _save_ckpt(ckpt, {**{k: m.state_dict() for k, m in models.items()}, "opt": opt.state_dict(),
                               "sched": sched.state_dict(), "step": step,
-                              "ema": {"unet": _named_ema(ema["unet"], unet), "text": _named_ema(ema["text"], text)}, "gen": gen.get_state(),
+                              "ema": {k: _named_ema(ema[k], m) for k, m in models.items()}, "gen": gen.get_state(),
                               "recipe": dataclasses.asdict(cfg)})
             bar.write(f"step {step}: loss {avg:.4f}, {(time.time() - t_start) / 60:.1f} min this run")
     bar.close()
@@ -325,11 +370,15 @@ def export_pipeline(cfg: ToyTrainConfig, out: Path, dest: Path | None = None) ->
     from diffusers import AutoencoderKL
 
     state = _load_ckpt(out / "unet.ckpt")
-    unet, text = _build_unet(cfg), _build_text_encoder(cfg)
-    unet.load_state_dict({**unet.state_dict(), **state["ema"]["unet"]})
-    text.load_state_dict({**text.state_dict(), **state["ema"]["text"]})
-    vae = AutoencoderKL.from_pretrained(out / "vae")
-    pipe = components.assemble_pipeline(unet.eval(), vae.eval(), text.eval())
+    models = {"unet": _build_unet(cfg), **_build_text_encoders(cfg)}
+    for key, model in models.items():
+        model.load_state_dict({**model.state_dict(), **state["ema"][key]})
+        model.eval()
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    if cfg.topology == "sdxl":
+        pipe = components.assemble_xl_pipeline(models["unet"], vae, models["text"], models["text_2"])
+    else:
+        pipe = components.assemble_pipeline(models["unet"], vae, models["text"])
     dest = dest or out / "pipeline"
     components.save_pipeline(pipe, dest)
     write_json(dest / "recipe.json", {"recipe": cfg, "unet_step": state["step"]})

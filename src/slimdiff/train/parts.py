@@ -2,7 +2,9 @@
 
 Teacher and student: anything `slimdiff.unet.load_unet` accepts, or models already in memory.
 Tokenizer, text encoder, VAE and noise schedule come from a pipeline: the `pipeline` argument,
-`--pipeline`, or the teacher when it is a pipeline directory or the toy world. Every check raises
+`--pipeline`, or the teacher when it is a pipeline directory or the toy world; an SDXL pipeline also
+gives its second tokenizer and text encoder (the pooled text and time ids are built in
+`slimdiff.data.cache.BatchEncoder` and reach both U-Nets through `added_cond_kwargs`). Every check raises
 a `ValueError`/`FileNotFoundError` naming the offending value. `CallerState` puts the caller's
 in-memory modules back as they were; `save_pipeline` writes out/pipeline with the trained U-Net;
 `precompute_cache` fills the latent/text cache a run reads.
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler
 from torch import nn
 
 from slimdiff.data import build_dataset
@@ -43,6 +45,8 @@ class Parts:
     pipeline_source: str | None  # its path or name when loaded from disk, else None (in memory)
     input_recipe: dict  # the student's recipe.json ({} when none)
     toy_world: bool  # the pipeline is the embedded toy world (judge features available)
+    tokenizer_2: Any = None  # SDXL's second tokenizer and text encoder (None otherwise)
+    text_encoder_2: nn.Module | None = None
 
 
 def check_path(flag: str, value: str | None) -> None:
@@ -61,11 +65,13 @@ def load_checked(flag: str, value: str, fn: Callable[[str], Any]) -> Any:
         raise type(e)(f"{flag} {value!r}: {e}") from None
 
 
-def check_compatible(teacher: nn.Module, student: nn.Module, text_dim: int, latent_channels: int) -> None:
-    """Teacher and student must read and write the same latents and text embeddings."""
+def check_compatible(teacher: nn.Module, student: nn.Module, text_dim: int, latent_channels: int,
+                     added: str | None = None) -> None:
+    """Teacher and student must read and write the same latents and text embeddings; `added`: the
+    pipeline's added conditioning ("text_time": SDXL's pooled text and time ids), which both read."""
     problems = []
-    for key in ("in_channels", "out_channels"):
-        t, s = teacher.config[key], student.config[key]
+    for key in ("in_channels", "out_channels", "addition_embed_type", "projection_class_embeddings_input_dim"):
+        t, s = teacher.config.get(key), student.config.get(key)
         if t != s:
             problems.append(f"{key}: teacher {t}, student {s}")
     t_dims, s_dims = text_widths(teacher), text_widths(student)
@@ -81,6 +87,9 @@ def check_compatible(teacher: nn.Module, student: nn.Module, text_dim: int, late
         if unet.config["in_channels"] != latent_channels:
             raise ValueError(f"the {name}'s in_channels {unet.config['in_channels']} does not match the VAE's "
                              f"latent_channels {latent_channels}")
+        if unet.config.get("addition_embed_type") != added:
+            raise ValueError(f"the {name}'s addition_embed_type {unet.config.get('addition_embed_type')!r} does not "
+                             f"match the pipeline's ({added!r}: pass the matching --pipeline)")
 
 
 def load_parts(config, teacher: nn.Module | None = None, student: nn.Module | None = None,
@@ -121,12 +130,19 @@ def load_parts(config, teacher: nn.Module | None = None, student: nn.Module | No
         raise ValueError("teacher and student are the same object; load or copy the student separately")
     # 4. checks
     check_trainable_pipeline(pipeline)
-    vae, text_encoder = pipeline.vae, pipeline.text_encoder
-    check_compatible(teacher, student, text_encoder.config.hidden_size, vae.config.latent_channels)
+    vae, text_encoder, second = pipeline.vae, pipeline.text_encoder, second_text_encoder(pipeline)
+    text_dim = text_encoder.config.hidden_size + (second.config.hidden_size if second is not None else 0)
+    check_compatible(teacher, student, text_dim, vae.config.latent_channels, "text_time" if second else None)
     toy = any(is_toy_source(v) for v in (source, config.pipeline, config.teacher))
     return Parts(teacher=teacher, student=student, vae=vae, text_encoder=text_encoder, tokenizer=pipeline.tokenizer,
                  scheduler_config=dict(pipeline.scheduler.config), pipeline=pipeline, pipeline_source=source,
-                 input_recipe=recipe, toy_world=toy)
+                 input_recipe=recipe, toy_world=toy, text_encoder_2=second,
+                 tokenizer_2=pipeline.tokenizer_2 if second is not None else None)
+
+
+def second_text_encoder(pipeline) -> nn.Module | None:
+    """SDXL's second text encoder (its pooled projection feeds the added conditioning), else None."""
+    return pipeline.text_encoder_2 if is_sdxl_pipeline(pipeline) else None
 
 
 class CallerState:
@@ -181,7 +197,7 @@ def save_pipeline(parts: Parts, unet: nn.Module, out: Path, scheduler: Any = Non
         comps["scheduler"] = scheduler
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline(**comps).save_pretrained(tmp, safe_serialization=True)
+    type(parts.pipeline)(**comps).save_pretrained(tmp, safe_serialization=True)  # its own class (SDXL too)
     apply_file_modes(tmp)
     if out.exists():
         shutil.rmtree(out)
@@ -190,14 +206,11 @@ def save_pipeline(parts: Parts, unet: nn.Module, out: Path, scheduler: Any = Non
 
 
 def check_trainable_pipeline(pipeline) -> None:
-    """Raise in one line for a pipeline class the training data path does not encode: SDXL's U-Net
-    also reads the second text encoder's pooled embedding and the size/crop time ids, which the
-    latent/text cache and the trainers do not carry (slimdiff.sample.encode_prompts builds them for
-    sampling, calibration and profiling only)."""
-    if is_sdxl_pipeline(pipeline):
-        raise ValueError(f"training on a {type(pipeline).__name__} is not supported: its U-Net also needs the pooled "
-                         "text embedding and the size/crop time ids, which the training cache and trainers do not "
-                         "carry (SDXL works with units, profile, prune, generate, evaluate and prune-vae)")
+    """Raise in one line for a pipeline the training data path does not encode: SDXL's refiner (no
+    first text encoder; its time ids hold an aesthetic score instead of the target size)."""
+    if is_sdxl_pipeline(pipeline) and getattr(pipeline, "text_encoder", None) is None:
+        raise ValueError(f"training on a {type(pipeline).__name__} without text_encoder (SDXL's refiner: one text "
+                         f"encoder, aesthetic-score time ids) is not supported; train the base pipeline")
 
 
 def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
@@ -215,11 +228,14 @@ def precompute_cache(cfg, progress: bool = True) -> tuple[int, Path]:
     check_trainable_pipeline(pipe)
     unet = pipe.unet if source == cfg.teacher else load_checked("--teacher", cfg.teacher, load_unet)
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
-    vae, text_encoder = (m.requires_grad_(False).eval().to(device, DTYPES[cfg.mixed_precision])
-                         for m in (pipe.vae, pipe.text_encoder))
+    vae, text_encoder, second = (m.requires_grad_(False).eval().to(device, DTYPES[cfg.mixed_precision])
+                                 if m is not None else None
+                                 for m in (pipe.vae, pipe.text_encoder, second_text_encoder(pipe)))
     resolution = cfg.resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
     data = build_dataset(cfg.data, resolution, seed=cfg.seed, toy_size=cfg.toy_size,
                          caption_column=cfg.caption_column, image_column=cfg.image_column)
-    cache = EncodingCache(cfg.cache_dir, data.fingerprint, vae, text_encoder)
-    done = fill_cache(data, BatchEncoder(vae, pipe.tokenizer, text_encoder, cache), cfg.batch_size, progress)
+    cache = EncodingCache(cfg.cache_dir, data.fingerprint, vae, text_encoder, second)
+    encoder = BatchEncoder(vae, pipe.tokenizer, text_encoder, cache, tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                           text_encoder_2=second)
+    done = fill_cache(data, encoder, cfg.batch_size, progress)
     return done, cache.dir
