@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from slimdiff.distill.guidance import guided_output
 from slimdiff.distill.onestep import (GanHead, OneStepConfig, OneStepTrainer, dmd_gradient, dmd_loss, gan_losses,
                                       generator_timesteps, one_step_distill, state_memory_gb, trained_step_counts)
+from slimdiff.sample.conditioning import Conditioning
 from slimdiff.testing import tiny_unet_config
 from slimdiff.train import loop as trainer_mod
 from slimdiff.train.maths import alpha_sigma, to_x0_eps
@@ -96,7 +97,7 @@ def test_fake_score_equal_to_the_real_one_gives_a_zero_generator_gradient(make_d
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 4, 8, 8, generator=g)
         t = torch.tensor([100, 700])
-        text = torch.randn(2, *trainer.empty_text.shape[1:], generator=g)
+        text = Conditioning(torch.randn(2, *trainer.empty_text.encoder_hidden_states.shape[1:], generator=g))
         w = torch.ones(2)
         a, s = alpha_sigma(trainer.alphas_cumprod[t])
         x_t = a * x + s * torch.randn(x.shape, generator=g)

@@ -60,6 +60,7 @@ from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.distill.lcm import boundary_scalings
 from slimdiff.recipe import read_recipe, write_recipe
 from slimdiff.sample import fill_sampling
+from slimdiff.sample.conditioning import Conditioning
 from slimdiff.train import checkpoint as ckpt
 from slimdiff.train.speed import peak_memory
 from slimdiff.train.maths import alpha_sigma, embed_dim, guidance_embedding, task_target, to_x0_eps
@@ -225,7 +226,7 @@ class OneStepTrainer(KdTrainer):
             with torch.no_grad():  # the feature width, from one batch-1 call
                 x = torch.zeros(1, self.fake.config.in_channels, h, h, device=self.device)
                 t = torch.zeros(1, dtype=torch.long, device=self.device)
-                self.fake(x, t, encoder_hidden_states=self.empty_text.float())
+                self.fake(x, t, **self.data.probe_text.to(dtype=torch.float32).kwargs())
             with torch.random.fork_rng(devices=[]):  # the head's initial weights: a function of the seed
                 torch.manual_seed(cfg.seed)
                 self.head = GanHead(self.recorder.pop()[where].shape[1]).to(self.device)
@@ -256,18 +257,18 @@ class OneStepTrainer(KdTrainer):
 
     # ------------------------------------------------------------------------------ one step
 
-    def _x0(self, model: nn.Module, z: Tensor, t: Tensor, text: Tensor, w: Tensor) -> Tensor:
+    def _x0(self, model: nn.Module, z: Tensor, t: Tensor, text: Conditioning, w: Tensor) -> Tensor:
         """x0 of a w-reading U-Net's output at (z, t) (the teacher's prediction type)."""
         emb = guidance_embedding(w, self.cfg.guidance_embed_dim).to(z)
-        out = model(z, t, encoder_hidden_states=text, timestep_cond=emb).sample.float()
+        out = model(z, t, **text.kwargs(), timestep_cond=emb).sample.float()
         return to_x0_eps(self.teacher_pred, z, out, *alpha_sigma(self.alphas_cumprod[t]))[0]
 
-    def _generate(self, model: nn.Module, z: Tensor, t: Tensor, text: Tensor, w: Tensor) -> Tensor:
+    def _generate(self, model: nn.Module, z: Tensor, t: Tensor, text: Conditioning, w: Tensor) -> Tensor:
         """The generator's sample at (z, t): c_skip z + c_out x0_G (LCMScheduler's denoised output)."""
         c_skip, c_out = boundary_scalings(t)
         return c_skip * z + c_out * self._x0(model, z, t, text, w)
 
-    def _generator_input(self, noise: Tensor, text: Tensor, w: Tensor, g: torch.Generator, rows: slice
+    def _generator_input(self, noise: Tensor, text: Conditioning, w: Tensor, g: torch.Generator, rows: slice
                          ) -> tuple[Tensor, Tensor]:
         """(z, t) of each row: noise at t_0, or (K > 1) backward simulation to step i ~ U{0..K-1} without gradient."""
         K, G = len(self.timesteps), noise.shape[0] * self.world
@@ -283,7 +284,7 @@ class OneStepTrainer(KdTrainer):
                 z = torch.where((step > j).view(-1, 1, 1, 1), a * x + s * renoise[j], z)
         return z, self.timesteps[step]
 
-    def _fake_update(self, x: Tensor, real: Tensor, text: Tensor, w: Tensor, g: torch.Generator, rows: slice
+    def _fake_update(self, x: Tensor, real: Tensor, text: Conditioning, w: Tensor, g: torch.Generator, rows: slice
                      ) -> dict[str, Tensor]:
         """One update of the fake score (and GAN head) on generator samples x (detached): the denoising loss
         (+ the head's classification loss). Returns the detached terms."""
@@ -293,14 +294,14 @@ class OneStepTrainer(KdTrainer):
         a, s = alpha_sigma(self.alphas_cumprod[t])
         emb = guidance_embedding(w, cfg.guidance_embed_dim).to(x)
         with self.accelerator.autocast():
-            out = self.fake(a * x + s * eps, t, encoder_hidden_states=text, timestep_cond=emb).sample.float()
+            out = self.fake(a * x + s * eps, t, **text.kwargs(), timestep_cond=emb).sample.float()
         target = task_target(self.teacher_pred, x, eps, t, self.alphas_cumprod)
         terms = {"loss_fake": F.mse_loss(out, target.float())}
         total = terms["loss_fake"]
         if self.head is not None:  # the head judges noised generator samples against noised data (same t, eps)
             fake_logits = self.head(self.recorder.pop()[self.gan_feature])
             with self.accelerator.autocast():
-                self.fake(a * real + s * eps, t, encoder_hidden_states=text, timestep_cond=emb)
+                self.fake(a * real + s * eps, t, **text.kwargs(), timestep_cond=emb)
             real_logits = self.head(self.recorder.pop()[self.gan_feature])
             terms["loss_gan_d"] = gan_losses(real_logits, fake_logits)[0]
             total = total + cfg.lambda_gan_fake * terms["loss_gan_d"]
@@ -343,8 +344,8 @@ class OneStepTrainer(KdTrainer):
             m.requires_grad_(False)
         try:
             with torch.no_grad():
-                out, _ = guided_output(self.teacher, x_t.to(self.dtype), t, text.to(self.dtype),
-                                       self.empty_text.to(self.dtype), w, embed_dim(self.teacher))
+                out, _ = guided_output(self.teacher, x_t.to(self.dtype), t, text.to(dtype=self.dtype),
+                                       self.empty_text.to(dtype=self.dtype), w, embed_dim(self.teacher))
                 x0_real = to_x0_eps(self.teacher_pred, x_t, out.float(), a, s)[0]
                 with self.accelerator.autocast():
                     x0_fake = self._x0(self.fake, x_t, t, text, w)
@@ -353,7 +354,7 @@ class OneStepTrainer(KdTrainer):
             if self.head is not None:  # the generator's GAN term, through the frozen fake score's features
                 self.recorder.pop()
                 with self.accelerator.autocast():
-                    self.fake(a * x + s * eps, t, encoder_hidden_states=text,
+                    self.fake(a * x + s * eps, t, **text.kwargs(),
                               timestep_cond=guidance_embedding(w, cfg.guidance_embed_dim).to(x))
                 terms["loss_gan_g"] = F.softplus(-self.head(self.recorder.pop()[self.gan_feature])).mean()
                 loss = loss + cfg.lambda_gan * terms["loss_gan_g"]
