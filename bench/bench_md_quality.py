@@ -56,9 +56,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--distill-only", action="store_true",
                    help="build and distil --models, no evaluation (a chunk; the full run reuses them)")
     own, rest = p.parse_known_args()
+    command = " ".join(["python bench/bench_md_quality.py", *sys.argv[1:]])
     sys.argv = [sys.argv[0], *rest]
     args = asdm_args()
-    args.models, args.distill_only = own.models, own.distill_only
+    args.models, args.distill_only, args.command = own.models, own.distill_only, command
     if args.work == "runs/bench_asdm":
         args.work = "runs/bench_md_quality"
     if args.out == "docs/bench/asdm":
@@ -148,10 +149,12 @@ def main() -> None:
     result = b.compare("md_quality", models, contrasts=[(m, "bk-small") for m in list(models)[1:]])
     speed = speedups()
     p1 = p1_rows(result, speed)
-    run = {"command": "python bench/bench_md_quality.py " + " ".join(sys.argv[1:]), "models": args.models,
+    run = {"command": args.command, "models": args.models,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0),
            "load": [load0, os.getloadavg()[0]], "torch": torch.__version__}
-    write_json(args.out + ".json", {"settings": vars(args), "run": run, "speedups": speed, "p1": p1,
+    runs = read_json(args.out + ".json").get("runs", []) if Path(args.out + ".json").is_file() else []
+    runs.append(run)  # every invocation that wrote the report (the first evaluates, later ones reuse)
+    write_json(args.out + ".json", {"settings": vars(args), "runs": runs, "speedups": speed, "p1": p1,
                                     "result": {k: v for k, v in result.items() if k != "prompts"}})
     lines = ["# MobileDiffusion on the toy world (`bench/bench_md_quality.py`)", "",
              f"Teacher {args.teacher}; distillation {args.distill_steps} steps, batch {args.batch_size}, AdamW lr "
@@ -161,9 +164,10 @@ def main() -> None:
              *p1_markdown(p1, result["rows"][0], speed), "", "## All metrics", "", result["markdown"], ""]
     if result.get("markdown_contrasts"):
         lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
-    lines += ["## Run", "", f"- {run['date']}: `{run['command']}`, {run['seconds']} s (distillations reused from "
-              f"{args.work} when made with the same settings), load average {run['load'][0]:.2f} -> "
-              f"{run['load'][1]:.2f} on 2 cores, 1 thread, torch {run['torch']}", ""]
+    lines += ["## Runs", "", f"Stages (students, distillations, the evaluation) are reused from {args.work} when "
+              "made with the same settings; each line: one invocation, its wall time, load average on 2 cores.", ""]
+    lines += [f"- {r['date']}: `{r['command']}`, {r['seconds']} s, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}, "
+              f"1 thread, torch {r['torch']}{r.get('note', '')}" for r in runs] + [""]
     atomic_write(args.out + ".md", "\n".join(lines))
     print(f"wrote {args.out}.md and {args.out}.json")
 
