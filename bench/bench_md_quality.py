@@ -136,6 +136,18 @@ def p1_markdown(rows: list[dict], base: dict, speed: dict[str, float]) -> list[s
     return lines
 
 
+def attribute_markdown(result: dict) -> list[str]:
+    """Per attribute of the toy judge: the share of images with it right [95% CI], every row."""
+    attrs = list(result["rows"][0].get("per_attribute", {}))
+    lines = ["## Where the points go: per attribute (share right [95% CI])", "",
+             "| model | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+    for r in result["rows"]:
+        cells = [f"{r['per_attribute'][a]:.3f} [{r['ci'][f'per_attribute.{a}'][0]:.3f}, "
+                 f"{r['ci'][f'per_attribute.{a}'][1]:.3f}]" for a in attrs]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     args = parse_args()
     t0, load0 = time.time(), os.getloadavg()[0]
@@ -161,7 +173,8 @@ def main() -> None:
              f"{args.learning_rate} cosine, {args.feat_loss} feature KD (the demo's settings; md / md-lite: feature "
              "KD at the four blocks of the teacher's widths, `MD_BLOCK_MAP`); reused: "
              f"{', '.join(args.reuse) or 'none'}; {args.num_images} test-split images per model, seed {args.seed}.", "",
-             *p1_markdown(p1, result["rows"][0], speed), "", "## All metrics", "", result["markdown"], ""]
+             *p1_markdown(p1, result["rows"][0], speed), "", *attribute_markdown(result), "",
+             "## All metrics", "", result["markdown"], ""]
     if result.get("markdown_contrasts"):
         lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
     lines += ["## Runs", "", f"Stages (students, distillations, the evaluation) are reused from {args.work} when "
