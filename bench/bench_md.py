@@ -100,7 +100,7 @@ def time_pair(models: dict, latent: int, batch: int, repeats: int) -> dict[str, 
         return time_rounds(calls, 1, repeats, CPU, clock="cpu")
 
 
-LUT_LATENT, LUT_REPEATS = 64, 30  # the check's toy U-Net input side and timed rounds
+LUT_LATENT, LUT_REPEATS = 32, 30  # the check's toy U-Net input side and timed rounds
 
 
 def lut_check() -> dict:
