@@ -12,8 +12,9 @@ the meta device: 2 x MACs, attention matmuls included; the seed's Table 1 conven
 392 / 803.3, SD-1.5's row); (3) latency per step: batch 2 (classifier-free guidance), float32, CPU, 1
 thread, process CPU time, the row's U-Net and sd15-arch timed round-robin in the same rounds (one
 warm-up round, medians of the timed rounds), so each speed-up is against sd15-arch measured beside it;
-(4) the latency table (`LatencyLUT`, toy U-Net at latent 32, process CPU time) extended with a replaced
-unit predicts that unit's time in a fresh profile within 10%? (several units, medians).
+(4) the latency table (`LatencyLUT`, toy U-Net at latent LUT_LATENT, process CPU time) extended with a replaced
+unit predicts that unit's time in a fresh profile within 10%? (several units, medians; a second fresh profile
+gives the measurement's own spread).
 Quality rows (toy world, after the demo's distillation) are not run by this script (see docs/bench/md.md).
 """
 
@@ -29,7 +30,7 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from slimdiff.io import atomic_write, read_json, write_json
+from slimdiff.io import atomic_write, read_json, to_jsonable, write_json
 from slimdiff.modules import MDTricks, apply_md_tricks
 from slimdiff.modules.mobilediffusion import MD_DESIGNS, md_blocks
 from slimdiff.profile import LatencyLUT, ProfileSettings, make_unet_inputs, profile_unet
@@ -99,10 +100,15 @@ def time_pair(models: dict, latent: int, batch: int, repeats: int) -> dict[str, 
         return time_rounds(calls, 1, repeats, CPU, clock="cpu")
 
 
+LUT_LATENT, LUT_REPEATS = 32, 30  # the check's toy U-Net input side and timed rounds
+
+
 def lut_check() -> dict:
-    """4. the table extended with a replaced unit vs a fresh profile of the edited network."""
+    """4. the table extended with a replaced unit vs a fresh profile of the edited network; a second fresh
+    profile gives the measurement's own spread (the noise floor of the comparison)."""
     teacher = to_slim(load_unet("toy")).eval()
-    settings = ProfileSettings(latent_size=32, repeats=15, warmup=2, threads=1, clock="cpu", context_length=8)
+    settings = ProfileSettings(latent_size=LUT_LATENT, repeats=LUT_REPEATS, warmup=3, threads=1, clock="cpu",
+                               context_length=8)
     lut = LatencyLUT.build(teacher, settings)
     rows = []
     for unit, tricks in (("down.0.layer.0.resnet", MDTricks(separable_levels=(0,))),
@@ -111,11 +117,13 @@ def lut_check() -> dict:
                          ("down.0.layer.0.attn", MDTricks(cross_only_levels=(0,)))):
         student = apply_md_tricks(teacher, MDTricks(**{**tricks.to_dict(), "units": (unit,)})).eval()
         lut.extend(student)
-        measured = {r.name: r.latency_ms for r in profile_unet(student, settings).units}[unit]
         predicted = lut.breakdown(student)[unit]
+        measured, again = ({r.name: r.latency_ms for r in profile_unet(student, settings).units}[unit]
+                           for _ in range(2))
         rows.append({"unit": unit, "tricks": tricks.to_dict(), "predicted_ms": predicted, "measured_ms": measured,
-                     "error": predicted / measured - 1})
-    return {"settings": "toy U-Net, latent 32, batch 1, 1 thread, process CPU time, 15 rounds", "rows": rows}
+                     "error": predicted / measured - 1, "remeasured_ms": again, "repeat_error": again / measured - 1})
+    return {"settings": f"toy U-Net, latent {LUT_LATENT}, batch 1, 1 thread, process CPU time, {LUT_REPEATS} rounds "
+                        "(medians), each unit timed on its captured inputs beside the whole forward", "rows": rows}
 
 
 def main() -> None:
@@ -192,12 +200,19 @@ def markdown(results: dict) -> str:
     lines += ["", NOTES]
     if results.get("lut"):
         lut = results["lut"]
+        default = to_jsonable(MDTricks().to_dict())  # as the JSON holds it (tuples as lists)
         lines += ["", f"## Latency table vs a fresh profile ({lut['settings']}, {lut['date']})", "",
-                  "| replaced unit | tricks | predicted ms | measured ms | error |", "|---|---|---:|---:|---:|"]
+                  "Predicted: the table (`LatencyLUT`) built on the toy teacher, extended with the replaced unit's "
+                  "new signature; measured: a fresh profile of the edited network; remeasured: a second fresh "
+                  "profile (the spread of the measurement itself).", "",
+                  "| replaced unit | tricks | predicted ms | measured ms | error | remeasured ms | remeasure vs measure |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         for r in lut["rows"]:
-            t = {k: v for k, v in r["tricks"].items() if v not in ((), None, False, 1.0) and k != "units"}
+            t = {k: v for k, v in to_jsonable(r["tricks"]).items() if v != default[k] and k != "units"}
+            again = (f"{r['remeasured_ms']:.3f} | {100 * r['repeat_error']:+.1f}%" if "remeasured_ms" in r
+                     else "- | -")
             lines.append(f"| {r['unit']} | {t} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | "
-                         f"{100 * r['error']:+.1f}% |")
+                         f"{100 * r['error']:+.1f}% | {again} |")
     lines += ["", "## Runs", ""]
     for run in results["runs"]:
         lines.append(f"- {run['date']}: rows {run['rows']}, latent {run['latent']}, batch {run['batch']}, "

@@ -17,15 +17,17 @@ per model (~10-20 min each on one thread); run it in chunks (`--models`), each u
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_asdm's Bench (a sibling script)
 
+import torch  # noqa: E402
 from bench_asdm import Bench, parse_args as asdm_args  # noqa: E402
 
-from slimdiff.io import atomic_write, write_json  # noqa: E402
+from slimdiff.io import atomic_write, read_json, write_json  # noqa: E402
 from slimdiff.modules import MDTricks, apply_md_tricks  # noqa: E402
 from slimdiff.unet import apply_preset, load_unet, save_student  # noqa: E402
 
@@ -40,14 +42,24 @@ MDTRICKS = {
 MODELS = ["md", "md-lite", *MDTRICKS]
 
 
+SPEED = "docs/bench/md.json"  # bench_md.py: per-step speed-ups of md / md-lite at sd15-arch 512px
+BK_SMALL_SPEED = ("docs/bench/presets_latency.json", "bk-small")  # bench_presets_latency.py's row
+P1_SPEEDUP = 2.5  # issue 22's target P1: at least 2.5x per step ...
+P1_METRIC = "all_correct"  # ... and all-correct within distilled bk-small's 95% interval
+
+
 def parse_args() -> argparse.Namespace:
-    """--models here; every other flag is bench_asdm.py's (the demo's distillation settings, --reuse, ...)."""
+    """--models and --distill-only here; every other flag is bench_asdm.py's (the demo's distillation
+    settings, --reuse, ...)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--distill-only", action="store_true",
+                   help="build and distil --models, no evaluation (a chunk; the full run reuses them)")
     own, rest = p.parse_known_args()
+    command = " ".join(["python bench/bench_md_quality.py", *sys.argv[1:]])
     sys.argv = [sys.argv[0], *rest]
     args = asdm_args()
-    args.models = own.models
+    args.models, args.distill_only, args.command = own.models, own.distill_only, command
     if args.work == "runs/bench_asdm":
         args.work = "runs/bench_md_quality"
     if args.out == "docs/bench/asdm":
@@ -56,7 +68,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def student(b: Bench, name: str) -> str:
-    """work/NAME: the preset (md, md-lite) or bk-small with one trick, built from the toy teacher."""
+    """work/NAME: the preset (md, md-lite) or bk-small with one trick, built from the toy teacher. The
+    presets' recipe.json carries their feature-KD block map (`mobilediffusion.MD_BLOCK_MAP`)."""
     teacher_name = b.args.teacher
 
     def make(out: Path):
@@ -68,28 +81,106 @@ def student(b: Bench, name: str) -> str:
             model, info = apply_md_tricks(base, MDTRICKS[name]), {**info, "md_tricks": MDTRICKS[name].to_dict()}
         save_student(model, out, source=teacher_name, recipe=info)
 
-    key = name.replace(" ", "_").replace("/", "-")
-    return b.stage(key, {"teacher": teacher_name, "model": name}, make)
+    return b.stage(key(name), {"teacher": teacher_name, "model": name}, make)
+
+
+def key(name: str) -> str:
+    return name.replace(" ", "_").replace("/", "-")
+
+
+def speedups() -> dict[str, float]:
+    """Per-step speed-ups at sd15-arch 512px, CPU, 1 thread, against sd15-arch in the same rounds."""
+    out = {}
+    if Path(SPEED).is_file():
+        out |= {n: r["speedup"] for n, r in read_json(SPEED)["rows"].items() if n in ("md", "md-lite")}
+    path, row = BK_SMALL_SPEED
+    if Path(path).is_file():
+        out["bk-small"] = read_json(path)["models"][row]["speedup"]
+    return out
+
+
+def p1_rows(result: dict, speed: dict[str, float]) -> list[dict]:
+    """Target P1 per model: speed-up >= P1_SPEEDUP and all-correct inside bk-small's 95% interval; with the
+    paired difference from bk-small (the first row)."""
+    base = result["rows"][0]
+    lo, hi = base["ci"][P1_METRIC]
+    rows = []
+    for r in result["rows"][1:]:
+        if r["model"] not in speed and r["model"] not in MODELS:
+            continue  # the rendered ceiling
+        v, s = r[P1_METRIC], speed.get(r["model"])
+        d_lo, d_hi = r["diff_ci"][P1_METRIC]
+        inside = lo <= v <= hi
+        rows.append({"model": r["model"], "speedup": s, "all_correct": v, "ci": r["ci"][P1_METRIC],
+                     "diff": v - base[P1_METRIC], "diff_ci": [d_lo, d_hi], "inside_bk_small_ci": inside,
+                     "p1": None if s is None else bool(s >= P1_SPEEDUP and inside)})
+    return rows
+
+
+def p1_markdown(rows: list[dict], base: dict, speed: dict[str, float]) -> list[str]:
+    lo, hi = base["ci"][P1_METRIC]
+    lines = [f"## Target P1: >= {P1_SPEEDUP}x per step, all-correct within distilled bk-small's interval", "",
+             f"bk-small (distilled, {speed.get('bk-small', float('nan')):.2f}x per step): all-correct "
+             f"{base[P1_METRIC]:.4f} [{lo:.4f}, {hi:.4f}]. Speed-ups: per step at sd15-arch 512px, CPU, 1 thread, "
+             f"beside sd15-arch in the same rounds ({SPEED}, bench_md.py; bk-small: {BK_SMALL_SPEED[0]}); the "
+             "bk-small + trick rows have no sd15-arch timing of their own (their tricks alone on sd15-arch: "
+             "docs/bench/md.md).", "",
+             "| model | speed-up / step | all correct [95% CI] | - bk-small [95% paired CI] | inside bk-small's CI | P1 |",
+             "|---|---:|---|---|---|---|"]
+    for r in rows:
+        s = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        p1 = "-" if r["p1"] is None else ("met" if r["p1"] else "missed")
+        lines.append(f"| {r['model']} | {s} | {r['all_correct']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
+                     f"{r['diff']:+.4f} [{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}] | "
+                     f"{'yes' if r['inside_bk_small_ci'] else 'no'} | {p1} |")
+    return lines
+
+
+def attribute_markdown(result: dict) -> list[str]:
+    """Per attribute of the toy judge: the share of images with it right [95% CI], every row."""
+    attrs = list(result["rows"][0].get("per_attribute", {}))
+    lines = ["## Where the points go: per attribute (share right [95% CI])", "",
+             "| model | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+    for r in result["rows"]:
+        cells = [f"{r['per_attribute'][a]:.3f} [{r['ci'][f'per_attribute.{a}'][0]:.3f}, "
+                 f"{r['ci'][f'per_attribute.{a}'][1]:.3f}]" for a in attrs]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
     args = parse_args()
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     b = Bench(args)
     models = {"bk-small": b.distill("bk-small-kd", b.prune("bk-small", "bk-small"))}
     for name in args.models:
-        key = name.replace(" ", "_").replace("/", "-")
-        models[name] = b.distill(f"{key}-kd", student(b, name))
+        models[name] = b.distill(f"{key(name)}-kd", student(b, name))
+    if args.distill_only:
+        print(f"distilled {list(models)}; no evaluation (--distill-only)")
+        return
     result = b.compare("md_quality", models, contrasts=[(m, "bk-small") for m in list(models)[1:]])
-    write_json(args.out + ".json", {"settings": vars(args), "result": {k: v for k, v in result.items()
-                                                                       if k != "prompts"}})
+    speed = speedups()
+    p1 = p1_rows(result, speed)
+    run = {"command": args.command, "models": args.models,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0),
+           "load": [load0, os.getloadavg()[0]], "torch": torch.__version__}
+    runs = read_json(args.out + ".json").get("runs", []) if Path(args.out + ".json").is_file() else []
+    runs.append(run)  # every invocation that wrote the report (the first evaluates, later ones reuse)
+    write_json(args.out + ".json", {"settings": vars(args), "runs": runs, "speedups": speed, "p1": p1,
+                                    "result": {k: v for k, v in result.items() if k != "prompts"}})
     lines = ["# MobileDiffusion on the toy world (`bench/bench_md_quality.py`)", "",
              f"Teacher {args.teacher}; distillation {args.distill_steps} steps, batch {args.batch_size}, AdamW lr "
-             f"{args.learning_rate} cosine, {args.feat_loss} feature KD (the demo's settings); reused: "
-             f"{', '.join(args.reuse) or 'none'}; {args.num_images} test-split images per model, seed {args.seed}; "
-             f"{round(time.time() - t0)} s.", "", result["markdown"], ""]
+             f"{args.learning_rate} cosine, {args.feat_loss} feature KD (the demo's settings; md / md-lite: feature "
+             "KD at the four blocks of the teacher's widths, `MD_BLOCK_MAP`); reused: "
+             f"{', '.join(args.reuse) or 'none'}; {args.num_images} test-split images per model, seed {args.seed}.", "",
+             *p1_markdown(p1, result["rows"][0], speed), "", *attribute_markdown(result), "",
+             "## All metrics", "", result["markdown"], ""]
     if result.get("markdown_contrasts"):
         lines += ["Paired differences a - b:", "", result["markdown_contrasts"], ""]
+    lines += ["## Runs", "", f"Stages (students, distillations, the evaluation) are reused from {args.work} when "
+              "made with the same settings; each line: one invocation, its wall time, load average on 2 cores.", ""]
+    lines += [f"- {r['date']}: `{r['command']}`, {r['seconds']} s, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}, "
+              f"1 thread, torch {r['torch']}{r.get('note', '')}" for r in runs] + [""]
     atomic_write(args.out + ".md", "\n".join(lines))
     print(f"wrote {args.out}.md and {args.out}.json")
 

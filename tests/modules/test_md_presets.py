@@ -1,9 +1,11 @@
 """MobileDiffusion presets `md`, `md-lite` (seed 001 Table 1): counts, parameters and FLOPs at sd15-arch 512 px
-against the table, inheritance from the teacher, the toy-scaled twin, save/load."""
+against the table, inheritance from the teacher, the toy-scaled twin, save/load, the feature-KD block map."""
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from slimdiff.distill.features import FeatureRecorder, check_shapes, default_feature_map, resolve_block_map
 from slimdiff.modules import mobilediffusion  # noqa: F401 (registers md, md-lite)
 from slimdiff.profile import ProfileSettings, profile_unet
 from slimdiff.testing import tiny_unet
@@ -80,3 +82,30 @@ def test_md_saves_and_loads(tmp_path):
     x, ehs = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 16, generator=g)
     with torch.no_grad():
         assert torch.allclose(back(x, 5, ehs).sample, student(x, 5, ehs).sample, atol=1e-6)
+
+
+def _features(model, names):
+    rec = FeatureRecorder(model, names)
+    g = torch.Generator().manual_seed(0)
+    x, ehs = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    with torch.no_grad():
+        model(x, torch.tensor([3, 700]), ehs)
+    feats = rec.pop()
+    rec.remove()
+    return feats
+
+
+def test_md_feature_kd_pairs_the_blocks_at_the_teacher_widths():
+    teacher = tiny_unet()  # widths (8, 16, 16, 32): md's bottleneck is 12 wide, the teacher's down.2 16
+    student, info = apply_preset(teacher, "md")
+    pairs = {"down.0": "down.0", "down.1": "down.1", "up.1": "up.2", "up.2": "up.3"}
+    assert info["block_map"] == pairs  # written to recipe.json by save_student, read by slimdiff.distill
+    block_map, source = resolve_block_map(student, teacher, info)
+    assert source == "recipe.json block_map" and default_feature_map(block_map, student, teacher) == pairs
+    check_shapes(_features(student, pairs), _features(teacher, list(pairs.values())), pairs)
+    # the inheritance alone pairs the 12-wide bottleneck with the teacher's 16-wide down.2: distillation's dry run fails
+    inherited, source = resolve_block_map(student, teacher, None)
+    assert source == "inheritance" and inherited["down.2"] == "down.2"
+    fmap = default_feature_map(inherited, student, teacher)
+    with pytest.raises(ValueError, match="down.2"):
+        check_shapes(_features(student, list(fmap)), _features(teacher, list(fmap.values())), fmap)

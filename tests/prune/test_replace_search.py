@@ -122,7 +122,7 @@ def test_evolve_takes_replace_actions(tiny_slim):
 
 def test_the_latency_table_learns_a_replaced_unit_with_the_network_running():
     # the timing itself (prediction within 10% of a fresh measurement) is a bench on a shared machine:
-    # bench/bench_md_lut.py, docs/bench/md_lut.md
+    # `python bench/bench_md.py --lut-only`, docs/bench/md.md "Latency table vs a fresh profile"
     teacher = to_slim(load_unet("toy")).eval()
     settings = ProfileSettings(latent_size=8, repeats=1, warmup=0, threads=1, context_length=8)
     lut = LatencyLUT.build(teacher, settings)

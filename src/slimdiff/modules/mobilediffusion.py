@@ -19,9 +19,11 @@ so every tensor whose name and shape match is inherited and recorded in `inherit
 - `swish`: SwiGLU instead of GEGLU in the feed-forward (same tensors, inherited).
 
 Fine-tune recipe from softmax to ReLU attention (MobileDiffusion: "finetune softmax into relu"): swap
-with every tensor inherited (`relu=True`), then distil from the softmax model (slimdiff.distill,
-output + feature KD, the demo's budget); `relu_mix < 1` starts from a blend (1 - m) softmax + m relu,
-raised to 1 during training with `md_units.set_relu_mix` (m = 0 is exactly softmax).
+with every tensor inherited (`relu=True`: no new tensor), then distil from the softmax model
+(slimdiff.distill; output + feature KD with the demo's budget in bench/bench_md_quality.py's "bk-small +
+ReLU attention" row; output KD alone closes the swap's output gap in tests/distill/test_md_relu_fine_tune.py).
+A gradual schedule is possible but not automated: `relu_mix < 1` starts from a blend (1 - m) softmax +
+m relu (m = 0 is exactly softmax), and `md_units.set_relu_mix` raises m between successive distillations.
 
 Presets `md` and `md-lite` (registered in `slimdiff.unet.PRESETS` at import): `build_md` below.
 """
@@ -236,6 +238,13 @@ MD_DESIGNS = {
 }
 
 
+# feature KD pairs (student block -> teacher block): the four blocks at the teacher's widths (64x64 and
+# 32x32, down and up); the bottleneck (down.2, mid, up.0: 0.8 / 0.7 x the teacher's width) is taught
+# by the output KD only, as no teacher feature has its width (an interpretation: MobileDiffusion trains
+# from scratch and names no feature loss)
+MD_BLOCK_MAP = (("down.0", "down.0"), ("down.1", "down.1"), ("up.1", "up.2"), ("up.2", "up.3"))
+
+
 def md_blocks(teacher, design: MDDesign) -> dict:
     """The tagged structure (each unit's `_from`: the teacher unit it descends from) of `design`.
     A numbered-step orchestration (1. widths, 2. down path, 3. mid, 4. up path)."""
@@ -306,5 +315,5 @@ for _name, _design in MD_DESIGNS.items():
                     f"{_design.width_ratio:g} x the teacher's third width, 11 ResNets, transformers at 16x16 "
                     f"{_design.bottleneck_attn}, cross-only at 32x32, none at 64x64; separable convs at 16x16, "
                     "shared K/V, FF 3x, swish",
-        remove=(), build=lambda teacher, _n=_name: build_md(teacher, _n),
+        remove=(), build=lambda teacher, _n=_name: build_md(teacher, _n), block_map=MD_BLOCK_MAP,
         reference="Zhao et al. 2023, MobileDiffusion, Table 1 (seed 001)"))

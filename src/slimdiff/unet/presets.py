@@ -46,6 +46,9 @@ class Preset:
     # a preset that builds its student itself: build(teacher) -> slim student with inheritance
     # (registered by a plug-in, e.g. slimdiff.modules.mobilediffusion's "md"; remove/insert unused)
     build: Callable[[nn.Module], nn.Module] | None = None
+    # (student block, teacher block) pairs for feature KD, written to recipe.json as `block_map` (read by
+    # slimdiff.distill) when the student's own inheritance would pair blocks of other widths (md's bottleneck)
+    block_map: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not self.remove and not self.insert and self.build is None:
@@ -243,4 +246,6 @@ def apply_preset(teacher: nn.Module, name: str):
     }
     if preset.published_params:
         info["published_params"] = preset.published_params
+    if preset.block_map:
+        info["block_map"] = dict(preset.block_map)
     return student, info
