@@ -18,6 +18,9 @@ FEAT_LOSSES = ("plain", "normalized")  # BK-SDM sum_k MSE | LAPTOP-Diff sum_k ||
 FEAT_KINDS = ("block", "self_attn")  # the default feature map: BK-SDM's block outputs | KOALA's self-attentions
 
 
+KD_WEIGHTS = ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc")  # the KD loss terms
+
+
 @dataclasses.dataclass
 class DistillConfig(TrainConfig):
     # --- models and data ------------------------------------------------------------------
@@ -132,10 +135,26 @@ class DistillConfig(TrainConfig):
 
     def _check_loss_weights(self) -> None:
         """At least one loss term is on (a subclass with its own loss overrides this)."""
-        if not any(getattr(self, n) > 0 for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid",
-                                                   "lambda_perc")):
+        if not any(getattr(self, n) > 0 for n in KD_WEIGHTS):
             raise ValueError(f"{type(self).__name__}: every loss weight is 0; set at least one of lambda_task, "
                              f"lambda_out, lambda_feat, lambda_mid, lambda_perc > 0")
+
+    def _refuse_kd_weights(self, names: tuple[str, ...], why: str) -> None:
+        """For a trainer with its own loss: the KD weights `names` must all be 0 (`why`: what it trains on)."""
+        extra = {n: getattr(self, n) for n in names}
+        if any(v != 0 for v in extra.values()):
+            raise ValueError(f"{type(self).__name__}: {extra} must all be 0; {why}")
+
+    def _check_guidance_range(self, hint: str = "") -> None:
+        """`guidance_min`/`guidance_max` (both or neither, 1 <= min <= max) and `guidance` (None or >= 1), for the
+        few-step trainers that have them."""
+        lo, hi = self.guidance_min, self.guidance_max
+        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
+            raise ValueError(f"{type(self).__name__} guidance range [{lo}, {hi}] is invalid: give both or neither, "
+                             f"1 <= guidance_min <= guidance_max{hint}")
+        if self.guidance is not None and self.guidance < 1.0:
+            raise ValueError(f"{type(self).__name__}.guidance={self.guidance!r} is invalid: None or >= 1 "
+                             f"(1: no guidance)")
 
     @property
     def needs_teacher(self) -> bool:

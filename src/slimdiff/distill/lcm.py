@@ -55,7 +55,7 @@ import torch
 from diffusers import LCMScheduler, TCDScheduler
 from torch import nn
 
-from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.config import KD_WEIGHTS, DistillConfig
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.recipe import read_recipe, write_recipe
@@ -131,18 +131,10 @@ class ConsistencyConfig(DistillConfig):
             bad("lora_alpha", "None (= rank) or > 0")
         if self.guidance_embed and self.lora_rank is not None:
             bad("guidance_embed", "a LoRA keeps the base U-Net, which reads no w: drop guidance_embed or lora_rank")
-        lo, hi = self.guidance_min, self.guidance_max
-        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
-            raise ValueError(f"ConsistencyConfig guidance range [{lo}, {hi}] is invalid: give both or neither, "
-                             f"1 <= guidance_min <= guidance_max")
-        if self.guidance is not None and self.guidance < 1.0:
-            bad("guidance", "None or >= 1")
+        self._check_guidance_range()
 
     def _check_loss_weights(self) -> None:
-        extra = {n: getattr(self, n) for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc")}
-        if any(v != 0 for v in extra.values()):
-            raise ValueError(f"ConsistencyConfig: {extra} must all be 0; consistency distillation trains on its "
-                             f"own loss only")
+        self._refuse_kd_weights(KD_WEIGHTS, "consistency distillation trains on its own loss only")
 
     @property
     def embedded(self) -> bool:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from diffusers import LCMScheduler
 from torch import nn
 
-from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.config import KD_WEIGHTS, DistillConfig
 from slimdiff.distill.features import FeatureRecorder, block_names
 from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.distill.kd import DistillResult, KdTrainer
@@ -112,17 +112,10 @@ class OneStepConfig(DistillConfig):
         for name in ("lambda_gan", "lambda_gan_fake"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
-        lo, hi = self.guidance_min, self.guidance_max
-        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
-            raise ValueError(f"OneStepConfig guidance range [{lo}, {hi}] is invalid: give both or neither, "
-                             f"1 <= guidance_min <= guidance_max")
-        if self.guidance is not None and self.guidance < 1.0:
-            bad("guidance", "None or >= 1")
+        self._check_guidance_range()
 
     def _check_loss_weights(self) -> None:
-        extra = {n: getattr(self, n) for n in ("lambda_task", "lambda_out", "lambda_feat", "lambda_mid", "lambda_perc")}
-        if any(v != 0 for v in extra.values()):
-            raise ValueError(f"OneStepConfig: {extra} must all be 0; DMD2 trains on its own terms only")
+        self._refuse_kd_weights(KD_WEIGHTS, "DMD2 trains on its own terms only")
 
 
 def one_step_distill(config: OneStepConfig, teacher: nn.Module | None = None, student: nn.Module | None = None,

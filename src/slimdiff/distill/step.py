@@ -61,7 +61,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slimdiff.distill.config import DistillConfig
+from slimdiff.distill.config import KD_WEIGHTS, DistillConfig
 from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.sample import fill_sampling
@@ -121,22 +121,15 @@ class StepDistillConfig(DistillConfig):
             bad("max_steps", f"at least one optimiser step per stage ({len(self.stage_steps())} stages)")
         if not 0.0 <= self.cfg_prob <= 1.0:
             bad("cfg_prob", "a probability in [0, 1]")
-        lo, hi = self.guidance_min, self.guidance_max
-        if (lo is None) != (hi is None) or (lo is not None and not 1.0 <= lo <= hi):
-            raise ValueError(f"StepDistillConfig guidance range [{lo}, {hi}] is invalid: give both or neither, "
-                             f"1 <= guidance_min <= guidance_max (SnapFusion: [2, 14])")
+        self._check_guidance_range(" (SnapFusion: [2, 14])")
         if self.teacher_prediction_type not in (None, *PREDICTION_TYPES):
             bad("teacher_prediction_type", f"None (the pipeline's) or one of {list(PREDICTION_TYPES)}")
         if self.student_prediction not in (None, *PREDICTION_TYPES):
             bad("student_prediction", f"None (the teacher's) or one of {list(PREDICTION_TYPES)}")
-        if self.guidance is not None and self.guidance < 1.0:
-            bad("guidance", "None or >= 1 (1: no guidance)")
 
     def _check_loss_weights(self) -> None:
-        extra = {n: getattr(self, n) for n in ("lambda_out", "lambda_feat", "lambda_mid", "lambda_perc")}
-        if any(v != 0 for v in extra.values()):
-            raise ValueError(f"StepDistillConfig: {extra} must all be 0; step distillation trains on the "
-                             f"k-step teacher target plus lambda_task (gamma) x the task loss")
+        self._refuse_kd_weights(KD_WEIGHTS[1:], "step distillation trains on the k-step teacher target plus "
+                                "lambda_task (gamma) x the task loss")
         if self.lambda_task < 0:
             raise ValueError(f"StepDistillConfig.lambda_task={self.lambda_task} is invalid: gamma must be >= 0")
 
