@@ -70,3 +70,22 @@ def test_distill_vae_on_sdxl_keeps_every_component(tiny_sdxl_dir, tmp_path):
                  "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
     written = {p.name for p in (out / "pipeline").iterdir()}
     assert {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"} <= written
+
+
+def test_a_unet_alone_is_hosted_in_its_sdxl_teacher(tiny_sdxl_dir, tmp_path):
+    """A pruned SDXL U-Net (no pipeline of its own) runs in its teacher's pipeline: the text width it
+    reads is both encoders' concatenated (the check once took the first encoder's alone and refused,
+    which broke `demo --model` and `compare` on an SDXL teacher); a U-Net of another width is refused."""
+    from slimdiff.sample.load import resolve_pipeline
+    from slimdiff.unet import load_unet
+    from slimdiff.unet.io import check_text_width
+
+    unet = load_unet(tiny_sdxl_dir)
+    check_text_width(unet, tiny_sdxl_dir, "sdxl")  # 32 + 32 = 64: accepted
+    no_second = tmp_path / "one-encoder"
+    (no_second / "text_encoder").mkdir(parents=True)
+    (no_second / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    with pytest.raises(ValueError, match="reads text of width 64, but the text encoder of one gives 32"):
+        check_text_width(unet, no_second, "one")
+    pipe = resolve_pipeline(unet, base=str(tiny_sdxl_dir))
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"

@@ -88,8 +88,10 @@ def load_unet(name_or_path: str | os.PathLike):
 def check_text_width(unet: nn.Module, pipeline_dir: Path, name: Any) -> None:
     """ValueError when the U-Net's cross-attention reads text of another width than the
     pipeline's text encoder gives (it would fail later, deep inside a matmul)."""
-    config = pipeline_dir / "text_encoder" / "config.json"
-    width = read_json(config).get("hidden_size") if config.is_file() else None
+    # SDXL's U-Net reads both encoders' hidden states concatenated (768 + 1280 = 2048; the refiner: the second alone)
+    widths = [read_json(c).get("hidden_size") for c in (pipeline_dir / "text_encoder" / "config.json",
+                                                         pipeline_dir / "text_encoder_2" / "config.json") if c.is_file()]
+    width = sum(widths) if widths and None not in widths else None
     reads = sorted({m.to_k.in_features for m in unet.modules()
                     if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")})
     if width is not None and reads and reads != [width]:
