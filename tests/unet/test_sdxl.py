@@ -138,3 +138,22 @@ def _attn(model):
     from slimdiff.unet.structure import iter_units
 
     return [(n, b, u) for n, b, u in iter_units(model.config.blocks) if u["type"] == "attn"]
+
+
+@pytest.mark.parametrize("take", ["none", "all"])
+def test_assembly_on_sdxl_carries_the_added_conditioning(take):
+    """A-SDM's assembly on SDXL-base's topology (koala-700m's blocks): take none is the teacher, take all
+    is the student, both bit for bit (the added text/time embedding travels with the time embedding;
+    before, it had no stem position and assembling an SDXL U-Net raised StopIteration)."""
+    from slimdiff.testing import tiny_sdxl_base_unet_config
+    from slimdiff.unet import apply_preset, assemble
+
+    teacher = SlimUNet2DConditionModel.from_diffusers(tiny_sdxl_unet(**tiny_sdxl_base_unet_config()))
+    student, _ = apply_preset(teacher, "koala-700m")
+    torch.manual_seed(5)
+    for p in student.parameters():  # a "distilled" student: its weights differ from the teacher's
+        p.data.add_(0.05 * torch.randn_like(p))
+    model = assemble(student, teacher, take=take)
+    inputs = _inputs(teacher)
+    assert torch.equal(_out(model, inputs), _out(teacher if take == "none" else student, inputs))
+    assert ("add_embedding" in model.assembly["freeze"]) == (take == "none")

@@ -45,9 +45,10 @@ ASSEMBLIES: dict[str, tuple[str, ...]] = {  # seed Table 2 (student part; the re
     "M3": ("conv_in", "down.0", "down.1", "down.2", "up.1", "up.2", "up.3", "conv_out"),
 }
 # stem position -> tensor name prefixes, and the module names `--freeze` accepts for it
-_STEM_TENSORS = {"conv_in": ("conv_in.",), "time_embedding": ("time_proj.", "time_embedding."),
+# (SDXL's added text/time conditioning, `add_embedding`, travels with the time embedding it is added to)
+_STEM_TENSORS = {"conv_in": ("conv_in.",), "time_embedding": ("time_proj.", "time_embedding.", "add_embedding."),
                  "conv_out": ("conv_norm_out.", "conv_out.")}
-_STEM_MODULES = {"conv_in": ["conv_in"], "time_embedding": ["time_embedding"],
+_STEM_MODULES = {"conv_in": ["conv_in"], "time_embedding": ["time_embedding", "add_embedding"],
                  "conv_out": ["conv_norm_out", "conv_out"]}
 # settings two models may differ in and still be assembled (text widths: compared unit by unit below)
 _IGNORED_BASE = ("sample_size", "cross_attention_dim", "unit_modules")
@@ -177,7 +178,7 @@ def assemble(student: nn.Module, teacher: nn.Module, take: str | Iterable[str] =
     model.inheritance = inheritance
     model.unit_sources = {n: models[m].unit_sources.get(u, u) for n, (m, u) in sources.items()}
     freeze = [b for b, src in block_source.items() if src.startswith("teacher:")]
-    freeze += [m for p in STEM if stem_source[p] == "teacher" for m in _STEM_MODULES[p]]
+    freeze += [m for p in STEM if stem_source[p] == "teacher" for m in _STEM_MODULES[p] if hasattr(model, m)]
     model.assembly = {
         "take": names, "preset": preset, "blocks": block_source, "stem": stem_source, "freeze": freeze,
         "block_map": {b: _position(b, src, where) for b, src in block_source.items()},
