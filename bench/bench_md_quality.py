@@ -9,7 +9,9 @@ Models (each built from the toy teacher, then distilled --distill-steps steps wi
 `slimdiff.demo.demo_distill_settings`, through bench_asdm.py's `Bench`, so every stage is resumable and
 reused only with the same settings): the presets `md` and `md-lite` scaled to the toy's widths (the
 bottleneck 0.8 / 0.7 x the teacher's third width, rounded to its norm groups: 96 -> 80 / 64), and bk-small
-with one trick (`MDTRICKS` below), the toy twins of bench_md.py's sd15-arch rows. The per-step speed of
+with one trick (`MDTRICKS` below), the toy twins of bench_md.py's sd15-arch rows, and the designs
+bench_md_search.py found (docs/bench/md_search.json: their choices applied to the toy teacher; e.g.
+`--models NAME --out docs/bench/md_search_quality --work runs/bench_md_search_quality`). The per-step speed of
 each architecture at sd15-arch 512px is bench_md.py's (docs/bench/md.md). Work: 600 distillation steps
 per model (~10-20 min each on one thread); run it in chunks (`--models`), each under the shared CPU lock.
 """
@@ -29,6 +31,7 @@ from bench_asdm import Bench, parse_args as asdm_args  # noqa: E402
 
 from slimdiff.io import atomic_write, read_json, write_json  # noqa: E402
 from slimdiff.modules import MDTricks, apply_md_tricks  # noqa: E402
+from slimdiff.prune.choices import apply_choices  # noqa: E402
 from slimdiff.unet import apply_preset, load_unet, save_student  # noqa: E402
 
 # bk-small + one trick (the toy's levels: 0 = 8x8, 1 = 4x4, 2 = 2x2)
@@ -39,7 +42,9 @@ MDTRICKS = {
     "bk-small + swish": MDTricks(swish=True),
     "bk-small + ReLU attention": MDTricks(relu=True),
 }
-MODELS = ["md", "md-lite", *MDTRICKS]
+SEARCH = "docs/bench/md_search.json"  # bench_md_search.py's designs: {name: {"chosen": {unit: choice}}}
+DESIGNS = read_json(SEARCH)["designs"] if Path(SEARCH).is_file() else {}
+MODELS = ["md", "md-lite", *MDTRICKS, *DESIGNS]
 
 
 SPEED = "docs/bench/md.json"  # bench_md.py: per-step speed-ups of md / md-lite at sd15-arch 512px
@@ -76,12 +81,18 @@ def student(b: Bench, name: str) -> str:
         teacher = load_unet(teacher_name)
         if name in ("md", "md-lite"):
             model, info = apply_preset(teacher, name)
+        elif name in DESIGNS:  # a searched design's keep / remove / replace choices on the toy teacher
+            model = apply_choices(teacher, DESIGNS[name]["chosen"])
+            info = {"search": {"method": "laptop-choices", "design": name, "chosen": DESIGNS[name]["chosen"]}}
         else:
             base, info = apply_preset(teacher, "bk-small")
             model, info = apply_md_tricks(base, MDTRICKS[name]), {**info, "md_tricks": MDTRICKS[name].to_dict()}
         save_student(model, out, source=teacher_name, recipe=info)
 
-    return b.stage(key(name), {"teacher": teacher_name, "model": name}, make)
+    settings = {"teacher": teacher_name, "model": name}
+    if name in DESIGNS:
+        settings["chosen"] = DESIGNS[name]["chosen"]
+    return b.stage(key(name), settings, make)
 
 
 def key(name: str) -> str:
@@ -92,7 +103,7 @@ def speedups() -> dict[str, float]:
     """Per-step speed-ups at sd15-arch 512px, CPU, 1 thread, against sd15-arch in the same rounds."""
     out = {}
     if Path(SPEED).is_file():
-        out |= {n: r["speedup"] for n, r in read_json(SPEED)["rows"].items() if n in ("md", "md-lite")}
+        out |= {n: r["speedup"] for n, r in read_json(SPEED)["rows"].items() if n in ("md", "md-lite", *DESIGNS)}
     path, row = BK_SMALL_SPEED
     if Path(path).is_file():
         out["bk-small"] = read_json(path)["models"][row]["speedup"]
