@@ -63,7 +63,12 @@ up) or 12 (md-lite: 3, 3, 3 + 3) full transformers; 11 ResNets in all (down 3, m
 transformer with shared K/V, FF 3x and swish; softmax attention (ReLU is a fine-tune after distillation,
 its own row). Tensors inherited from sd15-arch where name and shape match (levels 0-1, the stem).
 Rows after md-lite: designs searched by bench/bench_md_search.py (docs/bench/md_search.md), their choices
-applied to sd15-arch."""
+applied to sd15-arch. ReLU attention is slower here (0.58x): softmax runs in torch's fused
+scaled_dot_product_attention, while ReLU attention (1/L) relu(Q K^T / sqrt(d)) V is two matmuls with the
+(B, heads, N, L) score matrix materialised (at 64x64 self-attention: 2 x 8 x 4096 x 4096 floats, 1 GiB per
+layer); its gain in seed 001 is on mobile accelerators where softmax itself is costly and low-bit. FF 3x
+(1.01x) and swish (0.96x) are within this bench's noise (about +-10%: sd15-arch's own step varied 14.0-16.5 s
+over these rows); at 512px the attention matmuls, not the feed-forward, dominate a CPU step."""
 STRUCTURE = "md structure, plain units (fewer ResNets, transformers in the middle, 1024 ch)"
 SEARCH = "docs/bench/md_search.json"  # bench_md_search.py's designs: {name: {"chosen": {unit: choice}}}
 DESIGNS = read_json(SEARCH)["designs"] if os.path.isfile(SEARCH) else {}
