@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--distill-only", action="store_true",
                    help="build and distil --models, no evaluation (a chunk; the full run reuses them)")
     own, rest = p.parse_known_args()
-    command = " ".join(["python bench/bench_md_quality.py", *sys.argv[1:]])
+    command = shlex.join(["python", "bench/bench_md_quality.py", *sys.argv[1:]])
     sys.argv = [sys.argv[0], *rest]
     args = asdm_args()
     args.models, args.distill_only, args.command = own.models, own.distill_only, command
@@ -111,7 +112,8 @@ def speedups() -> dict[str, float]:
 
 
 def p1_rows(result: dict, speed: dict[str, float]) -> list[dict]:
-    """Target P1 per model: speed-up >= P1_SPEEDUP and all-correct inside bk-small's 95% interval; with the
+    """Target P1 per model: speed-up >= P1_SPEEDUP and all-correct within bk-small's 95% interval or above it
+    (quality kept: not below the interval's lower end; a model better than bk-small keeps it too); with the
     paired difference from bk-small (the first row)."""
     base = result["rows"][0]
     lo, hi = base["ci"][P1_METRIC]
@@ -122,28 +124,29 @@ def p1_rows(result: dict, speed: dict[str, float]) -> list[dict]:
         v, s = r[P1_METRIC], speed.get(r["model"])
         d_lo, d_hi = r["diff_ci"][P1_METRIC]
         inside = lo <= v <= hi
+        kept = v >= lo  # within the interval or above it
         rows.append({"model": r["model"], "speedup": s, "all_correct": v, "ci": r["ci"][P1_METRIC],
                      "diff": v - base[P1_METRIC], "diff_ci": [d_lo, d_hi], "inside_bk_small_ci": inside,
-                     "p1": None if s is None else bool(s >= P1_SPEEDUP and inside)})
+                     "quality_kept": kept, "p1": None if s is None else bool(s >= P1_SPEEDUP and kept)})
     return rows
 
 
 def p1_markdown(rows: list[dict], base: dict, speed: dict[str, float]) -> list[str]:
     lo, hi = base["ci"][P1_METRIC]
-    lines = [f"## Target P1: >= {P1_SPEEDUP}x per step, all-correct within distilled bk-small's interval", "",
+    lines = [f"## Target P1: >= {P1_SPEEDUP}x per step, all-correct within distilled bk-small's interval (or above it)", "",
              f"bk-small (distilled, {speed.get('bk-small', float('nan')):.2f}x per step): all-correct "
              f"{base[P1_METRIC]:.4f} [{lo:.4f}, {hi:.4f}]. Speed-ups: per step at sd15-arch 512px, CPU, 1 thread, "
              f"beside sd15-arch in the same rounds ({SPEED}, bench_md.py; bk-small: {BK_SMALL_SPEED[0]}); the "
              "bk-small + trick rows have no sd15-arch timing of their own (their tricks alone on sd15-arch: "
              "docs/bench/md.md).", "",
-             "| model | speed-up / step | all correct [95% CI] | - bk-small [95% paired CI] | inside bk-small's CI | P1 |",
+             "| model | speed-up / step | all correct [95% CI] | - bk-small [95% paired CI] | vs bk-small's CI | P1 |",
              "|---|---:|---|---|---|---|"]
     for r in rows:
         s = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         p1 = "-" if r["p1"] is None else ("met" if r["p1"] else "missed")
         lines.append(f"| {r['model']} | {s} | {r['all_correct']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
                      f"{r['diff']:+.4f} [{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}] | "
-                     f"{'yes' if r['inside_bk_small_ci'] else 'no'} | {p1} |")
+                     f"{'inside' if r['inside_bk_small_ci'] else ('above' if r['quality_kept'] else 'below')} | {p1} |")
     return lines
 
 

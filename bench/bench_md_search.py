@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ def main() -> None:
     args = parse_args()
     t0, load0 = time.time(), os.getloadavg()[0]
     design = search(args)
-    design["run"] = {"command": " ".join(["python bench/bench_md_search.py", *sys.argv[1:]]),
+    design["run"] = {"command": shlex.join(["python", "bench/bench_md_search.py", *sys.argv[1:]]),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "seconds": round(time.time() - t0), "load": [load0, os.getloadavg()[0]],
                      "torch": torch.__version__}
