@@ -40,6 +40,7 @@ from slimdiff.unet import load_unet, to_slim
 
 OUT = "docs/bench/md_search"
 LUT = "docs/bench/presets_latency_lut.json"  # sd15-arch at 512px, batch 1 (bench_presets_latency.py)
+SPEED, QUALITY = "docs/bench/md.json", "docs/bench/md_search_quality.json"  # the designs' measured rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,6 +136,21 @@ def markdown(results: dict) -> str:
              "the whole sd15-arch's predicted latency. Protected units are kept or replaced, never removed. "
              "The design's measured speed-up (beside sd15-arch, batch 2) is in docs/bench/md.md; its toy twin "
              "after the demo's distillation in docs/bench/md_search_quality.md.", ""]
+    speed = read_json(SPEED)["rows"] if Path(SPEED).is_file() else {}
+    quality = {r["model"]: r for r in read_json(QUALITY)["p1"]} if Path(QUALITY).is_file() else {}
+    lines += ["| design | table-predicted speed-up (batch 1) | measured speed-up (batch 2, beside sd15-arch) | "
+              "toy all-correct after distillation [95% CI] | - distilled bk-small [95% paired CI] | P1 |",
+              "|---|---:|---:|---|---|---|"]
+    for name, d in results["designs"].items():
+        m, q = speed.get(name), quality.get(name)
+        cells = [f"{m['speedup']:.2f}x" if m else "not yet timed",
+                 f"{q['all_correct']:.3f} [{q['ci'][0]:.3f}, {q['ci'][1]:.3f}]" if q else "not yet distilled",
+                 f"{q['diff']:+.3f} [{q['diff_ci'][0]:+.3f}, {q['diff_ci'][1]:+.3f}]" if q else "-",
+                 ("met" if q["p1"] else "missed") if q and q["p1"] is not None else "-"]
+        lines.append(f"| {name} | {d['predicted_speedup']:.2f}x | " + " | ".join(cells) + " |")
+    lines += ["", f"Measured speed-ups: {SPEED} (bench_md.py, its rows named as the designs); toy quality: {QUALITY} "
+              "(bench_md_quality.py, the demo's distillation, 256 test prompts, paired bootstrap). P1: measured "
+              ">= 2.5x and all-correct not below distilled bk-small's 95% interval.", ""]
     for name, d in results["designs"].items():
         removed = [u for u, c in d["chosen"].items() if c == REMOVE]
         replaced = {u: c for u, c in d["chosen"].items() if c != REMOVE}
