@@ -7,7 +7,8 @@ and the latency table's prediction for a replaced unit.
 
 Steps: (1) each row's U-Net is built from the seeded random sd15-arch (architecture only, weights
 random): one MobileDiffusion trick alone (`slimdiff.modules.mobilediffusion.MDTricks`), the md design's
-structure with plain units, and the presets md / md-lite whole; (2) parameters and FLOPs (counted on
+structure with plain units, the presets md / md-lite whole, and the designs bench_md_search.py found
+(their choices applied to sd15-arch); (2) parameters and FLOPs (counted on
 the meta device: 2 x MACs, attention matmuls included; the seed's Table 1 convention = ours x
 392 / 803.3, SD-1.5's row); (3) latency per step: batch 2 (classifier-free guidance), float32, CPU, 1
 thread, process CPU time, the row's U-Net and sd15-arch timed round-robin in the same rounds (one
@@ -35,6 +36,7 @@ from slimdiff.modules import MDTricks, apply_md_tricks
 from slimdiff.modules.mobilediffusion import MD_DESIGNS, md_blocks
 from slimdiff.profile import LatencyLUT, ProfileSettings, make_unet_inputs, profile_unet
 from slimdiff.profile.latency import median, num_threads, time_rounds
+from slimdiff.prune.choices import apply_choices
 from slimdiff.unet import apply_preset, load_unet, rebuild, slim_view, text_width, to_slim
 from slimdiff.unet.builtins import SD15_CONFIG
 
@@ -59,9 +61,18 @@ width); 64x64: one ResNet down, two up, no transformer; 32x32: ResNet + cross-at
 (down 1, up 2: the 3 CA without SA); 16x16: ResNets with separable convs and 15 (md: 3 down, 6 mid, 3 + 3
 up) or 12 (md-lite: 3, 3, 3 + 3) full transformers; 11 ResNets in all (down 3, mid 2, up 6); every
 transformer with shared K/V, FF 3x and swish; softmax attention (ReLU is a fine-tune after distillation,
-its own row). Tensors inherited from sd15-arch where name and shape match (levels 0-1, the stem)."""
+its own row). Tensors inherited from sd15-arch where name and shape match (levels 0-1, the stem).
+Rows after md-lite: designs searched by bench/bench_md_search.py (docs/bench/md_search.md), their choices
+applied to sd15-arch. ReLU attention is slower here (0.58x): softmax runs in torch's fused
+scaled_dot_product_attention, while ReLU attention (1/L) relu(Q K^T / sqrt(d)) V is two matmuls with the
+(B, heads, N, L) score matrix materialised (at 64x64 self-attention: 2 x 8 x 4096 x 4096 floats, 1 GiB per
+layer); its gain in seed 001 is on mobile accelerators where softmax itself is costly and low-bit. FF 3x
+(1.01x) and swish (0.96x) are within this bench's noise (about +-10%: sd15-arch's own step varied 14.0-16.5 s
+over these rows); at 512px the attention matmuls, not the feed-forward, dominate a CPU step."""
 STRUCTURE = "md structure, plain units (fewer ResNets, transformers in the middle, 1024 ch)"
-ROWS = [*TRICKS, STRUCTURE, "md", "md-lite"]
+SEARCH = "docs/bench/md_search.json"  # bench_md_search.py's designs: {name: {"chosen": {unit: choice}}}
+DESIGNS = read_json(SEARCH)["designs"] if os.path.isfile(SEARCH) else {}
+ROWS = [*TRICKS, STRUCTURE, "md", "md-lite", *DESIGNS]
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,6 +92,8 @@ def build(name: str, teacher):
         return apply_md_tricks(teacher, TRICKS[name])
     if name == STRUCTURE:
         return rebuild(slim_view(teacher), md_blocks(slim_view(teacher), MD_DESIGNS["md"]))
+    if name in DESIGNS:  # a searched design: its keep / remove / replace choices applied to the teacher
+        return apply_choices(teacher, DESIGNS[name]["chosen"])
     return apply_preset(teacher, name)[0]
 
 

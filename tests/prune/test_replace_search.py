@@ -10,7 +10,7 @@ import torch
 from slimdiff.modules import MDTricks, apply_md_tricks
 from slimdiff.modules.mobilediffusion import replacement_options
 from slimdiff.prune import Budget, OutputLossCriterion
-from slimdiff.prune.choices import REMOVE, laptop_choose, solve_choices, solve_choices_valid
+from slimdiff.prune.choices import REMOVE, apply_choices, laptop_choose, solve_choices, solve_choices_valid
 from slimdiff.prune.criteria import removable_units
 from slimdiff.prune.evolve import EvolveConfig, evolve
 from slimdiff.prune.knapsack import BudgetError
@@ -80,6 +80,32 @@ def test_laptop_with_replacements_under_a_latency_budget_gives_a_loadable_mixed_
     x, ehs = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 16)
     with torch.no_grad():
         assert torch.allclose(back(x, 3, ehs).sample, student(x, 3, ehs).sample, atol=1e-6)
+
+
+def test_protected_units_are_replaced_or_kept_never_removed_and_the_choices_rebuild_the_student(tiny_slim):
+    # every removal scores 0 and every replacement 1, so without protection the level-0 transformers would go;
+    # `no_removal` withholds their "remove" option; `apply_choices` rebuilds the same student from the choices
+    lut = ParamsLUT()
+    protect = tuple(u.name for u in tiny_slim.units() if u.kind == "attn" and u.level == 0)
+    scores = {(u, REMOVE): 0.0 for u in removable_units(tiny_slim)}
+    for u, opts in replacement_options(tiny_slim).items():
+        scores |= {(u, o): 1.0 for o in opts}
+    _, free = laptop_choose(tiny_slim, None, Budget("latency", 0.5), lut=lut, scores=scores)
+    assert any(free.chosen.get(u) == REMOVE for u in protect)
+    student, result = laptop_choose(tiny_slim, None, Budget("latency", 0.5), lut=lut, scores=scores,
+                                    no_removal=protect)
+    assert protect and all(result.chosen.get(u) != REMOVE for u in protect)
+    assert all(REMOVE not in result.options[u] for u in protect if u in result.options)
+    again = apply_choices(tiny_slim, result.chosen)
+    assert [u.name for u in again.units()] == [u.name for u in student.units()]
+    x, ehs = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 16)
+    with torch.no_grad():
+        assert torch.equal(again(x, 3, ehs).sample, student(x, 3, ehs).sample)
+    with pytest.raises(ValueError, match=r"no_removal names units the model does not have: \['down.9.attn'\]"):
+        laptop_choose(tiny_slim, None, Budget("latency", 0.5), lut=lut, scores=scores, no_removal=("down.9.attn",))
+    resnet = next(u.name for u in tiny_slim.units() if u.kind == "resnet")
+    with pytest.raises(ValueError, match=rf"cannot take these replacements: \[\('{resnet}', 'cross_only'\)\]"):
+        apply_choices(tiny_slim, {resnet: "cross_only"})
 
 
 def test_laptop_with_replacements_and_a_real_latency_table(tiny_slim):

@@ -150,6 +150,20 @@ def _unit_metric(model, metric: str, lut, context_length: int) -> dict[str, floa
         return lut.breakdown(model)
 
 
+def apply_choices(model, chosen: Mapping[str, str], repl: dict | None = None):
+    """The student `chosen` ({unit: "remove" | a replacement option}, as `ChoiceResult.chosen` and
+    recipe.json's `search.chosen` hold it) describes: replacements first (names unchanged), then removals.
+    The same choices apply to any U-Net of the same structure (a toy twin, sd15-arch)."""
+    model = as_slim(model)
+    options = tuple(dict.fromkeys(c for c in chosen.values() if c != REMOVE))
+    repl = replacement_options(model, options=options) if repl is None else repl
+    bad = [(u, c) for u, c in chosen.items() if c != REMOVE and c not in repl.get(u, {})]
+    if bad:
+        raise ValueError(f"units cannot take these replacements: {bad} (options: {list(REPLACEMENTS)})")
+    swapped = apply_replacements(model, {u: repl[u][c] for u, c in chosen.items() if c != REMOVE})
+    return remove_units(swapped, [u for u, c in chosen.items() if c == REMOVE])
+
+
 @dataclasses.dataclass
 class ChoiceResult:
     """What the multiple-choice search decided (the `search` entry of recipe.json)."""
@@ -175,15 +189,23 @@ class ChoiceResult:
 
 def laptop_choose(model, criterion, budget: Budget, options: tuple[str, ...] = tuple(REPLACEMENTS), lut=None,
                   context_length: int = 77, resolution: int = knapsack.DEFAULT_RESOLUTION, measure: bool = True,
-                  wallclock: bool = False, scores: Mapping[tuple[str, str], float] | None = None):
+                  wallclock: bool = False, scores: Mapping[tuple[str, str], float] | None = None,
+                  no_removal: tuple[str, ...] = ()):
     """Keep / remove / replace per unit under `budget` (module docstring). Returns (student, ChoiceResult).
 
     `criterion`: an `OutputLossCriterion` (removal scores L({u}); replacement scores L of the network with
-    u replaced), or None with `scores` {(unit, choice): score} given. A numbered-step orchestration (1-5).
+    u replaced), or None with `scores` {(unit, choice): score} given (e.g. scored on a smaller twin of the
+    same structure while the costs come from `model`'s table). `no_removal`: units that may be kept or
+    replaced but never removed (e.g. the highest-resolution transformers, whose cross-attention a design
+    keeps). A numbered-step orchestration (1-5).
     """
     model = as_slim(model)
-    # 1. the choices: removals LAPTOP accepts, the replacements each plain unit can take
-    candidates = removable_units(model)
+    # 1. the choices: removals LAPTOP accepts (none of `no_removal`), the replacements each plain unit can take
+    names = {u.name for u in model.units()}
+    unknown = [u for u in no_removal if u not in names]
+    if unknown:
+        raise ValueError(f"no_removal names units the model does not have: {unknown}")
+    candidates = [u for u in removable_units(model) if u not in no_removal]
     repl = replacement_options(model, options=options)
     account = BudgetAccount.build(model, budget.metric, candidates, lut, context_length)
     saved_repl = replacement_costs(model, budget.metric, repl, lut, context_length)
@@ -202,8 +224,7 @@ def laptop_choose(model, criterion, budget: Budget, options: tuple[str, ...] = t
     sol = solve_choices_valid(table, account.required(budget.ratio), lambda names: check_removal(model, names),
                               resolution)
     # 4. edit: replacements first (names unchanged), then removals
-    chosen_repl = {u: repl[u][c] for u, c in sol.chosen.items() if c != REMOVE}
-    student = remove_units(apply_replacements(model, chosen_repl), [u for u, c in sol.chosen.items() if c == REMOVE])
+    student = apply_choices(model, sol.chosen, repl)
     # 5. measure
     measured, other = float("nan"), {"params": measure_ratio(model, student, "params")}
     if measure:
