@@ -5,7 +5,7 @@
 The toy: the peak resident memory its training run recorded (`recipe.json` one_step_distill.peak_memory; the
 whole process: three U-Nets, their optimiser states, the text encoder, the VAE, the cached data).
 SD-1.5 at 512 px (64x64 latents), estimated as
-    states (`slimdiff.distill.onestep.state_memory_gb`: generator and fake score in float32 with gradients and
+    states (`slimdiff.distill.dmd.state_memory_gb`: generator and fake score in float32 with gradients and
             AdamW moments, the teacher in fp16) + batch x 2 x A,
 A = the activations one training forward + backward of the SD-1.5 U-Net keeps at batch 1 and 64x64 latents:
 measured on the CPU at smaller latents (`--latents`, default 16 and 32: a random-weight U-Net of
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from slimdiff.distill.onestep import state_memory_gb
+from slimdiff.distill.dmd import state_memory_gb
 from slimdiff.io import atomic_write
 
 

@@ -9,8 +9,9 @@ from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionMode
 from safetensors.torch import load_file
 
 from slimdiff.distill.guidance import guided_output
-from slimdiff.distill.onestep import (GanHead, OneStepConfig, OneStepTrainer, dmd_gradient, dmd_loss, gan_losses,
-                                      generator_timesteps, one_step_distill, state_memory_gb, trained_step_counts)
+from slimdiff.distill.dmd import (GanHead, dmd_gradient, dmd_loss, gan_losses, generator_timesteps, state_memory_gb,
+                                  trained_step_counts)
+from slimdiff.distill.onestep import OneStepConfig, OneStepTrainer, one_step_distill
 from slimdiff.sample.conditioning import Conditioning
 from slimdiff.testing import tiny_unet_config
 from slimdiff.train import loop as trainer_mod
@@ -225,3 +226,101 @@ def test_cli_refuses_dmd2_flags_on_lcm(tiny_pipe, tmp_path, capsys):
     code = main(["step-distill", "--teacher", str(tiny_pipe), "--student", "toy", "--out", str(tmp_path / "o"),
                  "--method", "lcm", "--fake-ratio", "3"])
     assert code == 2 and "--fake-ratio do not apply to --method lcm" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ issue 21's audit (session 9)
+
+
+def test_the_trained_one_step_sample_is_what_the_pipeline_returns_at_one_step(make_dmd, tmp_path):
+    """The generator's training-time x (c_skip z + c_out x0_G at t_0, w through time_cond_proj_dim) equals the
+    latents `StableDiffusionPipeline(num_inference_steps=1)` returns for the same noise and prompt, with a
+    non-zero w projection (a guidance-embedding mismatch between training and sampling would show)."""
+    trainer = OneStepTrainer(make_dmd(tmp_path / "o"), progress=False)
+    try:
+        torch.nn.init.normal_(trainer.model.time_embedding.cond_proj.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        base = StableDiffusionPipeline.from_pretrained(trainer.cfg.teacher)
+        pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                       unet=trainer.model, scheduler=trainer._scheduler(), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            text = pipe.encode_prompt(["red circle", "blue square"], "cpu", 1, False)[0]
+            h = trainer._latent_size()
+            noise = torch.randn(2, 4, *h, generator=torch.Generator().manual_seed(0))
+            w = trainer.sample_guidance
+            sampled = pipe(prompt_embeds=text, latents=noise.clone(), num_inference_steps=1, guidance_scale=w,
+                           output_type="latent").images
+            trained = trainer._generate(trainer.model, noise, trainer.timesteps[:1].expand(2), Conditioning(text),
+                                        torch.full((2,), w))
+        assert pipe.scheduler.timesteps.tolist() == trainer.timesteps.tolist() == [999]
+        assert torch.allclose(sampled, trained, atol=1e-6)
+        with torch.no_grad():  # and the embedding matters here: another w gives another sample
+            other = trainer._generate(trainer.model, noise, trainer.timesteps[:1].expand(2), Conditioning(text),
+                                      torch.full((2,), w + 2))
+        assert not torch.allclose(other, trained, atol=1e-4)
+    finally:
+        trainer.close()
+
+
+def test_dmd_gradient_reads_the_fake_score_before_its_updates_which_see_fresh_samples(make_dmd, tmp_path):
+    """DMD2's alternation: the generator's gradient reads the fake score as trained on earlier samples (0 updates at
+    step 1), not after `fake_ratio` updates on the very samples it judges; the updates see distinct samples."""
+    trainer = OneStepTrainer(make_dmd(tmp_path / "o", max_steps=1, fake_ratio=3), progress=False)
+    reads, inputs = [], []
+
+    def updates_so_far():
+        state = trainer.fake_optimizer.state_dict()["state"]
+        return int(state[0]["step"].item()) if state else 0
+
+    trainer.fake.register_forward_pre_hook(lambda *a: None if torch.is_grad_enabled() else reads.append(
+        updates_so_far()))
+    update = trainer._fake_update
+
+    def spy(x, *rest):
+        inputs.append(x.clone())
+        return update(x, *rest)
+
+    trainer._fake_update = spy
+    trainer.run()
+    assert reads == [0] and len(inputs) == 3
+    assert all(not torch.allclose(inputs[i], inputs[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+
+
+def test_teacher_pairs_are_the_pipelines_ddim_samples_made_once_and_checked(make_dmd, tmp_path, monkeypatch):
+    """DMD's regression pairs: pair i is what StableDiffusionPipeline (trailing DDIM, CFG at the sampling guidance)
+    returns from pair i's noise for item i's caption; the file is read back, not remade; other settings refused;
+    the regression term enters the generator's loss with its weight."""
+    from diffusers import DDIMScheduler
+
+    from slimdiff.distill import dmd
+
+    pairs_file = tmp_path / "pairs.safetensors"
+    settings = dict(max_steps=1, lambda_reg=0.5, reg_pairs=3, reg_steps=3, reg_file=str(pairs_file))
+    trainer = OneStepTrainer(make_dmd(tmp_path / "a", **settings), progress=False)
+    pairs = trainer.pairs
+    assert pairs.index.tolist() == [0, 1, 2] and pairs.latents.shape == pairs.noise.shape == (3, 4, 8, 8)
+    base = StableDiffusionPipeline.from_pretrained(trainer.cfg.teacher)
+    base.scheduler = DDIMScheduler.from_config(base.scheduler.config, timestep_spacing="trailing", clip_sample=False)
+    base.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        for i in range(3):
+            text = trainer._item_text([i]).encoder_hidden_states
+            want = base(prompt_embeds=text, negative_prompt_embeds=trainer.empty_text.encoder_hidden_states,
+                        latents=pairs.noise[i:i + 1].clone(), num_inference_steps=3,
+                        guidance_scale=trainer.sample_guidance, output_type="latent").images
+            assert torch.allclose(want[0], pairs.latents[i], rtol=1e-4, atol=1e-4), i
+    log = read_log(trainer.run().log_path)[0]
+    assert log["loss"] == pytest.approx(log["loss_dmd"] + 0.5 * log["loss_reg"], rel=1e-5)
+
+    def no_sampling(*a, **k):
+        raise AssertionError("the cached pairs were made again")
+
+    monkeypatch.setattr(dmd, "ddim_sample", no_sampling)
+    again = OneStepTrainer(make_dmd(tmp_path / "b", **settings), progress=False)
+    assert torch.equal(again.pairs.latents, pairs.latents)
+    again.close()
+    with pytest.raises(ValueError, match=r"were made with other settings .*'steps': \('3', '4'\)") as e:
+        OneStepTrainer(make_dmd(tmp_path / "c", **{**settings, "reg_steps": 4}), progress=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"reg_pairs=17 is invalid: at most the data's 16 items"):
+        OneStepTrainer(make_dmd(tmp_path / "d", **{**settings, "reg_pairs": 17}), progress=False)

@@ -63,6 +63,12 @@ _DMD = [
     ("--gan-weight", "lambda_gan", dict(type=float, help="dmd2: the generator's GAN term (default 0: no head)")),
     ("--gan-fake-weight", "lambda_gan_fake", dict(type=float, help="dmd2: the head's loss in the fake score's "
                                                                      "update (default 0.01)")),
+    ("--reg-weight", "lambda_reg", dict(type=float, help="dmd2: DMD's regression term on the guided teacher's DDIM "
+                                                         "noise -> image pairs (default 0: none)")),
+    ("--reg-pairs", "reg_pairs", dict(type=int, help="dmd2: number of teacher pairs (default 2048)")),
+    ("--reg-steps", "reg_steps", dict(type=int, help="dmd2: the teacher's DDIM steps per pair (default 16)")),
+    ("--reg-file", "reg_file", dict(help="dmd2: the pairs' cache file, made when missing (default "
+                                         "OUT/teacher_pairs.safetensors)")),
 ]
 _OPTIONS = _SHARED + _SNAPFUSION + _CONSISTENCY + _DMD[1:] + [o for o in DISTILL_OPTIONS if o[1] not in _LOSS_FIELDS]
 METHODS = ("snapfusion", "lcm", "pcm", "dmd2")

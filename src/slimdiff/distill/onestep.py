@@ -23,15 +23,19 @@ Distribution matching (DMD eq. 7-8; DMD2 sec. 4). t ~ U[t_min T, t_max T], x_t =
     grad = (x0_fake - x0_real) / mean_{C,h,w} |x - x0_real|            (per row; the score difference
            s_fake - s_real = a_t (x0_fake - x0_real) / s_t^2, normalised by DMD's weighting)
     loss_dmd = 0.5 mean (x - sg(x - grad))^2      (its gradient w.r.t. x is grad / numel: the KL's direction)
-Fake score (DMD2 sec. 4.2, the two time-scale update rule): in each micro-step, between the sample and its
-loss, `fake_ratio` updates of f on the generator's samples x (detached), each with its own t ~ U{0..T-1} and
-noise, the teacher's denoising loss mse(f(x_t, t, w), target) (target: eps / v / x0 as the teacher predicts),
-with its own AdamW (`fake_learning_rate`), clipping and (several processes) averaged gradients. The sanity
-identity: when f is the teacher and w = 1, x0_fake = x0_real and the generator's gradient is zero.
+Fake score (DMD2 sec. 4.2, the two time-scale update rule): after the gradient above is read (f has seen only
+earlier samples, as in DMD2's alternating updates; updated on x first, f would partly fit the very samples it
+judges), `fake_ratio` updates of f: the first on x (detached), the others on fresh samples of the same rows (new
+noise, no gradient); each with its own t ~ U{0..T-1} and noise, the teacher's denoising loss
+mse(f(x_t, t, w), target) (target: eps / v / x0 as the teacher predicts), its own AdamW (`fake_learning_rate`),
+clipping and (several processes) averaged gradients. The sanity identity: when f is the teacher and w = 1,
+x0_fake = x0_real and the generator's gradient is zero.
 GAN (optional, DMD2 sec. 4.3; `lambda_gan` > 0): a head on the fake score's mid-block features of x_t
 (B, C, h, w) -> a logit (B,); f and the head learn softplus(D(fake)) + softplus(-D(real)) on noised generator
 samples and noised data latents (weight `lambda_gan_fake`); the generator adds lambda_gan softplus(-D(x_t)).
-DMD's regression term on teacher noise-image pairs is not built (DMD2 drops it; issue 21 lists it as open).
+Regression (optional, DMD sec. 3.3; `lambda_reg` > 0): lambda_reg mse(x0_G(z_i, t_0, w), x_i) on b pairs
+a micro-step drawn from the guided teacher's DDIM pairs (`slimdiff.distill.dmd.teacher_pairs`: made once, cached
+in `reg_file`), the generator at the sampling guidance; latent MSE where DMD's images use LPIPS.
 
 Output (`out/`): the generator and recipe.json (`one_step_distill`: the settings; `sampling`: steps, guidance,
 LCMScheduler, one U-Net call a step; `sampling_steps`: the step counts whose timesteps G was trained at), and
@@ -58,6 +62,8 @@ from slimdiff.distill.features import FeatureRecorder, block_names
 from slimdiff.distill.guidance import add_guidance_embedding, guided_output
 from slimdiff.distill.kd import DistillResult, KdTrainer
 from slimdiff.distill.lcm import boundary_scalings
+from slimdiff.distill.dmd import (GanHead, dmd_gradient, dmd_loss, gan_losses, generator_timesteps, teacher_pairs,
+                                  trained_step_counts)
 from slimdiff.recipe import read_recipe, write_recipe
 from slimdiff.sample import fill_sampling
 from slimdiff.sample.conditioning import Conditioning
@@ -86,6 +92,10 @@ class OneStepConfig(DistillConfig):
     t_max: float = 0.98
     lambda_gan: float = 0.0  # the generator's GAN term (0: no head; DMD2 uses a small weight, e.g. 1e-3)
     lambda_gan_fake: float = 0.01  # the head's classification loss in the fake score's update (lambda_gan > 0)
+    lambda_reg: float = 0.0  # DMD's regression term on teacher pairs (0: none; `slimdiff.distill.pairs`)
+    reg_pairs: int = 2048  # pairs of the first items' captions (lambda_reg > 0)
+    reg_steps: int = 16  # the teacher's DDIM steps that make a pair
+    reg_file: str | None = None  # where the pairs are cached (None: out/teacher_pairs.safetensors)
     lambda_task: float = 0.0  # must stay 0: DMD's terms are the only loss
     lambda_out: float = 0.0
     lambda_feat: float = 0.0
@@ -99,7 +109,7 @@ class OneStepConfig(DistillConfig):
 
         if self.method != "dmd2":
             bad("method", "choose 'dmd2' (UFOGen is not built)")
-        self.check_ints(("steps", "solver_steps", "guidance_embed_dim"), 1)
+        self.check_ints(("steps", "solver_steps", "guidance_embed_dim", "reg_pairs", "reg_steps"), 1)
         if isinstance(self.fake_ratio, bool) or not isinstance(self.fake_ratio, int) or self.fake_ratio < 1:
             bad("fake_ratio", "an integer >= 1 (fake-score updates per generator step; DMD2: 5)")
         if self.steps > self.solver_steps:
@@ -109,7 +119,7 @@ class OneStepConfig(DistillConfig):
             bad("fake_learning_rate", "None (= learning_rate) or a positive number")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"OneStepConfig t range [{self.t_min}, {self.t_max}] is invalid: 0 <= t_min < t_max <= 1")
-        for name in ("lambda_gan", "lambda_gan_fake"):
+        for name in ("lambda_gan", "lambda_gan_fake", "lambda_reg"):
             if not getattr(self, name) >= 0:
                 bad(name, ">= 0")
         self._check_guidance_range()
@@ -124,61 +134,6 @@ def one_step_distill(config: OneStepConfig, teacher: nn.Module | None = None, st
     return OneStepTrainer(config, teacher, student, pipeline, progress).run()
 
 
-# ---------------------------------------------------------------------------------- the maths
-# x, x0 (B, C, h, w)
-
-
-def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
-    """DMD's per-row normalised score difference (x0_fake - x0_real) / mean |x - x0_real| (B, C, h, w), finite."""
-    weight = (x - x0_real).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)  # (B, 1, 1, 1)
-    return torch.nan_to_num((x0_fake - x0_real) / weight)
-
-
-def dmd_loss(x: Tensor, grad: Tensor) -> Tensor:
-    """0.5 mean (x - sg(x - grad))^2: its value is 0.5 mean grad^2, its gradient w.r.t. x is grad / x.numel()."""
-    return 0.5 * F.mse_loss(x.float(), (x - grad).detach().float())
-
-
-def gan_losses(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
-    """(discriminator, generator) non-saturating logistic losses: softplus(D(fake)) + softplus(-D(real)) and
-    softplus(-D(fake)), means over rows."""
-    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean(), F.softplus(-fake_logits).mean()
-
-
-def generator_timesteps(scheduler_config: dict, steps: int, solver_steps: int) -> Tensor:
-    """LCMScheduler's `steps` timesteps (descending, (K,) long) on its `solver_steps` grid: what the pipeline runs."""
-    sched = LCMScheduler.from_config({**scheduler_config, "original_inference_steps": solver_steps})
-    sched.set_timesteps(steps)
-    return sched.timesteps.long()
-
-
-def trained_step_counts(scheduler_config: dict, steps: int, solver_steps: int) -> list[int]:
-    """The step counts n <= `steps` whose LCMScheduler timesteps are all ones the generator was trained at."""
-    trained = set(generator_timesteps(scheduler_config, steps, solver_steps).tolist())
-    return [n for n in range(1, steps + 1)
-            if set(generator_timesteps(scheduler_config, n, solver_steps).tolist()) <= trained]
-
-
-def state_memory_gb(generator_params: int, fake_params: int, teacher_params: int, teacher_bytes: int = 2,
-                    ema: bool = False) -> float:
-    """GB (1e9 bytes) of the three U-Nets' weights and optimiser states: the generator and the fake score each hold
-    float32 weights, gradients and AdamW's two moments (16 bytes a parameter; an EMA adds 4), the frozen teacher its
-    weights (`teacher_bytes`: 2 in fp16). Activations come on top."""
-    return (generator_params * (16 + 4 * ema) + fake_params * 16 + teacher_params * teacher_bytes) / 1e9
-
-
-class GanHead(nn.Module):
-    """A logit per row from mid-block features (B, C, h, w): conv 3x3, SiLU, conv 1x1, spatial mean. No
-    normalisation: the toy's and the tiny tests' mid blocks are 1x1, where a group norm would erase them."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(), nn.Conv2d(channels, 1, 1))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.net(features.float()).mean(dim=(1, 2, 3))  # (B,)
-
-
 # ---------------------------------------------------------------------------------- the trainer
 
 
@@ -190,7 +145,7 @@ class OneStepTrainer(KdTrainer):
     def __init__(self, config: OneStepConfig, teacher=None, student=None, pipeline=None, progress=True):
         if not isinstance(config, OneStepConfig):
             raise ValueError(f"OneStepTrainer needs a OneStepConfig, got {type(config).__name__}")
-        self.fake = self.head = self.fake_optimizer = None
+        self.fake = self.head = self.fake_optimizer = self.pairs = None
         super().__init__(config, teacher, student, pipeline, progress)
         cfg = self.cfg
         self.teacher_pred = self.prediction_type
@@ -198,6 +153,25 @@ class OneStepTrainer(KdTrainer):
         world = fill_sampling(self.parts.pipeline, None, None, self.parts.toy_world)[1]
         self.w_range = (cfg.guidance_min, cfg.guidance_max) if cfg.guidance_min is not None else (world, world)
         self.sample_guidance = cfg.guidance if cfg.guidance is not None else sum(self.w_range) / 2
+        if cfg.lambda_reg > 0:  # made once by the guided teacher (every process makes or reads the same file)
+            if cfg.reg_pairs > self.dataset_size:
+                raise ValueError(f"OneStepConfig.reg_pairs={cfg.reg_pairs} is invalid: at most the data's "
+                                 f"{self.dataset_size} items (a pair per item's caption)")
+            with self.accelerator.main_process_first():
+                self.pairs = teacher_pairs(
+                    cfg.reg_file or self.out / "teacher_pairs.safetensors", self.teacher, self.parts.scheduler_config,
+                    self.teacher_pred, self._item_text, (self.teacher.config.in_channels, *self._latent_size()),
+                    self.empty_text, cfg.reg_pairs, cfg.reg_steps, self.sample_guidance, cfg.seed,
+                    getattr(self.dataset.base, "fingerprint", cfg.data))
+
+    def _item_text(self, indices: list[int]) -> Conditioning:
+        """The text conditioning (b rows) of data items `indices` (no caption dropout)."""
+        _, hidden, added = self.data.encoder.encode([self.dataset[i] for i in indices])
+        return Conditioning(hidden, added).to(self.device)
+
+    def _latent_size(self) -> tuple[int, int]:
+        h = self.resolution // 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
+        return h, h
 
     def _guidance_dim(self) -> None:
         return None  # the KD path feeds no w; `_micro_step` feeds each network its own
@@ -215,9 +189,8 @@ class OneStepTrainer(KdTrainer):
             names = block_names(self.fake)
             where = "mid" if "mid" in names else [n for n in names if n.startswith("down.")][-1]
             self.recorder = FeatureRecorder(self.fake, [where], "GAN head feature")
-            h = self.resolution // 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
             with torch.no_grad():  # the feature width, from one batch-1 call
-                x = torch.zeros(1, self.fake.config.in_channels, h, h, device=self.device)
+                x = torch.zeros(1, self.fake.config.in_channels, *self._latent_size(), device=self.device)
                 t = torch.zeros(1, dtype=torch.long, device=self.device)
                 self.fake(x, t, **self.data.probe_text.to(dtype=torch.float32).kwargs())
             with torch.random.fork_rng(devices=[]):  # the head's initial weights: a function of the seed
@@ -311,49 +284,63 @@ class OneStepTrainer(KdTrainer):
         return {k: v.detach() for k, v in terms.items()}
 
     def _micro_step(self, items: list[dict], position: int) -> dict[str, Tensor]:
-        """Numbered steps: 1 randomness, 2 the generator's sample, 3 the fake score's updates, 4 DMD (+ GAN)."""
+        """Numbered steps: 1 randomness, 2 the generator's sample, 3 DMD's gradient, 4 the fake score's updates,
+        5 the GAN term, 6 the regression term."""
         cfg = self.cfg
         # 1. encodings and randomness (all from the micro-step's generator g: exact resume)
         latents, noise, text, _, g, rows = self.data.sample(items, position)
         lo, hi = self.w_range
-        w = (lo + (hi - lo) * torch.rand(latents.shape[0] * self.world, generator=g))[rows].to(self.device)
-        # 2. the generator's sample x (B, C, h, w), with its gradient
-        z, t_gen = self._generator_input(noise, text, w, g, rows)
-        x = self._generate(self.model, z, t_gen, text, w)
-        # 3. the fake score follows the generator: fake_ratio updates on x (detached)
-        fake_terms: dict[str, Tensor] = {}
-        for _ in range(cfg.fake_ratio):
-            for k, v in self._fake_update(x.detach(), latents, text, w, g, rows).items():
-                fake_terms[k] = fake_terms.get(k, 0.0) + v / cfg.fake_ratio
-        # 4. the distribution-matching gradient at a noised x (real: the guided teacher; fake: the fake score)
         G = latents.shape[0] * self.world
+        w = (lo + (hi - lo) * torch.rand(G, generator=g))[rows].to(self.device)
+        # 2. the generator's sample x (B, C, h, w), with its gradient
+        x = self._generate(self.model, *self._generator_input(noise, text, w, g, rows), text, w)
+        # 3. the distribution-matching gradient at a noised x (real: the guided teacher; fake: the fake score as
+        #    it stands, trained on earlier samples: DMD2's generator turn comes before the fake score's update on x)
         T = self.num_train_timesteps
         t = torch.randint(int(cfg.t_min * T), int(cfg.t_max * T), (G,), generator=g)[rows].to(self.device)
         eps = torch.randn(G, *x.shape[1:], generator=g)[rows].to(self.device)
         a, s = alpha_sigma(self.alphas_cumprod[t])
         x_t = a * x.detach() + s * eps
-        frozen = [m for m in (self.fake, self.head) if m is not None]
-        for m in frozen:  # the generator's terms read the fake score (and head) but do not train them
-            m.requires_grad_(False)
-        try:
-            with torch.no_grad():
-                out, _ = guided_output(self.teacher, x_t.to(self.dtype), t, text.to(dtype=self.dtype),
-                                       self.empty_text.to(dtype=self.dtype), w, embed_dim(self.teacher))
-                x0_real = to_x0_eps(self.teacher_pred, x_t, out.float(), a, s)[0]
-                with self.accelerator.autocast():
-                    x0_fake = self._x0(self.fake, x_t, t, text, w)
-            loss = dmd_loss(x, dmd_gradient(x.detach(), x0_real, x0_fake))
-            terms = {"loss_dmd": loss.detach(), **fake_terms}
-            if self.head is not None:  # the generator's GAN term, through the frozen fake score's features
+        with torch.no_grad():
+            out, _ = guided_output(self.teacher, x_t.to(self.dtype), t, text.to(dtype=self.dtype),
+                                   self.empty_text.to(dtype=self.dtype), w, embed_dim(self.teacher))
+            x0_real = to_x0_eps(self.teacher_pred, x_t, out.float(), a, s)[0]
+            with self.accelerator.autocast():
+                x0_fake = self._x0(self.fake, x_t, t, text, w)
+        loss = dmd_loss(x, dmd_gradient(x.detach(), x0_real, x0_fake))
+        terms = {"loss_dmd": loss.detach()}
+        # 4. the fake score follows the generator: fake_ratio updates, on x (detached), then on fresh samples
+        sample = x.detach()
+        for k in range(cfg.fake_ratio):
+            if k > 0:  # a new generator sample of the same rows (fresh noise, no gradient)
+                fresh = torch.randn(G, *x.shape[1:], generator=g)[rows].to(self.device)
+                with torch.no_grad():
+                    sample = self._generate(self.model, *self._generator_input(fresh, text, w, g, rows), text, w)
+            for name, v in self._fake_update(sample, latents, text, w, g, rows).items():
+                terms[name] = terms.get(name, 0.0) + v / cfg.fake_ratio
+        # 5. the generator's GAN term, through the (frozen) fake score's features of its noised sample
+        if self.head is not None:
+            frozen = [self.fake, self.head]
+            for m in frozen:
+                m.requires_grad_(False)
+            try:
                 self.recorder.pop()
                 with self.accelerator.autocast():
                     self.fake(a * x + s * eps, t, **text.kwargs(),
                               timestep_cond=guidance_embedding(w, cfg.guidance_embed_dim).to(x))
                 terms["loss_gan_g"] = F.softplus(-self.head(self.recorder.pop()[self.gan_feature])).mean()
-                loss = loss + cfg.lambda_gan * terms["loss_gan_g"]
-        finally:
-            for m in frozen:
-                m.requires_grad_(True)
+            finally:
+                for m in frozen:
+                    m.requires_grad_(True)
+            loss = loss + cfg.lambda_gan * terms["loss_gan_g"]
+        # 6. DMD's regression term: the one-step map on the teacher's own noise -> image pairs
+        if self.pairs is not None:
+            j = torch.randint(0, len(self.pairs.index), (G,), generator=g)[rows]
+            w_reg = torch.full((len(j),), self.sample_guidance, device=self.device)
+            x_reg = self._generate(self.model, self.pairs.noise[j].to(self.device), self.timesteps[:1].expand(len(j)),
+                                   self._item_text(self.pairs.index[j].tolist()), w_reg)
+            terms["loss_reg"] = F.mse_loss(x_reg, self.pairs.latents[j].to(self.device))
+            loss = loss + cfg.lambda_reg * terms["loss_reg"]
         terms["loss"] = loss
         return terms
 
