@@ -59,6 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="throughput: epochs (steps = epochs x scenes / batch)")
     p.add_argument("--every", type=int, default=100, help="quality: steps between saved students")
     p.add_argument("--loop-steps", type=int, default=1500, help="quality: the loop's step budget")
+    p.add_argument("--cap-ratio", type=float, default=4.0,
+                   help="quality: stop the loop once its training time without a crossing is this many times slimdiff's "
+                        "time to its crossing (the target is then decided as a lower bound)")
+    p.add_argument("--slimdiff-from", default=None,
+                   help="quality: take slimdiff's evaluations from this committed report JSON instead of training again")
     p.add_argument("--minutes", type=float, default=18.0, help="quality: stop starting new work after this")
     p.add_argument("--num-images", type=int, default=256)
     return p.parse_args()
@@ -262,15 +267,21 @@ def quality(args, work: Path) -> None:
     def keep():
         path.write_text(json.dumps(state, indent=1))
 
+    state.setdefault("load", []).append(_load("start"))
+    if args.slimdiff_from and not state["slimdiff"]:
+        state["slimdiff"] = json.loads(Path(args.slimdiff_from).read_text())["quality"]["slimdiff"]
+        state["slimdiff_from"] = args.slimdiff_from
+    keep()
     # 1. slimdiff: the demo's recipe, a checkpoint every --every steps (all kept)
     from slimdiff.demo import demo_distill_settings
     from slimdiff.distill import DistillConfig, distill
 
     run = work / "slimdiff"
-    if not (run / "diffusion_pytorch_model.safetensors").is_file():
+    crossed = _crossing(state["slimdiff"])
+    if crossed is None and not (run / "diffusion_pytorch_model.safetensors").is_file():
         settings = demo_distill_settings(checkpoint_every=args.every, checkpoints_keep=100, resume="latest")
         distill(DistillConfig(teacher="toy", student=str(student), out=str(run), **settings), progress=False)
-    times = slimdiff_times(run / "train_log.jsonl")
+    times = slimdiff_times(run / "train_log.jsonl") if crossed is None else {}
     for step in sorted(times):
         if step % args.every or str(step) in state["slimdiff"] or time.time() > deadline:
             continue
@@ -284,10 +295,14 @@ def quality(args, work: Path) -> None:
             break
     # 2-3. the loop: train a chunk, evaluate what was saved, until the crossing or the budget
     loop_dir = work / "loop"
-    while time.time() < deadline and not any(v["all_correct"] >= TARGET for v in state["loop"].values()):
+    crossed = _crossing(state["slimdiff"])
+    while time.time() < deadline and _crossing(state["loop"]) is None:
         done = json.loads((loop_dir / "state.json").read_text())["step"] if (loop_dir / "state.json").is_file() else 0
         if done >= args.loop_steps:
             break
+        evaluated = [v["train_s"] for v in state["loop"].values() if v["train_s"] is not None]
+        if crossed is not None and evaluated and max(evaluated) >= args.cap_ratio * crossed[1]:
+            break  # decided: the loop took >= cap-ratio x slimdiff's time without reaching the target
         pending = [s for s in range(args.every, done + 1, args.every) if str(s) not in state["loop"]]
         if not pending:
             plain_loop(str(student), min(done + args.every, args.loop_steps), args.batch_size, args.lr, 4096,
@@ -299,6 +314,21 @@ def quality(args, work: Path) -> None:
                                                                         args.num_images)}
         keep()
         print("loop", s, state["loop"][str(s)], flush=True)
+    state["load"].append(_load("end"))
+    keep()
+
+
+def _load(when: str) -> list:
+    """[UTC time, 'start' | 'end', 1-, 5-, 15-minute load averages] of one quality invocation."""
+    return [datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"), when, *os.getloadavg()]
+
+
+def _crossing(evals: dict) -> tuple[int, float] | None:
+    """(step, training s) of the first evaluated step at or above TARGET, or None."""
+    for step, v in sorted(evals.items(), key=lambda kv: int(kv[0])):
+        if v["all_correct"] >= TARGET:
+            return int(step), v["train_s"]
+    return None
 
 
 # ---------------------------------------------------------------------------------- report
