@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=512, help="throughput: data set size")
     p.add_argument("--epochs", type=int, default=5, help="throughput: epochs (steps = epochs x scenes / batch)")
     p.add_argument("--every", type=int, default=100, help="quality: steps between saved students")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="quality: evaluate the loop's saved students every this many steps (default --every; its "
+                        "last saved step at the cap is evaluated in any case)")
     p.add_argument("--loop-steps", type=int, default=1500, help="quality: the loop's step budget")
     p.add_argument("--cap-ratio", type=float, default=4.0,
                    help="quality: stop the loop once its training time without a crossing is this many times slimdiff's "
@@ -163,7 +166,11 @@ def plain_loop(student_dir: str, steps: int, batch: int, lr: float, scenes: int,
             train_s = elapsed + ends[-1]  # (saving is not training time)
             save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, f"{save_dir}/step-{step + 1}.safetensors")
             torch.save(optimizer.state_dict(), f"{save_dir}/optimizer.pt")
-            Path(f"{save_dir}/state.json").write_text(json.dumps({"step": step + 1, "train_s": train_s}))
+            history = json.loads(Path(f"{save_dir}/state.json").read_text()).get("history", {}) \
+                if Path(f"{save_dir}/state.json").is_file() else {}
+            history[str(step + 1)] = train_s  # every saved step's training seconds
+            Path(f"{save_dir}/state.json").write_text(json.dumps({"step": step + 1, "train_s": train_s,
+                                                                  "history": history}))
             if time.time() > deadline:
                 break
     return {"ends": ends, "losses": losses, "setup_s": setup_s}
@@ -293,25 +300,27 @@ def quality(args, work: Path) -> None:
         print("slimdiff", step, state["slimdiff"][str(step)], flush=True)
         if state["slimdiff"][str(step)]["all_correct"] >= TARGET:
             break
-    # 2-3. the loop: train a chunk, evaluate what was saved, until the crossing or the budget
+    # 2-3. the loop: train a chunk, evaluate what was saved, until the crossing or the cap (--loop-steps, or
+    # --cap-ratio x slimdiff's training time to its crossing: then its last saved step is evaluated too)
     loop_dir = work / "loop"
     crossed = _crossing(state["slimdiff"])
+    eval_every = args.eval_every or args.every
     while time.time() < deadline and _crossing(state["loop"]) is None:
-        done = json.loads((loop_dir / "state.json").read_text())["step"] if (loop_dir / "state.json").is_file() else 0
-        if done >= args.loop_steps:
-            break
-        evaluated = [v["train_s"] for v in state["loop"].values() if v["train_s"] is not None]
-        if crossed is not None and evaluated and max(evaluated) >= args.cap_ratio * crossed[1]:
+        saved = json.loads((loop_dir / "state.json").read_text()) if (loop_dir / "state.json").is_file() else \
+            {"step": 0, "train_s": 0.0}
+        done, times = saved["step"], {**saved.get("history", {}), str(saved["step"]): saved["train_s"]}
+        capped = done >= args.loop_steps or (crossed is not None and saved["train_s"] >= args.cap_ratio * crossed[1])
+        pending = [s for s in range(eval_every, done + 1, eval_every) if str(s) not in state["loop"]]
+        pending += [done] if capped and done and str(done) not in state["loop"] and done not in pending else []
+        if not pending and capped:
             break  # decided: the loop took >= cap-ratio x slimdiff's time without reaching the target
-        pending = [s for s in range(args.every, done + 1, args.every) if str(s) not in state["loop"]]
         if not pending:
             plain_loop(str(student), min(done + args.every, args.loop_steps), args.batch_size, args.lr, 4096,
                        save_dir=str(loop_dir), every=args.every, deadline=deadline)
             continue
         s = pending[0]
-        train_s = json.loads((loop_dir / "state.json").read_text())["train_s"] if s == done else None
-        state["loop"][str(s)] = {"train_s": train_s, **evaluate_student(student, loop_dir / f"step-{s}.safetensors",
-                                                                        args.num_images)}
+        state["loop"][str(s)] = {"train_s": times.get(str(s)),
+                                 **evaluate_student(student, loop_dir / f"step-{s}.safetensors", args.num_images)}
         keep()
         print("loop", s, state["loop"][str(s)], flush=True)
     state["load"].append(_load("end"))
