@@ -39,6 +39,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -275,8 +276,10 @@ def quality(args, work: Path) -> None:
         path.write_text(json.dumps(state, indent=1))
 
     state.setdefault("load", []).append(_load("start"))
+    state.setdefault("invocations", []).append("python bench/bench_vs_plain_loop.py " + " ".join(sys.argv[1:]))
     if args.slimdiff_from and not state["slimdiff"]:
-        state["slimdiff"] = json.loads(Path(args.slimdiff_from).read_text())["quality"]["slimdiff"]
+        kept = json.loads(Path(args.slimdiff_from).read_text())["quality"]
+        state["slimdiff"], state["loop_then"] = kept["slimdiff"], kept.get("loop", {})  # the loop as timed beside it
         state["slimdiff_from"] = args.slimdiff_from
     keep()
     # 1. slimdiff: the demo's recipe, a checkpoint every --every steps (all kept)
@@ -439,12 +442,15 @@ def _time_split_report(tp: dict, measured: str) -> list[str]:
 def _quality_report(q: dict, args) -> tuple[list[str], dict]:
     """The time-to-quality section's markdown lines and its summary (crossings, the ratio or its bound)."""
     source = q.get("slimdiff_from")
+    calls = q.get("invocations") or ["python bench/bench_vs_plain_loop.py quality"]
+    done = json.loads((Path(args.work) / "loop" / "state.json").read_text())["step"] \
+        if (Path(args.work) / "loop" / "state.json").is_file() else None
     lines = ["## Time to quality: all-correct >= 0.695 (distilled bk-small's lower 95% bound)", "",
-             "`python bench/bench_vs_plain_loop.py quality --minutes 16 --eval-every 200"
-             + (f" --slimdiff-from {source}" if source else "") + "` (repeated until done; each invocation under 20 "
-             f"min, 1 torch thread), toy test split, {args.num_images} prompts, seed 0; training seconds exclude saving "
-             "and evaluation." + (f" slimdiff's rows are the evaluations kept in `{source}` (the same command's run of "
-             "session 8, 2026-12-03, this machine, 1 thread), not retrained." if source else ""), "",
+             "Invocations, in order (each under 20 min, 1 torch thread; the run resumes where the last stopped): "
+             + ", ".join(f"`{c}`" for c in calls) + f". Toy test split, {args.num_images} prompts, seed 0; training "
+             "seconds exclude saving and evaluation." + (f" slimdiff's rows are the evaluations kept in `{source}` "
+             "(the same bench's run of session 8, 2026-12-03, this machine, 1 thread), not retrained." if source else "")
+             + (f" The loop's state (trained to step {done}) is kept under `{args.work}/loop`." if done else ""), "",
              "Load average (1, 5, 15 min) at the start and end of each invocation: "
              + "; ".join(f"{t} {w} {a:.2f}, {b:.2f}, {c:.2f}" for t, w, a, b, c in q.get("load", [])) + ".", "",
              "| recipe | step | training s | all-correct [95% CI] |", "|---|---:|---:|---|"]
@@ -484,7 +490,7 @@ def _quality_report(q: dict, args) -> tuple[list[str], dict]:
                      f"is therefore > {bound:.2f} (> {(v['train_s'] or 0) / lo:.2f} if slimdiff crossed at its step below); "
                      f"a lower bound: the loop was stopped there. Target >= 4x: "
                      f"**{'met' if bound >= 4 else 'not decided (the loop was stopped before 4x the time)'}**.")
-        then = json.loads(Path(source).read_text())["quality"]["loop"] if source and Path(source).is_file() else {}
+        then = q.get("loop_then", {})
         common = [k for k in sorted(then, key=int) if k in q["loop"] and then[k]["train_s"] and q["loop"][k]["train_s"]]
         if common:  # slimdiff's rows were timed then: the loop's steps at the pace it had then
             k = common[-1]
