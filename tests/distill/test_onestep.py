@@ -225,3 +225,13 @@ def test_cli_refuses_dmd2_flags_on_lcm(tiny_pipe, tmp_path, capsys):
     code = main(["step-distill", "--teacher", str(tiny_pipe), "--student", "toy", "--out", str(tmp_path / "o"),
                  "--method", "lcm", "--fake-ratio", "3"])
     assert code == 2 and "--fake-ratio do not apply to --method lcm" in capsys.readouterr().err
+
+
+def test_a_gan_head_under_fsdp2_is_refused_in_one_line(make_dmd, tmp_path, monkeypatch):
+    # the head reads the fake score's mid-block features through a hook: FSDP2's backward would find the fake
+    # score's root weights freed (2 CPU processes, 2026-12-03); DMD2 without the head runs sharded (test_fsdp2.py)
+    from slimdiff.train import sharded
+
+    monkeypatch.setattr(sharded, "is_fsdp2", lambda accelerator: True)
+    with pytest.raises(ValueError, match=r"^lambda_gan=0.1 under FSDP2: the GAN head .* \(valid: 0, or DDP\)$"):
+        one_step_distill(make_dmd(tmp_path / "o", lambda_gan=0.1), progress=False)

@@ -72,3 +72,9 @@ def perceptual_loss(features: Callable[[Tensor], Sequence[Tensor]], images_s: Te
         feats_t = [f.detach() for f in features(images_t)]
     feats_s = features(images_s)
     return torch.stack([mse(fs, ft) for fs, ft in zip(feats_s, feats_t, strict=True)]).sum()
+
+
+def gan_losses(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(discriminator, generator) non-saturating logistic losses (DMD2 sec. 4.3): softplus(D(fake)) +
+    softplus(-D(real)) and softplus(-D(fake)), means over rows."""
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean(), F.softplus(-fake_logits).mean()
