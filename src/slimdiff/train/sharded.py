@@ -11,8 +11,9 @@
 - The parameters become DTensors sharded on dim 0 across the processes; the optimiser state and
   the EMA (`slimdiff.train.ema`, built from the sharded parameters) are sharded alike. A consistency
   model's target network (`slimdiff.distill.lcm`) is sharded as the student (`shard_like`), its EMA
-  kept in place on its shards; DMD2's fake score and GAN head (`slimdiff.distill.onestep`) are sharded
-  on the same mesh (`shard_module`) with their own optimiser; a progressive stage's teacher is the
+  kept in place on its shards; DMD2's fake score (`slimdiff.distill.onestep`) is sharded on the same
+  mesh (`shard_module`) with its own optimiser (its GAN head is refused: the head reads a hooked
+  mid-block feature, a path FSDP2's backward does not gather the fake score's weights for); a progressive stage's teacher is the
   gathered `full_state_dict`. Frozen teachers (the real score) are not sharded: each process holds one.
 - Checkpoints: each process writes its own shard, `shard-<rank>-of-<world>.{json,safetensors}`
   (its slice of every parameter, buffer, optimiser state, averaged tensor and other sharded part), with `checkpoint.save_state`:
