@@ -9,7 +9,7 @@ are sharded; losses equal a 1-process run with the same global batch within 1e-5
 One launch runs every command (`RUNS`, through `slimdiff.cli.main`) so the two processes start,
 import and join their gloo group once: the launch dominates the time (each FSDP2 all-gather and
 reduce-scatter is a gloo collective between two processes that compete for 2 loaded cores):
-114 s for the three at load average 2 on 2 cores, 2026-12-03 (the distill-only version: about 2.5 min).
+150 s for the four at load average 2-3 on 2 cores, 2026-12-03 (three runs: 114 s; distill alone: about 2.5 min).
 """
 
 import json
