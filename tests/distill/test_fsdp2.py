@@ -1,14 +1,15 @@
 """FSDP2 across 2 CPU processes (gloo), launched once with examples/accelerate_fsdp2.yaml, for
 `distill` (EMA on) and `step-distill` (SnapFusion progressive: the stage teacher is gathered from
-the shards; LCM: the target network is sharded like the student): the student, its optimiser state
-and its averages are sharded; losses equal a 1-process run with the same global batch within 1e-5
-(weights: `WEIGHTS_TOL`); a run resumed from a sharded checkpoint ends bit for bit as the uninterrupted one
+the shards; PCM with a LoRA: the target network is sharded like the student; DMD2: the fake score and
+its GAN head are sharded with their own optimiser): the student, its optimiser state and its averages
+are sharded; losses equal a 1-process run with the same global batch within 1e-5 (weights:
+`WEIGHTS_TOL`); a run resumed from a sharded checkpoint ends bit for bit as the uninterrupted one
 (see slimdiff.train.sharded).
 
 One launch runs every command (`RUNS`, through `slimdiff.cli.main`) so the two processes start,
 import and join their gloo group once: the launch dominates the time (each FSDP2 all-gather and
 reduce-scatter is a gloo collective between two processes that compete for 2 loaded cores):
-114 s for the three at load average 2 on 2 cores, 2026-12-03 (the distill-only version: about 2.5 min).
+150 s for the four at load average 2-3 on 2 cores, 2026-12-03 (three runs: 114 s; distill alone: about 2.5 min).
 """
 
 import json
@@ -31,12 +32,20 @@ RUNS = {
     "distill": ["distill", "--teacher", "{pipe}", "--student", "{student}", "--ema-decay", "0.9"],
     "progressive": ["step-distill", "--teacher", "{pipe}", "--student", "{pipe}", "--steps", "2", "--teacher-steps",
                     "8", "--schedule", "progressive"],  # stages 4 -> 2: stage 1 starts at step 1
-    "lcm": ["step-distill", "--method", "lcm", "--teacher", "{pipe}", "--student", "{pipe}"],  # target net: EMA 0.95
+    # PCM (2 phases) with a rank-4 LoRA: frozen base and trained LoRA matrices in one FSDP unit, the LoRA'd target
+    # network (EMA 0.95) sharded like the student (LCM's path: PCM only moves the consistency function's edge)
+    "pcm-lora": ["step-distill", "--method", "pcm", "--phases", "2", "--steps", "2", "--lora-rank", "4",
+                 "--teacher", "{pipe}", "--student", "{pipe}"],
+    # DMD2: the generator (w embedding added) and the fake score with its own AdamW sharded (a GAN head is refused)
+    "dmd2": ["step-distill", "--method", "dmd2", "--fake-ratio", "1", "--teacher", "{pipe}", "--student", "{pipe}"],
 }
 # the weights after 3 AdamW steps at lr 1e-3: the losses agree within 1e-5, but AdamW's update g / (sqrt(v) + eps)
-# of a near-zero gradient turns rounding-level differences of the reduction order into update differences of a
-# fraction of the lr (progressive step-distill: 8.9e-5 measured 2026-12-03); `distill` averages them with EMA 0.9
-WEIGHTS_TOL = {"distill": 1e-5, "progressive": 2e-4, "lcm": 2e-4}
+# moves a coordinate whose gradient is rounding-sized (|g| ~ eps = 1e-8: an exact zero in one run, 1e-9 in the other)
+# by a fraction of the lr in one run only. docs/bench/fsdp2_tolerance.md (bench/bench_fsdp2_tolerance.py): progressive
+# 8.9e-5 at eps 1e-8, the coordinate that differs most had a first-step gradient of 5.9e-9 (its tensor's median
+# 3.4e-5); 3.2e-6 at eps 1e-5. `distill` averages it away with EMA 0.9; DMD2 adds its fake score's own AdamW
+# (3.7e-4 measured 2026-12-03); PCM with a LoRA: 2.1e-5.
+WEIGHTS_TOL = {"distill": 1e-5, "progressive": 2e-4, "pcm-lora": 2e-4, "dmd2": 1e-3}
 LAUNCHED = """
 import json, sys
 from slimdiff.cli import main
@@ -89,9 +98,14 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(launched, name, tmp_pa
     assert shards == ["lr_scheduler.json", "shard-0-of-2.json", "shard-0-of-2.safetensors", "shard-1-of-2.json",
                       "shard-1-of-2.safetensors", "train_state.json"]
     shard = load_file(str(two / "checkpoints" / "checkpoint-1" / "shard-0-of-2.safetensors"))
-    averaged = {"distill": "state.ema.shadow.", "lcm": "state.target.shadow."}.get(name)
+    averaged = {"distill": "state.ema.shadow.", "pcm-lora": "state.target.shadow.", "dmd2": "state.fake.model."}.get(name)
     if averaged:
         assert any(k.startswith(averaged) for k in shard)
+    if name == "dmd2":  # the fake score's weights and AdamW moments: half of dim 0 in each shard
+        other = load_file(str(two / "checkpoints" / "checkpoint-1" / "shard-1-of-2.safetensors"))
+        for key in ("state.fake.model.fake.conv_in.weight", "state.fake.optimizer.state.0.exp_avg"):
+            assert shard[key].shape[0] == other[key].shape[0] and shard[key].shape[1:] == other[key].shape[1:]
+            assert not torch.equal(shard[key], other[key])
     # 2. the same global batch in 1 process: the same losses and weights within 1e-5
     one = tmp_path / "one"
     assert main([*runs[name], *COMMON, "--batch-size", "4", "--out", str(one)]) == 0

@@ -158,9 +158,14 @@ def test_resume_after_kill_equals_an_uninterrupted_run(make_lcm, tmp_path, monke
 
 
 def test_lora_save_then_load_lora_weights_gives_the_same_outputs(make_lcm, tmp_path, tiny_pipe):
+    torch.manual_seed(7)  # the global RNG's state before a run does not matter: the LoRA init is the seed's
     result = consistency_distill(make_lcm(tmp_path / "o", lora_rank=2, learning_rate=1e-2, target_decay=None),
                                  progress=False)  # (the online target: LCM-LoRA's; the EMA one: the default)
     assert (tmp_path / "o" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    torch.manual_seed(8)
+    consistency_distill(make_lcm(tmp_path / "o2", lora_rank=2, learning_rate=1e-2, target_decay=None), progress=False)
+    a, b = (load_file(str(tmp_path / o / "lora" / "pytorch_lora_weights.safetensors")) for o in ("o", "o2"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base = StableDiffusionPipeline.from_pretrained(tiny_pipe)
     untouched = base.unet.state_dict()
     base.load_lora_weights(str(tmp_path / "o" / "lora"))

@@ -324,3 +324,13 @@ def test_teacher_pairs_are_the_pipelines_ddim_samples_made_once_and_checked(make
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"reg_pairs=17 is invalid: at most the data's 16 items"):
         OneStepTrainer(make_dmd(tmp_path / "d", **{**settings, "reg_pairs": 17}), progress=False)
+
+
+def test_a_gan_head_under_fsdp2_is_refused_in_one_line(make_dmd, tmp_path, monkeypatch):
+    # the head reads the fake score's mid-block features through a hook: FSDP2's backward would find the fake
+    # score's root weights freed (2 CPU processes, 2026-12-03); DMD2 without the head runs sharded (test_fsdp2.py)
+    from slimdiff.train import sharded
+
+    monkeypatch.setattr(sharded, "is_fsdp2", lambda accelerator: True)
+    with pytest.raises(ValueError, match=r"^lambda_gan=0.1 under FSDP2: the GAN head .* \(valid: 0, or DDP\)$"):
+        one_step_distill(make_dmd(tmp_path / "o", lambda_gan=0.1), progress=False)

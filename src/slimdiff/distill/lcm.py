@@ -227,8 +227,10 @@ class ConsistencyTrainer(KdTrainer):
 
             if not hasattr(student, "add_adapter"):
                 raise ValueError(f"a LoRA needs a diffusers U-Net (PeftAdapterMixin); {type(student).__name__} is not")
-            student.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                           init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+            with torch.random.fork_rng(devices=[]):  # LoRA A's gaussian init: a function of the seed (every
+                torch.manual_seed(cfg.seed)         # process the same: FSDP2 shards one init, not a mix)
+                student.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                               init_lora_weights="gaussian", target_modules=LORA_TARGETS))
         return student
 
     def _trainable_set(self) -> None:

@@ -68,6 +68,7 @@ from slimdiff.recipe import read_recipe, write_recipe
 from slimdiff.sample import fill_sampling
 from slimdiff.sample.conditioning import Conditioning
 from slimdiff.train import checkpoint as ckpt
+from slimdiff.train import sharded
 from slimdiff.train.speed import peak_memory
 from slimdiff.train.maths import alpha_sigma, embed_dim, guidance_embedding, task_target, to_x0_eps
 
@@ -184,7 +185,6 @@ class OneStepTrainer(KdTrainer):
         cfg = self.cfg
         self.fake = add_guidance_embedding(copy.deepcopy(self.teacher).float(), cfg.guidance_embed_dim)
         self.fake.to(self.device).train().requires_grad_(True)
-        params = list(self.fake.parameters())
         if cfg.lambda_gan > 0:
             names = block_names(self.fake)
             where = "mid" if "mid" in names else [n for n in names if n.startswith("down.")][-1]
@@ -197,13 +197,8 @@ class OneStepTrainer(KdTrainer):
                 torch.manual_seed(cfg.seed)
                 self.head = GanHead(self.recorder.pop()[where].shape[1]).to(self.device)
             self.gan_feature = where
-            params += list(self.head.parameters())
-        self.fake_params = params
-        lr = cfg.fake_learning_rate if cfg.fake_learning_rate is not None else cfg.learning_rate
-        self.fake_optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                                weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-        super().prepare(model, trainable)
-        if self.resume_dir is not None:
+        super().prepare(model, trainable)  # (`_on_wrapped` builds the fake score's optimiser)
+        if self.resume_dir is not None and not self.fsdp2:  # (FSDP2: in each process's shard file)
             state = ckpt.load_state(self.resume_dir, "fake")
             self.fake.load_state_dict(state["fake"])
             if self.head is not None:
@@ -211,10 +206,28 @@ class OneStepTrainer(KdTrainer):
             opt = state["optimizer"]  # JSON made the per-parameter state's keys strings: torch wants the indices
             self.fake_optimizer.load_state_dict({**opt, "state": {int(k): v for k, v in opt["state"].items()}})
 
+    def _on_wrapped(self) -> None:
+        """The fake score's (and head's) AdamW; under FSDP2 the fake score is first sharded on the generator's mesh."""
+        cfg, both = self.cfg, [m for m in (self.fake, self.head) if m is not None]
+        if self.fsdp2 and self.head is not None:  # (its input is a hook's feature, not the fake score's output)
+            raise ValueError(f"lambda_gan={cfg.lambda_gan} under FSDP2: the GAN head reads the fake score's mid-block "
+                             f"features, a path FSDP2's backward does not gather the weights for (valid: 0, or DDP)")
+        if self.fsdp2:
+            sharded.shard_module(self.fake, self.accelerator.unwrap_model(self.model))
+        self.fake_params = [q for m in both for q in m.parameters()]
+        self.fake_optimizer = torch.optim.AdamW(self.fake_params, lr=cfg.fake_learning_rate or cfg.learning_rate,
+                                                betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                                weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+    def _sharded_parts(self) -> dict:  # (FSDP2 only: no GAN head)
+        return {"fake": (nn.ModuleDict({"fake": self.fake}), self.fake_optimizer)}
+
     def _checkpoint_states(self) -> dict[str, dict]:
-        fake = {"fake": self.fake.state_dict(), "optimizer": self.fake_optimizer.state_dict(),
-                **({"head": self.head.state_dict()} if self.head is not None else {})}
-        return {**super()._checkpoint_states(), "fake": fake}
+        states = super()._checkpoint_states()
+        if not self.fsdp2:  # (FSDP2: in each process's shard file, `_sharded_parts`)
+            states["fake"] = {"fake": self.fake.state_dict(), "optimizer": self.fake_optimizer.state_dict(),
+                              **({"head": self.head.state_dict()} if self.head is not None else {})}
+        return states
 
     def close(self) -> None:
         if getattr(self, "head", None) is not None:
@@ -274,7 +287,7 @@ class OneStepTrainer(KdTrainer):
         self.fake_optimizer.zero_grad(set_to_none=True)
         total.backward()
         grads = [p.grad for p in self.fake_params if p.grad is not None]
-        if self.world > 1:  # the processes' gradients averaged, as DDP does for the generator
+        if self.world > 1 and not self.fsdp2:  # the processes' gradients averaged (FSDP2: by its reduce-scatter)
             for p in grads:
                 p.copy_(self.accelerator.reduce(p, reduction="mean"))
         if cfg.max_grad_norm is not None:

@@ -149,7 +149,8 @@ class Trainer:
             return
         try:
             if self.fsdp2:
-                sharded.load(self.resume_dir, acc, self.model, self.optimizer, self._sharded_emas())
+                sharded.load(self.resume_dir, acc, self.model, self.optimizer, self._sharded_emas(),
+                             self._sharded_parts())
             else:
                 acc.load_state(str(self.resume_dir))
             self.lr_scheduler.load_state_dict(ckpt.load_state(self.resume_dir, "lr_scheduler"))
@@ -178,6 +179,10 @@ class Trainer:
     def _sharded_emas(self) -> dict[str, EMA | None]:
         """Hook: the averages each process's FSDP2 shard file holds, by name (default: the EMA)."""
         return {"ema": self.ema}
+
+    def _sharded_parts(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        """Hook: other FSDP2-sharded modules with their own optimiser, by name (default: none)."""
+        return {}
 
     def _on_step_start(self, step: int) -> None:
         """Hook: called before optimiser step `step` (0-based), also the first step of a resumed run."""
@@ -268,7 +273,8 @@ class Trainer:
         return {"lr_scheduler": self.lr_scheduler.state_dict(), **ema}
 
     def _write_shards(self, directory: Path) -> None:
-        sharded.save(directory, self.accelerator, self.model, self.optimizer, self._sharded_emas())
+        sharded.save(directory, self.accelerator, self.model, self.optimizer, self._sharded_emas(),
+                     self._sharded_parts())
 
     def _check_finite_weights(self, step: int) -> None:
         """Stop before NaN / inf weights are saved (a checkpoint or the result)."""

@@ -11,9 +11,12 @@
 - The parameters become DTensors sharded on dim 0 across the processes; the optimiser state and
   the EMA (`slimdiff.train.ema`, built from the sharded parameters) are sharded alike. A consistency
   model's target network (`slimdiff.distill.lcm`) is sharded as the student (`shard_like`), its EMA
-  kept in place on its shards; a progressive stage's teacher is the gathered `full_state_dict`.
+  kept in place on its shards; DMD2's fake score (`slimdiff.distill.onestep`) is sharded on the same
+  mesh (`shard_module`) with its own optimiser (its GAN head is refused: the head reads a hooked
+  mid-block feature, a path FSDP2's backward does not gather the fake score's weights for); a progressive stage's teacher is the
+  gathered `full_state_dict`. Frozen teachers (the real score) are not sharded: each process holds one.
 - Checkpoints: each process writes its own shard, `shard-<rank>-of-<world>.{json,safetensors}`
-  (its slice of every parameter, buffer, optimiser state and averaged tensor), with `checkpoint.save_state`:
+  (its slice of every parameter, buffer, optimiser state, averaged tensor and other sharded part), with `checkpoint.save_state`:
   nothing is pickled (accelerate's sharded save is torch.distributed.checkpoint, whose `.metadata`
   is read back with `pickle.load`). A sharded checkpoint resumes with the same number of processes.
 - The result: the full weights gathered (`get_model_state_dict(full_state_dict=True)`) into a plain
@@ -103,18 +106,23 @@ def shard_name(rank: int, world: int) -> str:
     return f"shard-{rank}-of-{world}"
 
 
-def save(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any]) -> None:
-    """This process's shard of the model, the optimiser state and each EMA of `emas` (name -> EMA or
-    None; the trainer's "ema", a consistency model's "target"); every process calls it."""
+def save(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any],
+         parts: dict[str, tuple[nn.Module, Any]] | None = None) -> None:
+    """This process's shard of the model, the optimiser state, each EMA of `emas` (name -> EMA or
+    None; the trainer's "ema", a consistency model's "target") and each other sharded module with its
+    own optimiser of `parts` (name -> (module, optimiser); DMD2's "fake" score); every process calls it."""
     state = {"model": {k: local(v) for k, v in model.state_dict().items()},
              "optimizer": local(optimizer.state_dict()),
              **{name: {**ema.state_dict(), "shadow": local(ema.shadow)} if ema is not None else None
-                for name, ema in emas.items()}}
+                for name, ema in emas.items()},
+             **{name: {"model": {k: local(v) for k, v in m.state_dict().items()}, "optimizer": local(o.state_dict())}
+                for name, (m, o) in (parts or {}).items()}}
     Path(directory).mkdir(parents=True, exist_ok=True)
     save_state(directory, shard_name(accelerator.process_index, accelerator.num_processes), state)
 
 
-def load(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any]) -> None:
+def load(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[str, Any],
+         parts: dict[str, tuple[nn.Module, Any]] | None = None) -> None:
     """Put this process's shard back (the checkpoint must have been written by as many processes)."""
     name = shard_name(accelerator.process_index, accelerator.num_processes)
     if not (Path(directory) / f"{name}.json").is_file():
@@ -123,13 +131,12 @@ def load(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[s
                          f"number of processes that wrote it (valid: that many processes)")
     state = load_state(directory, name)
     with torch.no_grad():
-        for key, value in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items():
-            local(value).copy_(state["model"][key])
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        opt = state["optimizer"]
-        opt["state"] = {int(i): {k: _like(v, params[int(i)]) for k, v in s.items()}
-                        for i, s in opt["state"].items()}
-        optimizer.load_state_dict(opt)
+        _put(state, model, optimizer)
+        for key, (module, opt) in (parts or {}).items():
+            if state.get(key) is None:
+                raise ValueError(f"--resume {directory}: {name}.json holds no {key!r} state (valid: a checkpoint "
+                                 f"of the same method)")
+            _put(state[key], module, opt)
         for key, ema in emas.items():
             if ema is None:
                 continue
@@ -140,6 +147,16 @@ def load(directory: Path, accelerator, model: nn.Module, optimizer, emas: dict[s
             ema.decay, ema.num_updates = saved["decay"], saved["num_updates"]
             for s, t in zip(ema.shadow, saved["shadow"], strict=True):
                 local(s).copy_(t)
+
+
+def _put(state: dict, model: nn.Module, optimizer) -> None:
+    """This process's slices of `model`'s parameters and buffers and of `optimizer`'s state, from `state`."""
+    for key, value in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items():
+        local(value).copy_(state["model"][key])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    opt = state["optimizer"]
+    opt["state"] = {int(i): {k: _like(v, params[int(i)]) for k, v in s.items()} for i, s in opt["state"].items()}
+    optimizer.load_state_dict(opt)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -164,6 +181,22 @@ def shard_like(module: nn.Module, reference: nn.Module) -> nn.Module:
         if getattr(p, "placements", None) != getattr(q, "placements", None) or p.shape != q.shape:
             raise ValueError(f"shard_like: {n} is placed {getattr(p, 'placements', None)}, its reference "
                              f"{getattr(q, 'placements', None)}")
+    return module
+
+
+def shard_module(module: nn.Module, reference: nn.Module) -> nn.Module:
+    """Shard `module` (any structure; trained with its own optimiser, e.g. DMD2's fake score) on the mesh of
+    the FSDP2 model `reference` as accelerate's TRANSFORMER_BASED_WRAP shards a model: each submodule whose
+    class is in `module._no_split_modules` (a diffusers model's blocks) is an FSDP unit, then the root.
+    Its parameters become DTensors (build its optimiser afterwards); FSDP averages its gradients."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = next(p for p in reference.parameters() if hasattr(p, "device_mesh")).device_mesh
+    classes = set(getattr(module, "_no_split_modules", None) or [])
+    for m in reversed(list(module.modules())[1:]):  # reversed pre-order: every child before its parent
+        if type(m).__name__ in classes:
+            fully_shard(m, mesh=mesh, reshard_after_forward=True)
+    fully_shard(module, mesh=mesh, reshard_after_forward=True)
     return module
 
 
