@@ -19,6 +19,6 @@ demo: $(STAMP)
 	$(VENV)/bin/slimdiff demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n auto --durations=25 tests
 
 .PHONY: install demo test

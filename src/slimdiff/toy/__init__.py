@@ -28,7 +28,18 @@ def pipeline_path() -> Path:
     return path
 
 
+def pipeline_xl_path() -> Path:
+    """The SDXL toy world's `StableDiffusionXLPipeline` directory (`toy-xl`: the same world, VAE and
+    tokenizer; SDXL-base's U-Net topology at toy width, two text encoders, time ids; `toy.train.TOY_XL`)."""
+    path = ASSETS / "pipeline-xl"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"the toy-xl pipeline is missing from the package: {path} has no model_index.json "
+                                f"(its recipe: `slimdiff toy train --world toy-xl`)")
+    return path
+
+
 register_named_pipeline("toy", pipeline_path)  # `load_unet("toy")`, `slimdiff evaluate toy`, ...
+register_named_pipeline("toy-xl", pipeline_xl_path)
 
 
 # judge version -> its weights directory under assets/ (model.safetensors, pca.safetensors, recipe.json)
