@@ -89,3 +89,13 @@ def test_a_unet_alone_is_hosted_in_its_sdxl_teacher(tiny_sdxl_dir, tmp_path):
         check_text_width(unet, no_second, "one")
     pipe = resolve_pipeline(unet, base=str(tiny_sdxl_dir))
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+
+
+def test_training_commands_take_the_registered_toy_xl_by_name():
+    """`--teacher toy-xl` (a registered pipeline name, not a path) passes the path check every trainer makes;
+    an unknown name is one line listing the valid ones."""
+    from slimdiff.train.parts import check_path
+
+    check_path("--teacher", "toy-xl")
+    with pytest.raises(FileNotFoundError, match=r"'toy-xxl': no such file or directory .*'toy-xl'"):
+        check_path("--teacher", "toy-xxl")

@@ -25,7 +25,7 @@ from torch import nn
 from slimdiff.data import build_dataset
 from slimdiff.data.cache import BatchEncoder, EncodingCache, fill_cache
 from slimdiff.data.toy import WORLD, is_toy_source
-from slimdiff.io import apply_file_modes, is_pipeline_source
+from slimdiff.io import NAMED_PIPELINES, apply_file_modes, is_pipeline_source
 from slimdiff.recipe import read_recipe
 from slimdiff.train.speed import DTYPES
 from slimdiff.unet import load_unet, resolve_source, save_pipeline_with_unet, text_widths, to_diffusers
@@ -51,9 +51,10 @@ class Parts:
 
 def check_path(flag: str, value: str | None) -> None:
     """A model argument is a built-in name or an existing local path (nothing is downloaded)."""
-    if value is not None and value != WORLD and value not in BUILTIN_CONFIGS and not Path(value).exists():
+    named = (*NAMED_PIPELINES, *BUILTIN_CONFIGS)  # the registered pipelines ('toy', 'toy-xl') and built-ins
+    if value is not None and value not in named and not Path(value).exists():
         raise FileNotFoundError(f"{flag} {value!r}: no such file or directory (slimdiff never downloads; "
-                                f"give a local path, {WORLD!r} or one of {sorted(BUILTIN_CONFIGS)})")
+                                f"give a local path or one of {sorted(named)})")
 
 
 def load_checked(flag: str, value: str, fn: Callable[[str], Any]) -> Any:
